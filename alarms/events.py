@@ -1,0 +1,58 @@
+"""Inputs to the core. Built at the edge from validated input, never from raw dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from alarms.model import AlarmType
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmReceived:
+    """A device raised an alarm. ``new_id`` is the id to use if this is a new alarm."""
+
+    device_id: str
+    ref: str
+    type: AlarmType
+    device_ts_ms: int
+    new_id: str
+    battery: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptConfirmed:
+    """A staff client confirmed it has shown the alarm (the ``delivered`` hop)."""
+
+    alarm_id: str
+    staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRequested:
+    """A staff member takes the alarm."""
+
+    alarm_id: str
+    staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OnSiteRequested:
+    """The owner registers presence with the recipient."""
+
+    alarm_id: str
+    staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequested:
+    """The owner closes the alarm with a cause."""
+
+    alarm_id: str
+    staff_id: str
+    cause: str
+    note: str | None = None
+
+
+StaffEvent: TypeAlias = ReceiptConfirmed | AcceptRequested | OnSiteRequested | CloseRequested
+Event: TypeAlias = AlarmReceived | StaffEvent

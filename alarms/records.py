@@ -1,0 +1,113 @@
+"""Journal records: the durable facts from which all alarm state is derived.
+
+Records are appended in one total order. ``to_json``/``from_json`` are the only encoding;
+the journal implementations store the JSON text and never interpret it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from alarms.model import AlarmType, Hop
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmOpened:
+    """A new alarm, written in the same transaction as its ``raised`` and ``stored`` hops."""
+
+    alarm_id: str
+    device_id: str
+    ref: str
+    type: AlarmType
+    priority: int
+    recipient_id: str | None
+    team_id: str | None
+    device_ts_ms: int
+    battery: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HopAdded:
+    """One hop of an alarm's chain."""
+
+    alarm_id: str
+    hop: Hop
+    at: float
+    actor: str
+    targets: tuple[str, ...] = ()
+    cause: str | None = None
+    note: str | None = None
+
+
+Record: TypeAlias = AlarmOpened | HopAdded
+
+
+class RecordError(ValueError):
+    """A journal row that cannot be decoded: the journal is corrupt or from a newer version."""
+
+
+def to_json(record: Record) -> str:
+    """Encode a record for the journal."""
+    if isinstance(record, AlarmOpened):
+        body: dict[str, object] = {
+            "kind": "opened",
+            "alarm_id": record.alarm_id,
+            "device_id": record.device_id,
+            "ref": record.ref,
+            "type": record.type.value,
+            "priority": record.priority,
+            "recipient_id": record.recipient_id,
+            "team_id": record.team_id,
+            "device_ts_ms": record.device_ts_ms,
+            "battery": record.battery,
+        }
+    else:
+        body = {
+            "kind": "hop",
+            "alarm_id": record.alarm_id,
+            "hop": record.hop.value,
+            "at": record.at,
+            "actor": record.actor,
+        }
+        if record.targets:
+            body["targets"] = list(record.targets)
+        if record.cause is not None:
+            body["cause"] = record.cause
+        if record.note is not None:
+            body["note"] = record.note
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def from_json(text: str) -> Record:
+    """Decode a journal row written by ``to_json``."""
+    try:
+        body = json.loads(text)
+        kind = body["kind"]
+        if kind == "opened":
+            battery = body.get("battery")
+            return AlarmOpened(
+                alarm_id=str(body["alarm_id"]),
+                device_id=str(body["device_id"]),
+                ref=str(body["ref"]),
+                type=AlarmType(body["type"]),
+                priority=int(body["priority"]),
+                recipient_id=body.get("recipient_id"),
+                team_id=body.get("team_id"),
+                device_ts_ms=int(body["device_ts_ms"]),
+                battery=None if battery is None else float(battery),
+            )
+        if kind == "hop":
+            return HopAdded(
+                alarm_id=str(body["alarm_id"]),
+                hop=Hop(body["hop"]),
+                at=float(body["at"]),
+                actor=str(body["actor"]),
+                targets=tuple(str(t) for t in body.get("targets", ())),
+                cause=body.get("cause"),
+                note=body.get("note"),
+            )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordError(f"undecodable journal record: {exc}") from None
+    raise RecordError(f"unknown journal record kind {kind!r}")
