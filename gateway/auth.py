@@ -1,0 +1,55 @@
+"""Passwords (argon2) and bearer tokens (signed JWT) for the staff API."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_HASHER = PasswordHasher()
+_ALGORITHM = "HS256"
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password``."""
+    return _HASHER.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """Whether ``password`` matches; constant-time inside argon2."""
+    try:
+        return _HASHER.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class TokenError(Exception):
+    """A token that is missing, malformed, forged or expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenIssuer:
+    """Issues and checks access tokens bound to one staff id."""
+
+    secret: str
+    ttl_s: int
+
+    def issue(self, staff_id: str, now: float | None = None) -> str:
+        """A token for ``staff_id``."""
+        issued = int(now if now is not None else time.time())
+        claims = {"sub": staff_id, "iat": issued, "exp": issued + self.ttl_s, "typ": "access"}
+        return jwt.encode(claims, self.secret, algorithm=_ALGORITHM)
+
+    def check(self, token: str) -> str:
+        """The staff id a valid token was issued to."""
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=[_ALGORITHM])
+        except jwt.PyJWTError as exc:
+            raise TokenError(str(exc)) from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or claims.get("typ") != "access":
+            raise TokenError("not an access token")
+        return subject

@@ -1,0 +1,204 @@
+"""The ``trygg`` command: demo, run, sim, audit and technician commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+
+_LOGGER = logging.getLogger("trygg")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``trygg`` console script."""
+    parser = argparse.ArgumentParser(prog="trygg", description="trygg welfare-technology gateway")
+    parser.add_argument("--version", action="version", version=f"trygg {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run everything embedded with a simulated fleet")
+    demo.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+    demo.add_argument("--mqtt-port", type=int, default=1883)
+    demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument("--fleet", type=int, default=20, help="simulated devices (0 = none)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+
+    run = commands.add_parser("run", help="run the gateway against an external broker")
+    run.add_argument("--config", type=Path, default=None, help="TOML settings file")
+
+    commands.add_parser(
+        "sim", help="run a simulated fleet (see `trygg sim --help`)", add_help=False
+    )
+
+    audit = commands.add_parser("audit", help="audit log tools")
+    audit_cmd = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_cmd.add_parser("verify", help="verify the hash chain of the audit log")
+    verify.add_argument("--data-dir", type=Path, default=None)
+    verify.add_argument("--config", type=Path, default=None)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sim"]:
+        from firmware_sim.cli import main as sim_main
+
+        return int(sim_main(argv[1:]))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if args.command == "demo":
+        return _run_async(_demo(args))
+    if args.command == "run":
+        return _run_async(_run(args.config))
+    if args.command == "audit":
+        return _audit_verify(args.data_dir, args.config)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _run_async(coro: Any) -> int:
+    try:
+        return int(asyncio.run(coro))
+    except KeyboardInterrupt:
+        return 130
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
+    """An event set by SIGINT/SIGTERM, so shutdown runs in order instead of unwinding."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _wait(stop: asyncio.Event, duration: float | None, gateway: Any) -> None:
+    waiter = asyncio.create_task(stop.wait(), name="stop signal")
+    runner = asyncio.create_task(gateway.wait(), name="gateway watch")
+    try:
+        await asyncio.wait((waiter, runner), timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, runner):
+            task.cancel()
+        await asyncio.gather(waiter, runner, return_exceptions=True)
+
+
+async def _run(config: Path | None) -> int:
+    from gateway.config import load
+    from gateway.runtime import Gateway
+
+    settings = load(config)
+    async with _stop_on_signals() as stop, Gateway(settings) as gateway:
+        _LOGGER.info(
+            "gateway %s up: http://%s:%d, broker %s:%d",
+            settings.gateway_id,
+            settings.http.host,
+            gateway.http_port,
+            settings.mqtt.host,
+            settings.mqtt.port,
+        )
+        await _wait(stop, None, gateway)
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from gateway.broker import EmbeddedBroker
+    from gateway.config import load
+    from gateway.demo import describe, print_summary
+    from gateway.runtime import Gateway
+
+    data_dir: Path = args.data_dir
+    org, passwords, secret = _prepare_demo(data_dir)
+    demo_json = data_dir / "demo.json"
+    settings = load(
+        None,
+        demo=True,
+        data_dir=data_dir,
+        secret_key=secret,
+        mqtt={"host": "127.0.0.1", "port": args.mqtt_port},
+        http={"host": "127.0.0.1", "port": args.http_port},
+    )
+    try:
+        async with (
+            _stop_on_signals() as stop,
+            EmbeddedBroker("127.0.0.1", args.mqtt_port),
+            Gateway(settings, org=org) as gateway,
+        ):
+            base = f"http://127.0.0.1:{gateway.http_port}"
+            info = describe(
+                org,
+                passwords,
+                {
+                    "app": f"{base}/app/",
+                    "api": f"{base}/api/v1",
+                    "docs": f"{base}/docs",
+                    "metrics": f"{base}/metrics",
+                    "healthz": f"{base}/healthz",
+                    "mqtt": f"mqtt://127.0.0.1:{args.mqtt_port}",
+                },
+                {"host": "127.0.0.1", "port": args.mqtt_port, "prefix": settings.mqtt.prefix},
+            )
+            demo_json.write_text(json.dumps(info, indent=2, ensure_ascii=False))
+            print(print_summary(info), flush=True)
+            print(f"\n  Written to {demo_json}", flush=True)
+            async with _fleet(args.fleet, info):
+                await _wait(stop, args.duration, gateway)
+    finally:
+        org.close()
+    return 0
+
+
+def _prepare_demo(data_dir: Path) -> tuple[Any, dict[str, str], str]:
+    """Open (and on first use seed) the demo organisation; returns org, passwords, secret."""
+    from gateway.demo import load_passwords, seed
+    from gateway.org import OrgStore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret_file = data_dir / "demo-secret.key"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(48))
+        secret_file.chmod(0o600)
+    org = OrgStore(data_dir / "org.sqlite3")
+    passwords = seed(org) if org.is_empty() else load_passwords(data_dir / "demo.json")
+    return org, passwords, secret_file.read_text().strip()
+
+
+@contextlib.asynccontextmanager
+async def _fleet(size: int, info: dict[str, Any]) -> AsyncIterator[None]:
+    """The demo's simulated fleet: the first ``size`` provisioned devices."""
+    if size <= 0:
+        yield
+        return
+    from firmware_sim.demo import demo_fleet
+
+    async with demo_fleet(info, size):
+        yield
+
+
+def _audit_verify(data_dir: Path | None, config: Path | None) -> int:
+    from gateway.audit import verify_main
+
+    if data_dir is None:
+        from gateway.config import load
+
+        data_dir = load(config, demo=True).data_dir if config else Path("trygg-data")
+    return int(verify_main(data_dir / "audit.sqlite3"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

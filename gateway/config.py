@@ -1,0 +1,125 @@
+"""Gateway settings: defaults, then a TOML file, then ``TRYGG_*`` environment variables."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from devices.contract import DEFAULT_PREFIX
+
+DEFAULT_SECRET = "changethis"  # noqa: S105 - the marker we refuse outside demo mode
+
+
+class MqttSettings(BaseModel):
+    """The broker the gateway talks to devices through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=0, le=65535)
+    prefix: str = DEFAULT_PREFIX
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_has_no_wildcards(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#") or value.endswith("/"):
+            raise ValueError("prefix must be a non-empty topic without wildcards or trailing /")
+        return value
+
+    @model_validator(mode="after")
+    def _user_and_password_together(self) -> MqttSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("mqtt.username and mqtt.password must be set together")
+        return self
+
+
+class HttpSettings(BaseModel):
+    """The staff API and web app."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything a gateway process needs. See docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRYGG_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    # Set by ``load``: the TOML file between the defaults and the environment.
+    _toml_path: ClassVar[Path | None] = None
+
+    gateway_id: str = "gw1"
+    data_dir: Path = Path("trygg-data")
+    demo: bool = False
+    secret_key: str = DEFAULT_SECRET
+    token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    mqtt: MqttSettings = MqttSettings()
+    http: HttpSettings = HttpSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: explicit arguments, environment, TOML file, defaults."""
+        return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_path))
+
+    @model_validator(mode="after")
+    def _no_default_secret_outside_demo(self) -> Settings:
+        if not self.demo and self.secret_key == DEFAULT_SECRET:
+            raise ValueError(
+                "secret_key is the default; set TRYGG_SECRET_KEY or secret_key in the "
+                "config file (only `trygg demo` may run with a generated secret)"
+            )
+        if not self.demo and len(self.secret_key) < 32:
+            raise ValueError("secret_key must be at least 32 characters")
+        return self
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id: stable, so the broker keeps the gateway's session."""
+        return self.mqtt.client_id or f"trygg-gateway-{self.gateway_id}"
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            with path.open("rb") as handle:
+                self._data = tomllib.load(handle)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def load(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config`` (TOML), the environment and ``overrides``."""
+    Settings._toml_path = config
+    try:
+        return Settings(**overrides)
+    finally:
+        Settings._toml_path = None

@@ -1,0 +1,209 @@
+"""The alarm journal: the append-only source of truth.
+
+``Journal`` is the port; ``SqliteJournal`` the embedded adapter. Appends are group-committed:
+a single writer thread takes every batch queued since its last commit and writes them in one
+transaction, so one fsync covers many alarms under load while a lone alarm still commits at
+once. ``append`` returns only after the commit is durable (WAL with ``synchronous=FULL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self, TypeAlias
+
+from alarms.records import Record, from_json, to_json
+
+_LOGGER = logging.getLogger(__name__)
+
+# Upper bound of batches folded into one transaction: large enough to amortise the fsync at
+# tens of thousands of alarms per second, small enough that one commit stays in milliseconds.
+MAX_GROUP = 512
+
+
+class JournalError(Exception):
+    """The journal could not durably store a batch. Nothing of that batch may be acked."""
+
+
+class Journal(Protocol):
+    """The journal port (SQLite here; PostgreSQL implements the same contract)."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Queue records for the next group commit; the future resolves once durable."""
+        ...
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Durably append records, in order, as one unit."""
+        ...
+
+    async def load(self) -> list[Record]:
+        """Every record, in journal order (for replay)."""
+        ...
+
+
+# Called by the writer thread after each commit with (seconds taken, batches folded in).
+CommitObserver: TypeAlias = Callable[[float, int], None]
+
+_Item = tuple[Sequence[Record], asyncio.Future[None], asyncio.AbstractEventLoop]
+_STOP = object()
+
+
+class SqliteJournal:
+    """The journal in one SQLite file. Reusable, not re-entrant."""
+
+    def __init__(
+        self, path: Path, *, on_commit: CommitObserver | None = None
+    ) -> None:
+        self.path = path
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        self._writer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        # Set by tests (and by operators through nothing else): simulate a journal that
+        # refuses writes, e.g. a full disk, without touching file permissions as root.
+        self.fail_writes: Callable[[], bool] | None = None
+
+    async def __aenter__(self) -> Self:
+        if self._lock.locked():
+            raise RuntimeError("SqliteJournal is not re-entrant")
+        await self._lock.acquire()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await asyncio.to_thread(self._connect)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._writer = asyncio.create_task(
+            asyncio.to_thread(self._write_loop, conn), name=f"journal writer {self.path.name}"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._queue.put(_STOP)
+        if self._writer is not None:
+            # The writer drains what was queued before the stop marker, then closes.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._writer)
+            self._writer = None
+        self._lock.release()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit. An ack promises the alarm survives a
+        # power cut, not just a process crash.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS journal ("
+            " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " alarm_id TEXT NOT NULL,"
+            " written_at REAL NOT NULL,"
+            " body TEXT NOT NULL)"
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS journal_alarm ON journal(alarm_id)")
+        return conn
+
+    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Queue records for the next group commit; the future resolves once durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._writer is None or self._writer.done():
+            future.set_exception(JournalError("journal is not open"))
+            return future
+        self._queue.put((records, future, loop))
+        return future
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Durably append records, in order, as one unit."""
+        await self.submit(records)
+
+    async def load(self) -> list[Record]:
+        """Every record, in journal order."""
+        return await asyncio.to_thread(self._load)
+
+    def _load(self) -> list[Record]:
+        conn = sqlite3.connect(self.path)
+        try:
+            rows = conn.execute("SELECT body FROM journal ORDER BY seq").fetchall()
+        finally:
+            conn.close()
+        return [from_json(body) for (body,) in rows]
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                group: list[_Item] = [first]  # type: ignore[list-item]
+                while len(group) < MAX_GROUP:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    group.append(item)  # type: ignore[arg-type]
+                self._commit(conn, group)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            if self.fail_writes is not None and self.fail_writes():
+                raise sqlite3.OperationalError("database or disk is full (simulated)")
+            now = time.time()
+            rows = [
+                (record.alarm_id, now, to_json(record))
+                for records, _, _ in group
+                for record in records
+            ]
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO journal (alarm_id, written_at, body) VALUES (?, ?, ?)", rows
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            _LOGGER.error("journal commit of %d batch(es) failed: %s", len(group), exc)
+            error = exc
+        elapsed = time.perf_counter() - started
+        if error is None and self._on_commit is not None:
+            self._on_commit(elapsed, len(group))
+        for _, future, loop in group:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(JournalError(f"journal write failed: {error}"))

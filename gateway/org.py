@@ -1,0 +1,187 @@
+"""The organisation: teams, staff, care recipients and their devices, in SQLite.
+
+Changes are rare (an import, a technician binding a device) and go straight to disk; the
+whole organisation is also held in memory, and every change produces a new ``Directory``
+for the alarm core.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from alarms.directory import Directory, Recipient, Staff
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    """A team (area) of home-care staff."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaffMember:
+    """A login. ``password_hash`` is an argon2 hash, never the password."""
+
+    id: str
+    username: str
+    name: str
+    role: str
+    team_ids: tuple[str, ...]
+    password_hash: str
+    on_duty: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientInfo:
+    """A care recipient (brukare): what staff need to find and help them."""
+
+    id: str
+    name: str
+    address: str
+    team_id: str
+    entry_info: str = ""
+    action_plan: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """A provisioned device and whom it protects."""
+
+    id: str
+    type: str
+    recipient_id: str | None
+    model: str = ""
+    serial: str = ""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS staff (
+    id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+    role TEXT NOT NULL, team_ids TEXT NOT NULL, password_hash TEXT NOT NULL,
+    on_duty INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS recipients (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
+    team_id TEXT NOT NULL REFERENCES teams(id), entry_info TEXT NOT NULL DEFAULT '',
+    action_plan TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, recipient_id TEXT REFERENCES recipients(id),
+    model TEXT NOT NULL DEFAULT '', serial TEXT NOT NULL DEFAULT '');
+"""
+
+
+class OrgStore:
+    """Organisation data with an in-memory copy. Writes are synchronous and rare."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._conn.executescript(_SCHEMA)
+        self._mutex = threading.Lock()
+        self.teams: dict[str, Team] = {}
+        self.staff: dict[str, StaffMember] = {}
+        self.recipients: dict[str, RecipientInfo] = {}
+        self.devices: dict[str, DeviceInfo] = {}
+        self._load()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._conn.close()
+
+    def _load(self) -> None:
+        c = self._conn
+        self.teams = {r[0]: Team(*r) for r in c.execute("SELECT id, name FROM teams")}
+        self.staff = {
+            r[0]: StaffMember(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], bool(r[6]))
+            for r in c.execute(
+                "SELECT id, username, name, role, team_ids, password_hash, on_duty FROM staff"
+            )
+        }
+        self.recipients = {
+            r[0]: RecipientInfo(*r)
+            for r in c.execute(
+                "SELECT id, name, address, team_id, entry_info, action_plan FROM recipients"
+            )
+        }
+        self.devices = {
+            r[0]: DeviceInfo(*r)
+            for r in c.execute("SELECT id, type, recipient_id, model, serial FROM devices")
+        }
+
+    def is_empty(self) -> bool:
+        """Whether nothing has been seeded or imported yet."""
+        return not self.teams
+
+    def put_team(self, team: Team) -> None:
+        """Create or replace a team."""
+        with self._mutex, self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO teams VALUES (?, ?)", (team.id, team.name))
+        self.teams[team.id] = team
+
+    def put_staff(self, member: StaffMember) -> None:
+        """Create or replace a staff member."""
+        with self._mutex, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO staff VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    member.id,
+                    member.username,
+                    member.name,
+                    member.role,
+                    json.dumps(list(member.team_ids)),
+                    member.password_hash,
+                    int(member.on_duty),
+                ),
+            )
+        self.staff[member.id] = member
+
+    def put_recipient(self, recipient: RecipientInfo) -> None:
+        """Create or replace a care recipient."""
+        with self._mutex, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO recipients VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    recipient.id,
+                    recipient.name,
+                    recipient.address,
+                    recipient.team_id,
+                    recipient.entry_info,
+                    recipient.action_plan,
+                ),
+            )
+        self.recipients[recipient.id] = recipient
+
+    def put_device(self, device: DeviceInfo) -> None:
+        """Create or replace a device."""
+        with self._mutex, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
+                (device.id, device.type, device.recipient_id, device.model, device.serial),
+            )
+        self.devices[device.id] = device
+
+    def staff_by_username(self, username: str) -> StaffMember | None:
+        """Look up a login name."""
+        for member in self.staff.values():
+            if member.username == username:
+                return member
+        return None
+
+    def directory(self) -> Directory:
+        """The routing view of the organisation for the alarm core."""
+        return Directory(
+            device_recipient={
+                d.id: d.recipient_id for d in self.devices.values() if d.recipient_id
+            },
+            recipients={r.id: Recipient(r.id, r.team_id) for r in self.recipients.values()},
+            staff={
+                s.id: Staff(s.id, frozenset(s.team_ids), s.on_duty, s.role)
+                for s in self.staff.values()
+            },
+        )

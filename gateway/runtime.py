@@ -1,0 +1,444 @@
+"""The gateway process: transports, journal, core and staff hub wired together.
+
+Data flows one way (DESIGN.md §2). For an alarm:
+
+1. the MQTT receiver hands the raw message to ``_on_message``, which decodes it at the edge;
+2. the core decides (pure) and returns records + actions;
+3. the records are queued for the journal's next group commit, and the decision for the
+   commit follower — both in arrival order;
+4. the follower awaits each commit in order, applies the records to the core and only then
+   carries out the actions (ack the device, push to staff).
+
+A journal failure means: records not applied, device not acked (it keeps resending), the
+failure counted and logged. State never runs ahead of the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import uvicorn
+
+from alarms.actions import AckDevice, Action, Notify
+from alarms.core import AlarmCore, Decision, Refusal
+from alarms.events import AlarmReceived, StaffEvent
+from alarms.model import Alarm
+from devices.contract import (
+    AlarmMessage,
+    HeartbeatMessage,
+    Reason,
+    Rejected,
+    StatusMessage,
+    TelemetryMessage,
+    decode,
+    encode_ack,
+    topic,
+)
+from gateway import __version__
+from gateway.auth import TokenIssuer
+from gateway.config import Settings
+from gateway.hub import StaffHub
+from gateway.journal import Journal, JournalError, SqliteJournal
+from gateway.metrics import Metrics
+from gateway.mqtt import MqttLink, Outbound
+from gateway.org import OrgStore
+from gateway.ratelimit import LogLimiter
+from gateway.views import alarm_json
+
+_LOGGER = logging.getLogger(__name__)
+
+# Decisions waiting for their journal commit. When full, the MQTT receiver waits: alarms
+# apply back-pressure, they are never dropped. Deep enough for a few group commits of a
+# burst (MAX_GROUP is 512 batches per commit).
+PIPELINE_DEPTH = 4096
+
+
+class RefusedError(Exception):
+    """A staff request the core refused; ``code`` and ``reason`` go to the client."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.code = refusal.code
+        self.reason = refusal.reason
+
+
+class UnavailableError(Exception):
+    """The journal could not store a staff action; nothing changed."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    decision: Decision
+    commit: asyncio.Future[None]
+    done: asyncio.Future[None] | None = None
+    key: tuple[str, str] | None = None
+
+
+@dataclass(slots=True)
+class DeviceSeen:
+    """What the gateway last heard from a device (for the technician view)."""
+
+    last_seen: float
+    battery: float | None = None
+    rssi: float | None = None
+    firmware: str | None = None
+    state: str | None = None
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def new_alarm_id() -> str:
+    """A fresh, time-ordered alarm id."""
+    return f"{int(time.time() * 1000):013x}-{uuid.uuid4().hex[:12]}"
+
+
+class Gateway:
+    """One gateway. ``async with Gateway(settings) as gw:`` runs it until the block exits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        org: OrgStore | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.org = org if org is not None else OrgStore(data_dir / "org.sqlite3")
+        self._owns_org = org is None
+        self.core = AlarmCore(self.org.directory())
+        self.metrics = Metrics(self._alarm_counts)
+        self.journal: Journal = journal or SqliteJournal(
+            data_dir / "journal.sqlite3", on_commit=self._observe_commit
+        )
+        self.hub = StaffHub()
+        self.tokens = TokenIssuer(settings.secret_key, settings.token_ttl_s)
+        self.devices: dict[str, DeviceSeen] = {}
+        self.link: MqttLink | None = None
+        self.http_port: int = 0
+        self._pipeline: asyncio.Queue[_Pending] = asyncio.Queue(PIPELINE_DEPTH)
+        self._in_flight: set[tuple[str, str]] = set()
+        self._staff_lock = asyncio.Lock()
+        self._log_limiter = LogLimiter(interval_s=60.0)
+        self._runner: asyncio.Task[None] | None = None
+        self._server: uvicorn.Server | None = None
+        self._http_socket: socket.socket | None = None
+        self._entered = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("Gateway is not re-entrant")
+        self._entered = True
+        await self.journal.__aenter__()
+        try:
+            started = time.perf_counter()
+            records = await self.journal.load()
+            self.core.apply_all(records)
+            _LOGGER.info(
+                "replayed %d journal records (%d alarms, %d open) in %.3f s",
+                len(records),
+                len(self.core.alarms),
+                len(self.core.open_alarms()),
+                time.perf_counter() - started,
+            )
+            self._http_socket = self._bind_http()
+            self.http_port = self._http_socket.getsockname()[1]
+            self._runner = asyncio.create_task(self._serve(), name="gateway")
+        except BaseException:
+            await self.journal.__aexit__(None, None, None)
+            self._entered = False
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._server is not None:
+                # Let uvicorn close WebSockets and finish requests before we cancel.
+                self._server.should_exit = True
+            if self._runner is not None:
+                self._runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._runner
+                self._runner = None
+        finally:
+            await self.journal.__aexit__(None, None, None)
+            if self._http_socket is not None:
+                self._http_socket.close()
+            if self._owns_org:
+                self.org.close()
+            self._entered = False
+
+    async def wait(self) -> None:
+        """Run until cancelled (or until the gateway fails)."""
+        assert self._runner is not None
+        await asyncio.shield(self._runner)
+
+    def _bind_http(self) -> socket.socket:
+        http = self.settings.http
+        family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((http.host, http.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    async def _serve(self) -> None:
+        mqtt = self.settings.mqtt
+        link = MqttLink(
+            host=mqtt.host,
+            port=mqtt.port,
+            prefix=mqtt.prefix,
+            client_id=self.settings.client_id,
+            gateway_id=self.settings.gateway_id,
+            version=__version__,
+            on_message=self._on_message,
+            on_state=self._on_link_state,
+            username=mqtt.username,
+            password=mqtt.password,
+            keepalive_s=mqtt.keepalive_s,
+        )
+        async with link, asyncio.TaskGroup() as group:
+            self.link = link
+            group.create_task(self._follow_commits(), name="commit follower")
+            group.create_task(self._serve_http(), name="http server")
+
+    async def _serve_http(self) -> None:
+        from gateway.api import create_app  # the API imports this module's types
+
+        config = uvicorn.Config(
+            create_app(self),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            ws_ping_interval=20,
+            ws_ping_timeout=20,
+        )
+        server = _Server(config)
+        self._server = server
+        assert self._http_socket is not None
+        await server.serve(sockets=[self._http_socket])
+
+    # -- observations ------------------------------------------------------------------------
+
+    def _alarm_counts(self) -> dict[str, int]:
+        counts: Counter[str] = Counter(a.state for a in self.core.alarms.values())
+        counts.setdefault("open", 0)
+        counts.setdefault("closed", 0)
+        return dict(counts)
+
+    def _observe_commit(self, seconds: float, batches: int) -> None:
+        # Runs on the journal's writer thread; prometheus_client metrics are thread-safe.
+        self.metrics.journal_commit.observe(seconds)
+
+    def _on_link_state(self, up: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if up else 0)
+
+    def refresh_directory(self) -> None:
+        """Hand the core a new routing view after the organisation changed."""
+        self.core.directory = self.org.directory()
+
+    # -- device ingest -----------------------------------------------------------------------
+
+    async def _on_message(self, topic_name: str, payload: bytes) -> None:
+        message = decode(topic_name, payload, self.settings.mqtt.prefix)
+        if isinstance(message, Rejected):
+            self._reject(message)
+            return
+        now = time.time()
+        self.metrics.ingest.labels(type(message).__name__.removesuffix("Message").lower()).inc()
+        if not self.core.directory.knows_device(message.device_id):
+            self._reject(
+                Rejected(Reason.UNKNOWN_DEVICE, "device is not provisioned",
+                         message.device_id, message.ref)
+            )
+            if isinstance(message, AlarmMessage):
+                # A refused alarm is answered, never ignored: the device (and the
+                # technician looking at it) must learn that nobody will come.
+                self._ack(AckDevice(message.device_id, message.ref, "rejected", "unknown device"))
+            return
+        self._saw(message, now)
+        if isinstance(message, AlarmMessage):
+            await self._on_alarm(message, now)
+
+    def _saw(
+        self,
+        message: AlarmMessage | TelemetryMessage | HeartbeatMessage | StatusMessage,
+        now: float,
+    ) -> None:
+        seen = self.devices.get(message.device_id)
+        if seen is None:
+            seen = self.devices[message.device_id] = DeviceSeen(now)
+        seen.last_seen = now
+        seen.counts[type(message).__name__] += 1
+        if isinstance(message, HeartbeatMessage):
+            seen.battery = message.battery if message.battery is not None else seen.battery
+            seen.rssi = message.rssi if message.rssi is not None else seen.rssi
+        elif isinstance(message, StatusMessage):
+            seen.state = message.state
+            seen.firmware = message.firmware or seen.firmware
+        elif isinstance(message, AlarmMessage) and message.battery is not None:
+            seen.battery = message.battery
+
+    async def _on_alarm(self, message: AlarmMessage, now: float) -> None:
+        key = (message.device_id, message.ref)
+        if key in self._in_flight:
+            # The first copy is being committed; its ack answers this resend too.
+            self.metrics.duplicates.inc()
+            return
+        event = AlarmReceived(
+            device_id=message.device_id,
+            ref=message.ref,
+            type=message.type,
+            device_ts_ms=message.ts_ms,
+            new_id=new_alarm_id(),
+            battery=message.battery,
+        )
+        decision = self.core.decide(event, now)
+        if not decision.records:
+            if self.core.find(*key) is not None:
+                self.metrics.duplicates.inc()
+            self._carry_out(decision.actions)
+            return
+        self._in_flight.add(key)
+        commit = self.journal.submit(decision.records)
+        await self._pipeline.put(_Pending(decision, commit, key=key))
+
+    def _reject(self, rejected: Rejected) -> None:
+        self.metrics.rejects.labels(rejected.reason.value).inc()
+        if self._log_limiter.allow(rejected.reason.value):
+            _LOGGER.warning(
+                "rejected device message (%s) from %s: %s%s",
+                rejected.reason.value,
+                rejected.device_id or "?",
+                rejected.detail,
+                self._log_limiter.suppressed_note(rejected.reason.value),
+            )
+
+    # -- the commit follower -----------------------------------------------------------------
+
+    async def _follow_commits(self) -> None:
+        while True:
+            pending = await self._pipeline.get()
+            try:
+                await pending.commit
+            except JournalError as exc:
+                self.metrics.journal_failures.inc()
+                if pending.done is not None and not pending.done.done():
+                    pending.done.set_exception(UnavailableError(str(exc)))
+            else:
+                self.core.apply_all(pending.decision.records)
+                self._carry_out(pending.decision.actions)
+                if pending.done is not None and not pending.done.done():
+                    pending.done.set_result(None)
+            finally:
+                if pending.key is not None:
+                    self._in_flight.discard(pending.key)
+
+    def _carry_out(self, actions: tuple[Action, ...]) -> None:
+        for action in actions:
+            if isinstance(action, AckDevice):
+                self._ack(action)
+            elif isinstance(action, Notify):
+                self._notify(action)
+
+    def _ack(self, action: AckDevice) -> None:
+        self.metrics.acks.labels(action.status).inc()
+        if self.link is None:
+            return
+        prefix = self.settings.mqtt.prefix
+        self.link.publish_nowait(
+            Outbound(
+                topic(prefix, action.device_id, "ack"),
+                encode_ack(action.ref, action.status, action.reason),
+            )
+        )
+
+    def _notify(self, action: Notify) -> None:
+        alarm = self.core.alarms.get(action.alarm_id)
+        if alarm is None:
+            return
+        self.hub.send(self.audience(alarm), {"type": "alarm", "alarm": alarm_json(alarm, self.org)})
+
+    def audience(self, alarm: Alarm) -> frozenset[str]:
+        """Staff whose clients show this alarm: its targets, its owner and administrators."""
+        admins = frozenset(s.id for s in self.org.staff.values() if s.role == "admin")
+        owner = alarm.owner
+        return alarm.targets | admins | (frozenset((owner,)) if owner else frozenset())
+
+    # -- staff actions -----------------------------------------------------------------------
+
+    async def act(self, event: StaffEvent) -> Alarm:
+        """Carry out a staff action durably; raises RefusedError or UnavailableError."""
+        action = type(event).__name__
+        async with self._staff_lock:
+            decision = self.core.decide(event, time.time())
+            if decision.refusal is not None:
+                self.metrics.staff_actions.labels(action, "refused").inc()
+                raise RefusedError(decision.refusal)
+            if decision.records:
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                commit = self.journal.submit(decision.records)
+                await self._pipeline.put(_Pending(decision, commit, done=done))
+                try:
+                    await done
+                except UnavailableError:
+                    self.metrics.staff_actions.labels(action, "unavailable").inc()
+                    raise
+            self.metrics.staff_actions.labels(action, "ok").inc()
+            return self.core.alarms[event.alarm_id]
+
+    def visible_alarms(self, staff_id: str, state: str = "open") -> list[Alarm]:
+        """The alarms a staff member may see, filtered by ``open``/``closed``/``all``."""
+        alarms = self.core.open_alarms() if state == "open" else list(self.core.alarms.values())
+        if state == "closed":
+            alarms = [a for a in alarms if a.state == "closed"]
+        return [a for a in alarms if self.may_see(staff_id, a)]
+
+    def may_see(self, staff_id: str, alarm: Alarm) -> bool:
+        """Whether a staff member may see an alarm (own team, owner, or administrator)."""
+        return staff_id in self.audience(alarm) or self.core.directory.may_handle(
+            staff_id, alarm.team_id
+        )
+
+    def health(self) -> dict[str, Any]:
+        """Link states for ``/healthz``."""
+        mqtt_up = self.link is not None and self.link.connected
+        writer_ok = self._runner is not None and not self._runner.done()
+        return {
+            "status": "ok" if mqtt_up and writer_ok else "degraded",
+            "mqtt": "up" if mqtt_up else "down",
+            "journal": "ok" if writer_ok else "stopped",
+            "version": __version__,
+            "gateway_id": self.settings.gateway_id,
+        }
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the CLI owns signals and shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def data_path(settings: Settings, name: str) -> Path:
+    """A file in the gateway's data directory."""
+    return settings.data_dir / name

@@ -1,0 +1,51 @@
+"""JSON shapes of the external contract (DESIGN.md §3), built from core and org objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from alarms.model import Alarm
+from gateway.org import OrgStore
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as an ISO-8601 UTC timestamp with milliseconds."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
+    """An alarm as the API and the WebSocket show it."""
+    body: dict[str, Any] = {
+        "id": alarm.id,
+        "device_id": alarm.device_id,
+        "ref": alarm.ref,
+        "type": alarm.type.value,
+        "priority": alarm.priority,
+        "state": alarm.state,
+        "stage": alarm.last_hop.value,
+        "test": alarm.type.value == "test",
+        "recipient_id": alarm.recipient_id,
+        "team_id": alarm.team_id,
+        "owner": alarm.owner,
+        "battery": alarm.battery,
+        "device_ts": alarm.device_ts_ms,
+        "raised_at": iso(alarm.hops[0].at),
+        "cause": alarm.cause,
+        "note": alarm.note,
+        "hops": [
+            {"hop": entry.hop.value, "at": iso(entry.at), "actor": entry.actor}
+            for entry in alarm.hops
+        ],
+    }
+    if org is not None and alarm.recipient_id is not None:
+        recipient = org.recipients.get(alarm.recipient_id)
+        if recipient is not None:
+            body["recipient"] = {
+                "id": recipient.id,
+                "name": recipient.name,
+                "address": recipient.address,
+                "entry_info": recipient.entry_info,
+                "action_plan": recipient.action_plan,
+            }
+    return body

@@ -1,0 +1,128 @@
+"""The alarm path end to end, against real Mosquitto and against the embedded broker."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from gateway.runtime import Gateway
+from tests.conftest import GatewayFactory
+from tests.helpers import device, login, next_alarm
+
+
+async def test_button_to_closed_with_seven_hops(
+    broker: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    async with make_gateway(broker) as gw:
+        base = f"http://127.0.0.1:{gw.http_port}"
+        anna = await login(base, "anna")
+        async with anna.socket() as ws, device(broker, prefix, "dev-a") as dev:
+            hello = json.loads(await ws.recv())
+            assert hello == {"type": "hello", "staff_id": "anna"}
+            assert json.loads(await ws.recv()) == {"type": "sync", "open": []}
+
+            await dev.alarm("ref-1", "fall")
+            ack = await dev.wait_ack("ref-1")
+            assert ack == {"ref": "ref-1", "status": "stored"}
+
+            alarm = await next_alarm(ws)
+            assert (alarm["device_id"], alarm["ref"], alarm["type"]) == ("dev-a", "ref-1", "fall")
+            assert [h["hop"] for h in alarm["hops"]] == ["raised", "stored", "routed"]
+            assert alarm["recipient"]["name"] == "Astrid A"
+            await ws.send(json.dumps({"type": "receipt", "alarm_id": alarm["id"]}))
+            delivered = await next_alarm(ws)
+            assert delivered["hops"][-1]["hop"] == "delivered"
+            assert delivered["hops"][-1]["actor"] == "anna"
+
+            accepted = await anna.post(f"/alarms/{alarm['id']}/accept")
+            assert accepted.status_code == 200, accepted.text
+            on_site = await anna.post(f"/alarms/{alarm['id']}/on-site")
+            assert on_site.status_code == 200, on_site.text
+            no_cause = await anna.post(f"/alarms/{alarm['id']}/close", json={})
+            assert no_cause.status_code == 422
+            closed = await anna.post(
+                f"/alarms/{alarm['id']}/close", json={"cause": "hjälp given", "note": "ok"}
+            )
+            assert closed.status_code == 200, closed.text
+
+        final = (await anna.get(f"/alarms/{alarm['id']}")).json()
+        assert [h["hop"] for h in final["hops"]] == [
+            "raised", "stored", "routed", "delivered", "accepted", "on_site", "closed"]
+        assert [h["actor"] for h in final["hops"]][3:] == ["anna"] * 4
+        assert final["state"] == "closed" and final["cause"] == "hjälp given"
+        assert (await anna.get("/alarms", params={"state": "open"})).json() == []
+        assert [a["id"] for a in (await anna.get("/alarms?state=closed")).json()] == [alarm["id"]]
+        await anna.http.aclose()
+
+
+async def test_conflicting_accept_is_409_with_owner(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    async with make_gateway(mosquitto) as gw, device(mosquitto, prefix, "dev-a") as dev:
+        base = f"http://127.0.0.1:{gw.http_port}"
+        anna, bo, cleo = [await login(base, name) for name in ("anna", "bo", "cleo")]
+        await dev.alarm("x1")
+        await dev.wait_ack("x1")
+        alarm_id = (await anna.get("/alarms")).json()[0]["id"]
+        # cleo is in another team: she does not even see it.
+        assert (await cleo.get(f"/alarms/{alarm_id}")).status_code == 404
+        assert (await cleo.get("/alarms")).json() == []
+        assert (await anna.post(f"/alarms/{alarm_id}/accept")).status_code == 200
+        conflict = await bo.post(f"/alarms/{alarm_id}/accept")
+        assert conflict.status_code == 409
+        assert "anna" in conflict.json()["detail"]
+        for staff in (anna, bo, cleo):
+            await staff.http.aclose()
+
+
+async def test_resent_alarm_is_stored_and_shown_once(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    async with make_gateway(mosquitto) as gw, device(mosquitto, prefix, "dev-a") as dev:
+        for _ in range(5):
+            await dev.alarm("same-ref")
+        await dev.wait_ack("same-ref")
+        # Messages from one client on one topic are processed in order: once a later
+        # alarm is acked, every copy before it has been handled.
+        await dev.alarm("after")
+        await dev.wait_ack("after")
+        assert _sample(gw, "trygg_duplicate_alarms_total") == 4
+        base = f"http://127.0.0.1:{gw.http_port}"
+        anna = await login(base, "anna")
+        alarms = (await anna.get("/alarms?state=all")).json()
+        assert sorted(a["ref"] for a in alarms) == ["after", "same-ref"]
+        await anna.http.aclose()
+
+
+def _sample(gw: Gateway, name: str) -> float:
+    value = gw.metrics.registry.get_sample_value(name)
+    return float(value or 0.0)
+
+
+async def test_bad_input_is_rejected_counted_and_others_still_flow(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    async with make_gateway(mosquitto) as gw, device(mosquitto, prefix, "dev-a") as dev:
+        await dev.publish("alarm", b"{not json")
+        await dev.publish("alarm", {"ts": 1, "type": "manual"})  # no ref
+        await dev.publish("alarm", {"ref": "r", "ts": "yesterday", "type": "manual"})
+        await dev.publish("alarm", {"ref": "r", "ts": 1, "type": "alien"})
+        await dev.publish("alarm", b"[" * 70_000)
+        await dev.client.publish(f"{prefix}/dev-a/alarm/extra", b"{}", qos=1)
+        async with device(mosquitto, prefix, "ghost") as ghost:
+            await ghost.alarm("g1")
+            refused = await ghost.wait_ack("g1")
+            assert refused == {"ref": "g1", "status": "rejected", "reason": "unknown device"}
+        await dev.alarm("good")
+        assert (await dev.wait_ack("good"))["status"] == "stored"
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+            text = (await http.get("/metrics")).text
+            health = (await http.get("/healthz")).json()
+        for reason in ("bad_json", "missing_field", "bad_field", "unknown_type", "oversize",
+                       "unknown_device"):
+            assert f'trygg_rejected_messages_total{{reason="{reason}"}} 1.0' in text, reason
+        assert 'trygg_alarms{state="open"} 1.0' in text
+        assert "trygg_journal_commit_seconds_count" in text
+        assert health["status"] == "ok"
