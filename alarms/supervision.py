@@ -12,7 +12,10 @@ I/O layer runs ONE timer task::
             ...                              # journal the technical alarm, notify
 
 so detection happens at the deadline itself, not at the next tick of a coarse timer (a known
-failure mode of deployed systems: offline detection that lags by the tick period).
+failure mode of deployed systems: offline detection that lags by the tick period). Heartbeats
+only move deadlines later, so the sleeping timer never needs waking for them; it must be
+woken (re-armed) after ``watch``, ``restore`` and a ``seen`` that returned ``DeviceOnline``,
+which can create a deadline earlier than the one it sleeps towards.
 
 Deadlines live in one binary heap with *lazy rescheduling*: every watched, online device has
 exactly one live heap entry whose deadline is never later than its real deadline. A heartbeat
@@ -290,14 +293,17 @@ class Supervisor:
             watch.last_seen = now
         return actions
 
-    def due(self, now: float) -> list[SupervisionAction]:
+    def due(self, now: float, *, limit: int | None = None) -> list[SupervisionAction]:
         """Devices whose deadline is at or before ``now`` and that are not yet offline.
 
-        Each becomes offline and is reported exactly once, in deadline order.
+        Each becomes offline and is reported exactly once, in deadline order. ``limit`` caps
+        the actions of one call: after a long gateway outage tens of thousands of devices
+        can be due at once, and the timer task should yield to the event loop between
+        chunks (``next_deadline()`` stays at or before ``now`` until all are reported).
         """
         actions: list[SupervisionAction] = []
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and (limit is None or len(actions) < limit):
             _, entry, device_id = heap[0]
             watch = self._watches.get(device_id)
             if watch is None or watch.entry != entry:

@@ -81,8 +81,9 @@ _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) (SIP/\d\.\d)$")
 _STATUS_LINE = re.compile(r"^(SIP/\d\.\d) ([1-6]\d\d) ?(.*)$")
-# Where a new message may start in a stream; used to resynchronise after garbage.
-_START = re.compile(rb"(?m)^(?:[A-Z]{3,16} [^ \r\n]+ SIP/2\.0\r\n|SIP/2\.0 [1-6]\d\d )")
+# Where a new message may start in a stream; used to resynchronise after garbage. Not
+# anchored to a line start: on TCP the next message follows the previous body directly.
+_START = re.compile(rb"(?:[A-Z]{3,16} [^ \r\n]+ SIP/2\.0\r\n|SIP/2\.0 [1-6]\d\d )")
 
 
 class SipErrorReason(StrEnum):
@@ -277,7 +278,7 @@ def _parse_headers(lines: list[str]) -> Headers:
             if not parsed:
                 raise _Invalid(SipErrorReason.BAD_HEADER, "continuation line before any header")
             name, value = parsed[-1]
-            parsed[-1] = (name, f"{value} {line.strip()}")
+            parsed[-1] = (name, f"{value} {line.strip()}".strip())
             continue
         name, sep, value = line.partition(":")
         name = name.strip()

@@ -44,6 +44,14 @@ PUBLISH_WORKERS = 8
 MAX_OUTBOUND = 10_000
 
 
+# How long a clean shutdown may take before the link is cancelled outright.
+STOP_TIMEOUT_S = 5.0
+
+
+class _StoppingError(Exception):
+    """Raised inside the session's task group to leave it cleanly on shutdown."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """A message to publish."""
@@ -90,6 +98,7 @@ class MqttLink:
         self._outbound: asyncio.Queue[Outbound] = asyncio.Queue(MAX_OUTBOUND)
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
         self.started_at = time.time()
         self.connects = 0
@@ -113,6 +122,7 @@ class MqttLink:
         if self._lock.locked():
             raise RuntimeError("MqttLink is not re-entrant")
         await self._lock.acquire()
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name=f"mqtt link {self.client_id}")
         return self
 
@@ -123,9 +133,16 @@ class MqttLink:
         tb: TracebackType | None,
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Leave the session by returning, not by cancellation: aiomqtt then sends
+            # DISCONNECT and tears its socket callbacks down in order. Cancelling mid-way
+            # can leave a deferred add_writer for a closed (and possibly reused) fd.
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         self._set_state(False)
         self._lock.release()
@@ -166,7 +183,7 @@ class MqttLink:
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             client = aiomqtt.Client(
                 self.host,
                 self.port,
@@ -187,6 +204,8 @@ class MqttLink:
                     await self._session(client)
             except aiomqtt.MqttError as exc:
                 self._set_state(False)
+                if self._stopping.is_set():
+                    return
                 delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
                 attempt += 1
                 _LOGGER.warning(
@@ -196,7 +215,8 @@ class MqttLink:
                     exc,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         for channel in Channel:
@@ -214,13 +234,23 @@ class MqttLink:
                 for n in range(PUBLISH_WORKERS):
                     group.create_task(self._publisher(client), name=f"mqtt publisher {n}")
                 group.create_task(self._receiver(client), name="mqtt receiver")
+                group.create_task(self._until_stopped(), name="mqtt stop watch")
         except ExceptionGroup as errors:
+            if errors.subgroup(_StoppingError) is not None and self._stopping.is_set():
+                self._set_state(False)
+                # The will is only for an unclean end; say goodbye ourselves.
+                await client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+                return
             # A lost connection surfaces in whichever task noticed first; report it as the
             # single MqttError the reconnect loop expects. Anything else is a bug: re-raise.
             mqtt_errors, others = errors.split(aiomqtt.MqttError)
             if others is not None or mqtt_errors is None:
                 raise
             raise aiomqtt.MqttError(str(mqtt_errors.exceptions[0])) from None
+
+    async def _until_stopped(self) -> None:
+        await self._stopping.wait()
+        raise _StoppingError
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -134,6 +134,7 @@ class Gateway:
         self._server: uvicorn.Server | None = None
         self._http_socket: socket.socket | None = None
         self._entered = False
+        self._link_created = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -190,6 +191,12 @@ class Gateway:
         assert self._runner is not None
         await asyncio.shield(self._runner)
 
+    async def wait_connected(self) -> None:
+        """Return once the broker session is up."""
+        await self._link_created.wait()
+        assert self.link is not None
+        await self.link.wait_connected()
+
     def _bind_http(self) -> socket.socket:
         http = self.settings.http
         family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
@@ -217,6 +224,7 @@ class Gateway:
         )
         async with link, asyncio.TaskGroup() as group:
             self.link = link
+            self._link_created.set()
             group.create_task(self._follow_commits(), name="commit follower")
             group.create_task(self._serve_http(), name="http server")
 

@@ -20,7 +20,7 @@ from gateway.org import DeviceInfo, OrgStore, RecipientInfo, StaffMember, Team
 from gateway.runtime import Gateway
 
 MOSQUITTO = ("127.0.0.1", 1883)
-PASSWORD = "correct horse battery"  # noqa: S105 - test fixture credential
+PASSWORD = "correct horse battery"
 # Hashing is deliberately slow; hash once per test session.
 _HASH: list[str] = []
 
@@ -101,12 +101,12 @@ def settings_for(
     data_dir: Path, broker: tuple[str, int], prefix: str, **overrides: Any
 ) -> Settings:
     """Gateway settings for tests: loopback, ephemeral HTTP port, a private prefix."""
+    overrides.setdefault("gateway_id", f"gw-{uuid.uuid4().hex[:8]}")
     return load(
         None,
         demo=True,
         data_dir=data_dir,
         secret_key="test-secret-" + "x" * 40,
-        gateway_id=f"gw-{uuid.uuid4().hex[:8]}",
         mqtt={"host": broker[0], "port": broker[1], "prefix": prefix},
         http={"host": "127.0.0.1", "port": 0},
         **overrides,
@@ -130,16 +130,9 @@ def make_gateway(tmp_path: Path, prefix: str) -> GatewayFactory:
             seed_small(org)
         try:
             async with Gateway(settings_for(directory, broker, prefix, **overrides), org=org) as gw:
-                assert gw.link is not None or True
-                await asyncio.wait_for(_connected(gw), 10)
+                await asyncio.wait_for(gw.wait_connected(), 10)
                 yield gw
         finally:
             org.close()
 
     return factory
-
-
-async def _connected(gw: Gateway) -> None:
-    while gw.link is None:
-        await asyncio.sleep(0.01)
-    await gw.link.wait_connected()

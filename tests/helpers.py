@@ -106,3 +106,89 @@ async def next_alarm(ws: websockets.ClientConnection, timeout: float = 10) -> di
             if message["type"] == "alarm":
                 alarm: dict[str, Any] = message["alarm"]
                 return alarm
+
+
+class ResendingFleet:
+    """Devices that resend every alarm until it is acked, as the contract requires.
+
+    Each device has its own MQTT connection and a persistent session, so an ack published
+    while it is briefly disconnected still reaches it.
+    """
+
+    def __init__(self, broker: tuple[str, int], prefix: str, device_ids: list[str],
+                 resend_s: float = 1.0) -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.device_ids = device_ids
+        self.resend_s = resend_s
+        self.sent: dict[tuple[str, str], int] = {}
+        self.acked: dict[tuple[str, str], str] = {}
+        self._clients: dict[str, aiomqtt.Client] = {}
+        self._all_acked = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+
+    async def __aenter__(self) -> ResendingFleet:
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        ready = [asyncio.get_running_loop().create_future() for _ in self.device_ids]
+        for device_id, up in zip(self.device_ids, ready, strict=True):
+            self._group.create_task(self._device(device_id, up), name=f"sim {device_id}")
+        try:
+            await asyncio.gather(*ready)
+        except BaseException as exc:
+            # Surface the failing device's own error rather than the cancellation it caused.
+            await self._group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._group is not None
+        for task in list(self._group._tasks):  # noqa: SLF001 - our own group
+            task.cancel()
+        await self._group.__aexit__(None, None, None)
+
+    async def _device(self, device_id: str, up: asyncio.Future[None]) -> None:
+        client = aiomqtt.Client(
+            self.broker[0], self.broker[1], identifier=f"{self.prefix}-{device_id}",
+            clean_session=False, max_concurrent_outgoing_calls=None,
+        )
+        async with client:
+            await client.subscribe(f"{self.prefix}/{device_id}/ack", qos=1)
+            self._clients[device_id] = client
+            up.set_result(None)
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                body = json.loads(message.payload)
+                key = (device_id, body["ref"])
+                if key in self.sent:
+                    self.acked.setdefault(key, body["status"])
+                    if len(self.acked) == len(self.sent):
+                        self._all_acked.set()
+
+    async def burst(self, per_device: int) -> None:
+        """Every device raises ``per_device`` alarms at once."""
+        for n in range(per_device):
+            for device_id in self.device_ids:
+                ref = f"b{n}"
+                self.sent[(device_id, ref)] = 0
+                await self._send(device_id, ref)
+
+    async def _send(self, device_id: str, ref: str) -> None:
+        self.sent[(device_id, ref)] += 1
+        body = {"ref": ref, "ts": int(time.time() * 1000), "type": "manual"}
+        try:
+            await self._clients[device_id].publish(
+                f"{self.prefix}/{device_id}/alarm", json.dumps(body).encode(), qos=1
+            )
+        except aiomqtt.MqttError:
+            pass  # the resend loop tries again
+
+    async def resend_until_acked(self, deadline_s: float) -> None:
+        """Resend every unacked alarm every ``resend_s`` until all are acked."""
+        async with asyncio.timeout(deadline_s):
+            while not self._all_acked.is_set():
+                try:
+                    await asyncio.wait_for(self._all_acked.wait(), self.resend_s)
+                except TimeoutError:
+                    for key in [k for k in self.sent if k not in self.acked]:
+                        await self._send(*key)

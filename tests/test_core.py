@@ -239,7 +239,7 @@ staff_ids = st.sampled_from(["anna", "bo", "cleo", "dan"])
 
 @st.composite
 def scripts(draw: st.DrawFn) -> list[tuple[str, tuple[str, ...], float]]:
-    steps = []
+    steps: list[tuple[str, tuple[str, ...], float]] = []
     for _ in range(draw(st.integers(1, 40))):
         kind = draw(st.sampled_from(["alarm", "receipt", "accept", "on_site", "close"]))
         advance = draw(st.floats(0, 120))

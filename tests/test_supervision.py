@@ -194,6 +194,19 @@ def test_due_orders_by_deadline() -> None:
     assert offline_ids(sup.due(T0 + 50.0)) == ["early", "late"]
 
 
+def test_due_limit_reports_in_chunks() -> None:
+    """A capped ``due`` leaves the rest due, and next_deadline says so."""
+    sup = Supervisor()
+    for i in range(10):
+        sup.watch(f"d{i}", now=T0 + i, interval_s=10.0, grace_s=0.0)
+    first = sup.due(T0 + 100.0, limit=4)
+    assert offline_ids(first) == ["d0", "d1", "d2", "d3"]
+    assert sup.next_deadline() == T0 + 14.0
+    rest = sup.due(T0 + 100.0, limit=100)
+    assert offline_ids(rest) == [f"d{i}" for i in range(4, 10)]
+    assert sup.next_deadline() is None
+
+
 # -- unwatch and overrides -----------------------------------------------------------------
 
 

@@ -383,9 +383,7 @@ class BufferedSink(abc.ABC):
 
     def _urgent(self) -> bool:
         return (
-            len(self._buffer) >= self._batch_size
-            or self._flush_waiters > 0
-            or not self._accepting
+            len(self._buffer) >= self._batch_size or self._flush_waiters > 0 or not self._accepting
         )
 
     async def _write_with_retry(self, batch: Sequence[Sample]) -> None:

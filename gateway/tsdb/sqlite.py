@@ -230,12 +230,14 @@ class SqliteSink(BufferedSink):
         tg.create_task(self._maintenance_loop(), name="tsdb-sqlite maintenance")
 
     async def _maintenance_loop(self) -> None:
+        # First run one interval after start: startup stays quick, and explicit maintain()
+        # calls (tests, CLI) are not raced by an implicit one.
         while True:
+            await asyncio.sleep(self._retention.maintenance_interval_s)
             try:
                 await self.maintain(self._clock())
             except sqlite3.Error:
                 _LOGGER.exception("telemetry maintenance failed; retrying next interval")
-            await asyncio.sleep(self._retention.maintenance_interval_s)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -308,11 +310,11 @@ class SqliteSink(BufferedSink):
     ) -> list[SeriesPoint]:
         """Points in ``[start_ms, end_ms)``, oldest first.
 
-        If the range holds at most ``max_points`` raw samples (and lies within the raw
-        retention), they are returned as stored, vectors as tuples. Otherwise the range is cut
-        into ``max_points`` equal buckets and each non-empty bucket is returned as
-        ``(bucket start, mean)``, vectors counted by magnitude; below the raw horizon the
-        means come from the 1-minute rollups (a minute belongs to the bucket of its start).
+        If the range holds at most ``max_points`` stored points, they are returned as stored:
+        raw samples (vectors as tuples) above the raw horizon, ``(minute start, average)``
+        below it. Otherwise the range is cut into ``max_points`` equal buckets and each
+        non-empty bucket is returned as ``(bucket start, mean)``, vectors counted by magnitude,
+        rollup minutes weighted by their count (a minute belongs to the bucket of its start).
         """
         if max_points < 1:
             raise ValueError("max_points must be positive")
@@ -328,21 +330,38 @@ class SqliteSink(BufferedSink):
         conn = self._connection()
         horizon = self._meta(conn, "raw_horizon_ms")
         raw_start = max(start_ms, horizon)
+        roll_end = min(end_ms, horizon)
         series = (device_id, metric)
-        if start_ms >= horizon:
-            (count,) = conn.execute(
-                "SELECT COUNT(*) FROM raw"
-                " WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ?",
-                (*series, raw_start, end_ms),
+        (raw_count,) = conn.execute(
+            "SELECT COUNT(*) FROM raw"
+            " WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ?",
+            (*series, raw_start, end_ms),
+        ).fetchone()
+        roll_count = 0
+        if start_ms < roll_end:
+            (roll_count,) = conn.execute(
+                "SELECT COUNT(*) FROM rollup_1m"
+                " WHERE device_id = ? AND metric = ? AND minute_ms >= ? AND minute_ms < ?",
+                (*series, start_ms, roll_end),
             ).fetchone()
-            if count <= max_points:
-                rows = conn.execute(
-                    "SELECT ts_ms, num, vec FROM raw"
-                    " WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ?"
-                    " ORDER BY ts_ms, id",
-                    (*series, raw_start, end_ms),
-                )
-                return [(ts, _value(num, vec)) for ts, num, vec in rows]
+        if raw_count + roll_count <= max_points:
+            # Few enough: as fine as stored. Minute averages below the horizon, raw above.
+            points: list[SeriesPoint] = []
+            if roll_count:
+                points += conn.execute(
+                    "SELECT minute_ms, avg FROM rollup_1m"
+                    " WHERE device_id = ? AND metric = ? AND minute_ms >= ? AND minute_ms < ?"
+                    " ORDER BY minute_ms",
+                    (*series, start_ms, roll_end),
+                ).fetchall()
+            rows = conn.execute(
+                "SELECT ts_ms, num, vec FROM raw"
+                " WHERE device_id = ? AND metric = ? AND ts_ms >= ? AND ts_ms < ?"
+                " ORDER BY ts_ms, id",
+                (*series, raw_start, end_ms),
+            )
+            points += [(ts, _value(num, vec)) for ts, num, vec in rows]
+            return points
         width = max(1, -(-(end_ms - start_ms) // max_points))
         buckets: dict[int, tuple[float, int]] = {}
         parts = [
@@ -357,7 +376,7 @@ class SqliteSink(BufferedSink):
                 " WHERE device_id = ? AND metric = ? AND minute_ms >= ? AND minute_ms < ?"
                 " GROUP BY 1",
                 start_ms,
-                min(end_ms, horizon),
+                roll_end,
             ),
         ]
         for sql, lo, hi in parts:
@@ -367,8 +386,7 @@ class SqliteSink(BufferedSink):
                 old_total, old_n = buckets.get(bucket, (0.0, 0))
                 buckets[bucket] = (old_total + total, old_n + n)
         return [
-            (start_ms + bucket * width, total / n)
-            for bucket, (total, n) in sorted(buckets.items())
+            (start_ms + bucket * width, total / n) for bucket, (total, n) in sorted(buckets.items())
         ]
 
     # -- helpers -------------------------------------------------------------------------
