@@ -70,7 +70,8 @@ class FallVerdicts:
 
 def magnitude(windows: Windows) -> npt.NDArray[np.float64]:
     """Signal-vector magnitude of each sample, shape ``(n, samples)``."""
-    return np.sqrt(np.einsum("nmk,nmk->nm", windows, windows))
+    squares: npt.NDArray[np.float64] = np.einsum("nmk,nmk->nm", windows, windows)
+    return np.sqrt(squares)
 
 
 def _masked_mean(
@@ -78,8 +79,9 @@ def _masked_mean(
 ) -> npt.NDArray[np.float64]:
     col = np.arange(windows.shape[1])
     mask = (col[None, :] >= lo[:, None]) & (col[None, :] < hi[:, None])
-    count = np.maximum(mask.sum(axis=1), 1)
-    return np.einsum("nm,nmk->nk", mask.astype(np.float64), windows) / count[:, None]
+    count: npt.NDArray[np.int64] = np.maximum(mask.sum(axis=1), 1)
+    total: npt.NDArray[np.float64] = np.einsum("nm,nmk->nk", mask.astype(np.float64), windows)
+    return total / count[:, None]
 
 
 def detect(windows: Windows, params: FallParams | None = None) -> FallVerdicts:
@@ -163,7 +165,8 @@ class FallDataset:
 
 
 def _unit(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    norm: npt.NDArray[np.float64] = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norm, 1e-12)
 
 
 def _tilted(rng: np.random.Generator, degrees: float) -> npt.NDArray[np.float64]:
@@ -229,8 +232,9 @@ def _window(
         seated = _tilted(rng, recline)
         orient = _blend(t, at - 0.5, at + 0.2, upright, seated)
         dyn = np.where(t < at - 0.6, 1.0, 0.0)[:, None] * _gait(rng, t, upright)
-        dyn += _pulse(t, at, rng.uniform(0.08, 0.15), rng.uniform(0.8, 2.5))[:, None] * (
-            _unit(seated + 0.3 * jolt_dir)[None, :]
+        dyn += (
+            _pulse(t, at, rng.uniform(0.08, 0.15), rng.uniform(0.8, 2.5))[:, None]
+            * (_unit(seated + 0.3 * jolt_dir)[None, :])
         )
         sway = rng.uniform(0.005, 0.03) * np.sin(2 * np.pi * 0.25 * t)  # breathing
         dyn += np.where(t > at + 0.3, sway, 0.0)[:, None] * seated[None, :]
@@ -247,11 +251,14 @@ def _window(
         lean = _tilted(rng, rng.uniform(10, 35))
         back = rng.uniform(0.4, 1.0)
         orient = np.where(
-            (t < at)[:, None], _blend(t, at - 0.3, at, upright, lean), _blend(t, at, at + back, lean, upright)
+            (t < at)[:, None],
+            _blend(t, at - 0.3, at, upright, lean),
+            _blend(t, at, at + back, lean, upright),
         )
         dyn = _gait(rng, t, upright)
-        dyn += _pulse(t, at, rng.uniform(0.06, 0.12), rng.uniform(0.8, 2.2))[:, None] * (
-            _unit(upright + 0.5 * jolt_dir)[None, :]
+        dyn += (
+            _pulse(t, at, rng.uniform(0.06, 0.12), rng.uniform(0.8, 2.2))[:, None]
+            * (_unit(upright + 0.5 * jolt_dir)[None, :])
         )
         return orient + dyn + rng.normal(0, noise, (m, 3))
 
@@ -327,8 +334,7 @@ def score(dataset: FallDataset, params: FallParams | None = None) -> Score:
     tn = int(np.sum(~pred & ~truth))
     kinds = np.array([str(a) for a in dataset.activities])
     flagged = {
-        str(a): (int(np.sum(pred[kinds == str(a)])), int(np.sum(kinds == str(a))))
-        for a in Activity
+        str(a): (int(np.sum(pred[kinds == str(a)])), int(np.sum(kinds == str(a)))) for a in Activity
     }
     return Score(
         precision=tp / (tp + fp) if tp + fp else 1.0,

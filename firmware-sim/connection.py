@@ -162,21 +162,27 @@ class Connection:
             await self._up.wait()
             self._down.clear()
             try:
-                await self._session()
+                dropped = await self._session()
             except* aiomqtt.MqttError as group:
+                dropped = False
                 self._counters["connection_errors"] += 1
                 _LOGGER.debug("%s: connection lost: %s", self.name, group.exceptions[0])
-            except* _Down:
-                attempt = -1  # an intentional drop reconnects promptly when allowed again
             finally:
                 if self.connected.is_set():
                     self._counters["disconnects"] += 1
                 self.connected.clear()
-            attempt += 1
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A TaskGroup that is already aborting for a child's error may report that
+                # error instead of our cancellation (Python 3.11); never swallow a cancel.
+                raise asyncio.CancelledError
+            # An intentional drop reconnects promptly once allowed again; errors back off.
+            attempt = 0 if dropped else attempt + 1
             if attempt > 0:
                 await asyncio.sleep(self._backoff.delay(attempt - 1, self._rng))
 
-    async def _session(self) -> None:
+    async def _session(self) -> bool:
+        """One connection, until it fails (raises) or is asked to go down (returns True)."""
         client = aiomqtt.Client(
             self._host,
             self._port,
@@ -194,11 +200,14 @@ class Connection:
             self.connected.set()
             self._on_connected()
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._receive(client), name=f"{self.name} receive")
-                for n in range(self._workers):
-                    tg.create_task(self._send(client), name=f"{self.name} publish {n}")
+                tasks = [tg.create_task(self._receive(client), name=f"{self.name} receive")]
+                tasks += [tg.create_task(self._send(client), name=f"{self.name} publish {n}")
+                          for n in range(self._workers)]
+                # A failing child cancels this wait and the group raises its error.
                 await self._down.wait()
-                raise _Down
+                for task in tasks:
+                    task.cancel()
+        return True
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -218,6 +227,3 @@ class Connection:
             await client.publish(topic, payload, qos=1)
             self._counters["published"] += 1
 
-
-class _Down(Exception):
-    """Raised inside a session to leave it on purpose."""

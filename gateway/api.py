@@ -5,6 +5,7 @@
 import asyncio
 import contextlib
 import logging
+import time
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -154,6 +155,30 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def close(alarm_id: str, body: CloseIn, member: Me) -> dict[str, Any]:
         return await act(member, CloseRequested(alarm_id, member.id, body.cause, body.note))
 
+    @app.get("/api/v1/devices/{device_id}/series", tags=["telemetry"])
+    async def series(
+        device_id: str,
+        metric: str,
+        member: Me,
+        start_ms: int = 0,
+        end_ms: int | None = None,
+        max_points: Annotated[int, Query(ge=1, le=5000)] = 500,
+    ) -> dict[str, Any]:
+        device = gateway.org.devices.get(device_id)
+        recipient = gateway.org.recipients.get(device.recipient_id or "") if device else None
+        allowed = member.role in ("admin", "technician") or (
+            recipient is not None and recipient.team_id in member.team_ids
+        )
+        if device is None or not allowed:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
+        end = end_ms if end_ms is not None else int(time.time() * 1000) + 1
+        points = await gateway.telemetry.query(device_id, metric, start_ms, end, max_points)
+        return {
+            "device_id": device_id,
+            "metric": metric,
+            "points": [[ts, list(v) if isinstance(v, tuple) else v] for ts, v in points],
+        }
+
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:
         health = gateway.health()
@@ -166,6 +191,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         m.staff_connections.set(gateway.hub.connection_count())
         if gateway.link is not None:
             m.mqtt_dropped.set(gateway.link.dropped_outbound)
+        stats = gateway.telemetry.stats
+        m.telemetry_shed.set(stats.shed)
+        m.telemetry_written.set(stats.written)
         return PlainTextResponse(
             generate_latest(m.registry).decode(), media_type=CONTENT_TYPE_LATEST
         )

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    # The embedded broker narrates every state transition at INFO; keep its warnings only.
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "demo":
         return _run_async(_demo(args))
     if args.command == "run":

@@ -54,6 +54,17 @@ class HttpSettings(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class InfluxSettings(BaseModel):
+    """Long-term telemetry in an InfluxDB v2 write API compatible server (docs/telemetry.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    token: str = ""
+    org: str = ""
+    bucket: str = "trygg"
+
+
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
@@ -71,6 +82,7 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
+    influx: InfluxSettings | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -53,6 +53,7 @@ from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
 from gateway.ratelimit import LogLimiter
+from gateway.tsdb import InfluxSink, Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json
 
 _LOGGER = logging.getLogger(__name__)
@@ -121,6 +122,13 @@ class Gateway:
         self.journal: Journal = journal or SqliteJournal(
             data_dir / "journal.sqlite3", on_commit=self._observe_commit
         )
+        self.telemetry = SqliteSink(data_dir / "telemetry.sqlite3")
+        self.sinks: list[TelemetrySink] = [self.telemetry]
+        if settings.influx is not None:
+            influx = settings.influx
+            self.sinks.append(
+                InfluxSink(url=influx.url, token=influx.token, org=influx.org, bucket=influx.bucket)
+            )
         self.hub = StaffHub()
         self.tokens = TokenIssuer(settings.secret_key, settings.token_ttl_s)
         self.devices: dict[str, DeviceSeen] = {}
@@ -142,8 +150,12 @@ class Gateway:
         if self._entered:
             raise RuntimeError("Gateway is not re-entrant")
         self._entered = True
-        await self.journal.__aenter__()
+        self._stack = contextlib.AsyncExitStack()
+        await self._stack.__aenter__()
         try:
+            await self._stack.enter_async_context(self.journal)
+            for sink in self.sinks:
+                await self._stack.enter_async_context(sink)
             started = time.perf_counter()
             records = await self.journal.load()
             self.core.apply_all(records)
@@ -158,7 +170,7 @@ class Gateway:
             self.http_port = self._http_socket.getsockname()[1]
             self._runner = asyncio.create_task(self._serve(), name="gateway")
         except BaseException:
-            await self.journal.__aexit__(None, None, None)
+            await self._stack.aclose()
             self._entered = False
             raise
         return self
@@ -179,7 +191,7 @@ class Gateway:
                     await self._runner
                 self._runner = None
         finally:
-            await self.journal.__aexit__(None, None, None)
+            await self._stack.aclose()
             if self._http_socket is not None:
                 self._http_socket.close()
             if self._owns_org:
@@ -285,6 +297,12 @@ class Gateway:
         self._saw(message, now)
         if isinstance(message, AlarmMessage):
             await self._on_alarm(message, now)
+        elif isinstance(message, TelemetryMessage):
+            # Telemetry is offered, never awaited: a full buffer sheds (counted) rather
+            # than delay the alarm behind it.
+            sample = Sample.from_message(message, int(now * 1000))
+            for sink in self.sinks:
+                sink.offer(sample)
 
     def _saw(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -126,3 +127,30 @@ async def test_bad_input_is_rejected_counted_and_others_still_flow(
         assert 'trygg_alarms{state="open"} 1.0' in text
         assert "trygg_journal_commit_seconds_count" in text
         assert health["status"] == "ok"
+
+
+async def test_telemetry_is_stored_separately_and_queryable(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    async with make_gateway(mosquitto) as gw, device(mosquitto, prefix, "dev-a") as dev:
+        start = int(time.time() * 1000) - 10_000
+        for n in range(5):
+            await dev.publish(
+                "telemetry",
+                {"ref": f"t{n}", "ts": start + n * 1000, "metric": "temperature",
+                 "value": 20.0 + n, "unit": "C"},
+            )
+        await dev.alarm("after-telemetry")
+        await dev.wait_ack("after-telemetry")  # in-order: every sample was offered by now
+        await gw.telemetry.flush()
+        anna = await login(f"http://127.0.0.1:{gw.http_port}", "anna")
+        series = await anna.get("/devices/dev-a/series", params={"metric": "temperature"})
+        assert series.status_code == 200, series.text
+        values = [v for _, v in series.json()["points"]]
+        assert values == [20.0, 21.0, 22.0, 23.0, 24.0]
+        cleo = await login(f"http://127.0.0.1:{gw.http_port}", "cleo")
+        assert (await cleo.get("/devices/dev-a/series", params={"metric": "temperature"})
+                ).status_code == 404
+        assert gw.telemetry.stats.written == 5
+        for staff in (anna, cleo):
+            await staff.http.aclose()

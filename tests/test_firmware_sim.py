@@ -103,17 +103,23 @@ class Acker:
                 continue
             self.messages.append((message.topic.value, message.payload))
             parsed = decode(message.topic.value, message.payload, self.prefix)
-            if isinstance(parsed, AlarmMessage):
-                key = (parsed.device_id, parsed.ref)
-                self.sends[key] += 1
-                if self.sends[key] > self.ignore_first and not (self.ack_once and self.acked[key]):
-                    if self.delay:
-                        await asyncio.sleep(self.delay)
-                    self.acked[key] += 1
-                    await client.publish(topic(self.prefix, parsed.device_id, "ack"),
-                                         encode_ack(parsed.ref, self.status, self.reason), qos=1)
-            async with self.changed:
-                self.changed.notify_all()
+            if not isinstance(parsed, AlarmMessage):
+                await self._notify()
+                continue
+            key = (parsed.device_id, parsed.ref)
+            self.sends[key] += 1
+            await self._notify()
+            if self.sends[key] > self.ignore_first and not (self.ack_once and self.acked[key]):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                await client.publish(topic(self.prefix, parsed.device_id, "ack"),
+                                     encode_ack(parsed.ref, self.status, self.reason), qos=1)
+                self.acked[key] += 1
+                await self._notify()
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
 
     async def command(self, device_id: str, cmd: str, **args: str | int | float | bool) -> None:
         assert self._client is not None

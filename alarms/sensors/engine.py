@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,8 @@ from alarms.sensors.localtime import (
 )
 from alarms.sensors.rings import RingStore
 from alarms.sensors.rules import FallRule, RecipientRules
+
+_T = TypeVar("_T", bound=np.generic)
 
 # Technical alarms (tekniskt larm) rank below every care alarm and above test alarms.
 TECHNICAL_PRIORITY = 6
@@ -103,6 +106,19 @@ class Sample:
     metric: str
     value: float | tuple[float, ...]
     ts_ms: int
+
+
+class SampleLike(Protocol):
+    """Anything with a sample's four fields (``Sample``, ``TelemetryMessage``)."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def value(self) -> float | tuple[float, ...]: ...
+    @property
+    def ts_ms(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +275,7 @@ class _Table:
         )
 
 
-def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
+def _grow(arr: npt.NDArray[_T], size: int, fill: object) -> npt.NDArray[_T]:
     if arr.size >= size:
         return arr
     out = np.full(max(size, 2 * arr.size, 64), fill, dtype=arr.dtype)
@@ -314,9 +330,9 @@ class SensorRuleEngine:
             index = len(self._rec_ids)
             self._rec_index[recipient_id] = index
             self._rec_ids.append(recipient_id)
-            self._presence = _grow(self._presence, index + 1, False)  # type: ignore[assignment]
-            self._morning_done = _grow(self._morning_done, index + 1, -1)  # type: ignore[assignment]
-            self._day_anchor = _grow(self._day_anchor, index + 1, -1)  # type: ignore[assignment]
+            self._presence = _grow(self._presence, index + 1, False)
+            self._morning_done = _grow(self._morning_done, index + 1, -1)
+            self._day_anchor = _grow(self._day_anchor, index + 1, -1)
             self._table = None
         return index
 
@@ -357,12 +373,12 @@ class SensorRuleEngine:
         self._streams[key] = stream
         self._stream_device.append(device_id)
         size = self._n
-        self._metric_code = _grow(self._metric_code, size, -1)  # type: ignore[assignment]
-        self._stream_rec = _grow(self._stream_rec, size, -1)  # type: ignore[assignment]
-        self._last_ts = _grow(self._last_ts, size, np.iinfo(np.int64).min)  # type: ignore[assignment]
-        self._last_motion = _grow(self._last_motion, size, -1)  # type: ignore[assignment]
-        self._bat_fired = _grow(self._bat_fired, size, False)  # type: ignore[assignment]
-        self._bat_level = _grow(self._bat_level, size, 0.0)  # type: ignore[assignment]
+        self._metric_code = _grow(self._metric_code, size, -1)
+        self._stream_rec = _grow(self._stream_rec, size, -1)
+        self._last_ts = _grow(self._last_ts, size, np.iinfo(np.int64).min)
+        self._last_motion = _grow(self._last_motion, size, -1)
+        self._bat_fired = _grow(self._bat_fired, size, False)
+        self._bat_level = _grow(self._bat_level, size, 0.0)
         self._metric_code[stream] = _METRIC_CODE.get(metric, -1)
         recipient = self._device_rec.get(device_id)
         self._stream_rec[stream] = -1 if recipient is None else self._rec_index[recipient]
@@ -377,7 +393,7 @@ class SensorRuleEngine:
 
     # -- input -------------------------------------------------------------------------------
 
-    def feed(self, samples: Iterable[Sample], now_ms: int) -> list[RuleFiring]:
+    def feed(self, samples: Iterable[SampleLike], now_ms: int) -> list[RuleFiring]:
         """Evaluate a batch of samples (any order, any devices), then ``tick(now_ms)``.
 
         Accepts ``Sample``s or ``devices.contract.TelemetryMessage``s. Accelerometer windows
@@ -386,7 +402,7 @@ class SensorRuleEngine:
         streams: list[int] = []
         values: list[float] = []
         times: list[int] = []
-        accel: list[Sample] = []
+        accel: list[SampleLike] = []
         for sample in samples:
             if isinstance(sample.value, tuple):
                 if sample.metric == Metric.ACCEL:
@@ -629,9 +645,9 @@ class SensorRuleEngine:
 
     # -- falls -------------------------------------------------------------------------------
 
-    def _feed_accel(self, samples: list[Sample]) -> list[RuleFiring]:
+    def _feed_accel(self, samples: list[SampleLike]) -> list[RuleFiring]:
         # Windows of the same length and settings are stacked and judged in one call.
-        groups: dict[tuple[int, FallRule], list[Sample]] = {}
+        groups: dict[tuple[int, FallRule], list[SampleLike]] = {}
         for sample in samples:
             recipient = self._device_rec.get(sample.device_id)
             if recipient is None or not isinstance(sample.value, tuple):
@@ -710,9 +726,7 @@ class SensorRuleEngine:
             if not table.enabled[rule].size:
                 break
             enabled = (
-                has_rec
-                & (self._metric_code[:n] == _CODE[metric])
-                & table.enabled[rule][safe_rec]
+                has_rec & (self._metric_code[:n] == _CODE[metric]) & table.enabled[rule][safe_rec]
             )
             duration = table.duration_ms[rule][safe_rec]
             for s in episodes.due_on_tick(self._episodes[rule], enabled, duration, now_ms):
@@ -823,13 +837,14 @@ def _sorted(
 def _evidence(
     ts: npt.NDArray[np.int64], val: npt.NDArray[np.float64], lo_ms: int, hi_ms: int
 ) -> tuple[tuple[int, float], ...]:
-    """Samples in [lo, hi] (at most EVIDENCE_MAX: the first few and the latest ones)."""
+    """Samples in [lo, hi] and the one before (the state the episode left); the first few
+    and the latest if there are more than EVIDENCE_MAX."""
     inside = (ts >= lo_ms) & (ts <= hi_ms)
-    if not inside.any():
-        inside = ts <= hi_ms
-        idx = np.flatnonzero(inside)[-EVIDENCE_MAX // 2 :]
-    else:
-        idx = np.flatnonzero(inside)
-        if idx.size > EVIDENCE_MAX:
-            idx = np.concatenate([idx[: EVIDENCE_MAX // 3], idx[-(EVIDENCE_MAX - EVIDENCE_MAX // 3) :]])
+    before = np.flatnonzero(ts < lo_ms)
+    if before.size:
+        inside[before[-1]] = True
+    idx = np.flatnonzero(inside)
+    if idx.size > EVIDENCE_MAX:
+        head = EVIDENCE_MAX // 3
+        idx = np.concatenate([idx[:head], idx[-(EVIDENCE_MAX - head) :]])
     return tuple((int(ts[i]), float(val[i])) for i in idx.tolist())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+
 @dataclass(slots=True)
 class EpisodeState:
     """Per-stream episode state, indexed by stream number. Grows with the stream table."""
