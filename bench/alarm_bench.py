@@ -40,6 +40,9 @@ BROKER = ("127.0.0.1", 0)  # set in main(): a private Mosquitto on a free port
 NODELAY = ((6, 1, 1),)  # IPPROTO_TCP, TCP_NODELAY, 1
 
 
+_LOAD_SENT = [0]
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     """p50/p99/max in milliseconds."""
     if not samples:
@@ -66,18 +69,18 @@ async def echo_main(prefix: str) -> None:
             parts = message.topic.value.split("/")
             if parts[-1] != "alarm":
                 continue
-            body = json.loads(message.payload)  # type: ignore[arg-type]
+            body = json.loads(message.payload)
             ack = json.dumps({"ref": body["ref"], "status": "stored"}).encode()
             await client.publish(f"{prefix}/{parts[-2]}/ack", ack, qos=1)
 
 
-async def telemetry_load(prefix: str, rate: int, stop: asyncio.Event) -> int:
-    """Publish telemetry at ``rate`` msg/s from 20 devices until ``stop``."""
+async def telemetry_load(prefix: str, rate: int) -> int:
+    """Publish telemetry at ``rate`` msg/s from 20 devices until cancelled (own process)."""
     sent = 0
     async with aiomqtt.Client(*BROKER, socket_options=NODELAY,
                               max_queued_outgoing_messages=100_000) as client:
         started = time.perf_counter()
-        while not stop.is_set():
+        while True:
             due = int((time.perf_counter() - started) * rate)
             while sent < due:
                 device = f"sim-{sent % 20:03d}"
@@ -85,6 +88,7 @@ async def telemetry_load(prefix: str, rate: int, stop: asyncio.Event) -> int:
                         "metric": "temperature", "value": 21.5}
                 await client.publish(f"{prefix}/{device}/telemetry", json.dumps(body), qos=1)
                 sent += 1
+                _LOAD_SENT[0] = sent
             await asyncio.sleep(0.005)
     return sent
 
@@ -95,8 +99,11 @@ async def measure(prefix: str, alarms: int, rate: int, staff_port: int | None) -
     staff_lat: list[float] = []
     sent_at: dict[str, float] = {}
     acked: dict[str, asyncio.Future[None]] = {}
-    stop = asyncio.Event()
-    load = asyncio.create_task(telemetry_load(prefix, rate, stop), name="telemetry load")
+    # The load runs in its own process so that it does not compete with the measuring
+    # clients for this event loop.
+    load = subprocess.Popen([sys.executable, __file__, "--load", prefix, str(BROKER[1]), str(rate)],
+                            stdout=subprocess.PIPE)
+    assert load.stdout is not None
     staff_task = None
     if staff_port is not None:
         staff_task = asyncio.create_task(staff_client(staff_port, sent_at, staff_lat),
@@ -108,7 +115,7 @@ async def measure(prefix: str, alarms: int, rate: int, staff_port: int | None) -
 
         async def listen() -> None:
             async for message in device.messages:
-                ref = json.loads(message.payload)["ref"]  # type: ignore[arg-type]
+                ref = json.loads(message.payload)["ref"]
                 if ref in acked and not acked[ref].done():
                     ack_lat.append(time.perf_counter() - sent_at[ref])
                     acked[ref].set_result(None)
@@ -128,8 +135,9 @@ async def measure(prefix: str, alarms: int, rate: int, staff_port: int | None) -
             await asyncio.sleep(0.05)
         listener.cancel()
     await asyncio.sleep(0.5)
-    stop.set()
-    telemetry_sent = await load
+    load.send_signal(signal.SIGINT)
+    telemetry_sent = int(load.stdout.read().strip() or 0)
+    load.wait()
     if staff_task is not None:
         staff_task.cancel()
         await asyncio.gather(staff_task, return_exceptions=True)
@@ -210,7 +218,7 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    global BROKER  # noqa: PLW0603 - one broker for the whole run
+    global BROKER
     broker_dir = Path(tempfile.mkdtemp())
     mosquitto, port = start_mosquitto(broker_dir)
     BROKER = ("127.0.0.1", port)
@@ -278,6 +286,22 @@ def table(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--load":
+        BROKER = ("127.0.0.1", int(sys.argv[3]))
+        main_task: list[asyncio.Task[int]] = []
+
+        async def _load() -> int:
+            task = asyncio.create_task(telemetry_load(sys.argv[2], int(sys.argv[4])))
+            main_task.append(task)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, task.cancel)
+            return await task
+
+        try:
+            asyncio.run(_load())
+        except asyncio.CancelledError:
+            pass
+        print(_LOAD_SENT[0], flush=True)
+        sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[1] == "--echo":
         BROKER = ("127.0.0.1", int(sys.argv[3]))
         try:

@@ -139,6 +139,7 @@ async def _run(args: argparse.Namespace, specs: list[DeviceSpec]) -> int:
             await fleet.wait_all_acked(args.drain)
         if display is not None:
             display.cancel()
+        stats = fleet.stats()  # before shutdown, so it shows what was connected
     summary = {
         "devices": len(specs),
         "profile": None if args.devices_file else args.profile,
@@ -146,7 +147,7 @@ async def _run(args: argparse.Namespace, specs: list[DeviceSpec]) -> int:
         "duration_s": args.duration,
         "faults": sorted(k.value for k in args.faults),
         "fault_events": len(plan.events),
-        "stats": fleet.stats().as_dict(),
+        "stats": stats.as_dict(),
     }
     print(json.dumps(summary, separators=(",", ":")))
     return 0

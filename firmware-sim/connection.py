@@ -171,11 +171,9 @@ class Connection:
                 if self.connected.is_set():
                     self._counters["disconnects"] += 1
                 self.connected.clear()
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # A TaskGroup that is already aborting for a child's error may report that
-                # error instead of our cancellation (Python 3.11); never swallow a cancel.
-                raise asyncio.CancelledError
+            # A TaskGroup already aborting for a child's error reports that error instead of
+            # our cancellation (Python 3.11), and wait_for may drop one: never swallow it.
+            _reraise_lost_cancel()
             # An intentional drop reconnects promptly once allowed again; errors back off.
             attempt = 0 if dropped else attempt + 1
             if attempt > 0:
@@ -196,6 +194,7 @@ class Connection:
             topics = [(t, 1) for t in self._subscriptions]
             for i in range(0, len(topics), _SUBSCRIBE_BATCH):
                 await client.subscribe(topics[i : i + _SUBSCRIBE_BATCH])
+                _reraise_lost_cancel()
             self._counters["connects"] += 1
             self.connected.set()
             self._on_connected()
@@ -225,5 +224,18 @@ class Connection:
             topic, payload = await self._outbox.get()
             # Waits for the PUBACK: the number of workers bounds messages in flight.
             await client.publish(topic, payload, qos=1)
+            _reraise_lost_cancel()
             self._counters["published"] += 1
+
+
+def _reraise_lost_cancel() -> None:
+    """Re-raise a cancellation that an inner ``asyncio.wait_for`` swallowed.
+
+    On Python 3.11, ``wait_for`` (used by aiomqtt for publish and subscribe) drops a
+    cancellation that arrives just as the awaited operation completes; the task is still
+    marked as cancelling, so check that and honour it, or shutdown would hang.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 

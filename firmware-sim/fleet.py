@@ -198,7 +198,9 @@ class Fleet:
         if not await self._until(self._all_connected(), self._connect_timeout):
             _LOGGER.warning("not all simulated devices connected within %.1f s; they keep "
                             "retrying", self._connect_timeout)
+        # Schedules start once connected, so the first reports are not dropped as offline.
         self._t0 = asyncio.get_running_loop().time()
+        self._start_schedules()
         self._spawn(self._run_faults(), "firmware-sim faults")
         return self
 
@@ -225,7 +227,6 @@ class Fleet:
             for conn in self._connections:
                 tg.create_task(conn.run(), name=f"{conn.name} loop")
             tg.create_task(self._scheduler(), name="firmware-sim schedule")
-            self._start_schedules()
             self._started.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -143,7 +143,7 @@ class ResendingFleet:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._group is not None
-        for task in list(self._group._tasks):  # noqa: SLF001 - our own group
+        for task in list(self._group._tasks):
             task.cancel()
         await self._group.__aexit__(None, None, None)
 

@@ -114,6 +114,10 @@ class Acker:
                     await asyncio.sleep(self.delay)
                 await client.publish(topic(self.prefix, parsed.device_id, "ack"),
                                      encode_ack(parsed.ref, self.status, self.reason), qos=1)
+                # Python 3.11's wait_for (inside aiomqtt) can swallow a cancel; honour it.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
                 self.acked[key] += 1
                 await self._notify()
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import GatewayFactory, free_port
 from tests.helpers import ResendingFleet

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
@@ -103,7 +104,7 @@ def test_bed_exit_back_in_time_does_not_fire_and_next_exit_is_a_new_episode() ->
 def test_bed_exit_fires_on_a_periodic_sample_once() -> None:
     eng = engine()
     left = local(2024, 3, 11, 3, 0)
-    batch = [s("bed", "bed_occupied", 0, left + m * MIN) for m in range(0, 40)]
+    batch = [s("bed", "bed_occupied", 0, left + m * MIN) for m in range(40)]
     # now before the duration: only the samples can make it fire.
     firings = eng.feed(batch, left)
     assert ids(firings) == ["bed_exit"]
@@ -449,7 +450,8 @@ def test_malformed_accel_window_is_dropped() -> None:
 
 def test_unsorted_mixed_batch_equals_sorted_one() -> None:
     t0 = local(2024, 1, 9, 23, 0)
-    batch = temps(t0, [20, 15, 15, 15, 15, 15, 15, 15, 15]) + [
+    batch = [
+        *temps(t0, [20, 15, 15, 15, 15, 15, 15, 15, 15]),
         s("door", "door_open", 1, t0 + 7 * MIN),
         s("smoke", "smoke", 1, t0 + 3 * MIN),
     ]
@@ -541,7 +543,9 @@ def test_defaults_are_sensible() -> None:
         ({"heat": {}}, "Extra inputs are not permitted"),
     ],
 )
-def test_bad_rules_are_rejected_with_a_clear_message(config: dict, message: str) -> None:
+def test_bad_rules_are_rejected_with_a_clear_message(
+    config: dict[str, object], message: str
+) -> None:
     with pytest.raises(ValidationError, match=message):
         RecipientRules.model_validate(config)
 
@@ -558,8 +562,12 @@ def test_priority_override() -> None:
 
 def test_local_time_helpers_across_both_transitions() -> None:
     ts = np.array(
-        [utc(2024, 3, 31, 0, 59), utc(2024, 3, 31, 1, 0), utc(2024, 10, 27, 0, 59)]
-        + [utc(2024, 10, 27, 1, 0)],
+        [
+            utc(2024, 3, 31, 0, 59),
+            utc(2024, 3, 31, 1, 0),
+            utc(2024, 10, 27, 0, 59),
+            utc(2024, 10, 27, 1, 0),
+        ],
         dtype=np.int64,
     )
     assert minute_of_day(ts).tolist() == [1 * 60 + 59, 3 * 60, 2 * 60 + 59, 2 * 60]
@@ -604,7 +612,7 @@ def test_duration_rule_fires_at_most_once_per_episode_in_any_batching(
     eng = engine(RecipientRules(temperature=TemperatureRule(for_min=10, hysteresis_c=0.5)))
     firings: list[RuleFiring] = []
     bounds = [0, *sorted(set(cuts)), len(samples)]
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         # now_ms is kept at the batch start so only samples, not ticks, can fire.
         firings += eng.feed(samples[a:b], t0)
     expected = reference_firings(values, 16.0, 0.5, 10 * MIN)

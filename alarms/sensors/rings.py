@@ -96,8 +96,10 @@ class RingStore:
         # each slot assigned once (numpy leaves repeated fancy-index writes unordered).
         keep = rank >= seg_len - self.capacity
         slot = (self.count[row] + rank) % self.capacity
-        self.ts[row[keep], slot[keep]] = ts_ms[keep]
-        self.val[row[keep], slot[keep]] = value[keep]
+        # Flat indices into the raveled (contiguous) arrays: cheaper than a 2-D fancy index.
+        flat = row[keep] * self.capacity + slot[keep]
+        np.put(self.ts, flat, ts_ms[keep])
+        np.put(self.val, flat, value[keep])
         self.count[row[ends]] += seg_len[ends]
 
     def history(self, stream: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
