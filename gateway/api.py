@@ -261,6 +261,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         while True:
             await websocket.send_json(await outbox.get())
 
+    for router in gateway.routers:
+        app.include_router(router)
+
     static = resources.files("dashboards") / "static"
     with resources.as_file(static) as static_dir:
         app.mount("/static", StaticFiles(directory=static_dir), name="static")

@@ -22,6 +22,7 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -130,6 +131,11 @@ class Gateway:
                 InfluxSink(url=influx.url, token=influx.token, org=influx.org, bucket=influx.bucket)
             )
         self.hub = StaffHub()
+        # Further notification channels (Web Push, ...): called with the alarm's JSON and the
+        # staff it is for, after the hub. They must not block: queue and return.
+        self.notifiers: list[Callable[[dict[str, Any], frozenset[str]], None]] = []
+        # Extra API routers (push subscriptions, technician console, ...), mounted by the app.
+        self.routers: list[Any] = []
         self.tokens = TokenIssuer(settings.secret_key, settings.token_ttl_s)
         self.devices: dict[str, DeviceSeen] = {}
         self.link: MqttLink | None = None
@@ -401,7 +407,11 @@ class Gateway:
         alarm = self.core.alarms.get(action.alarm_id)
         if alarm is None:
             return
-        self.hub.send(self.audience(alarm), {"type": "alarm", "alarm": alarm_json(alarm, self.org)})
+        audience = self.audience(alarm)
+        body = alarm_json(alarm, self.org)
+        self.hub.send(audience, {"type": "alarm", "alarm": body})
+        for notifier in self.notifiers:
+            notifier(body, audience)
 
     def audience(self, alarm: Alarm) -> frozenset[str]:
         """Staff whose clients show this alarm: its targets, its owner and administrators."""
