@@ -15,6 +15,7 @@ from alarms.events import (
     Event,
     OnSiteRequested,
     ReceiptConfirmed,
+    TechnicalCleared,
 )
 from alarms.model import Alarm, AlarmType, Hop, HopEntry
 from alarms.records import AlarmOpened, HopAdded, Record
@@ -42,4 +43,5 @@ __all__ = [
     "Record",
     "Refusal",
     "Staff",
+    "TechnicalCleared",
 ]

@@ -21,8 +21,18 @@ from alarms.events import (
     Event,
     OnSiteRequested,
     ReceiptConfirmed,
+    TechnicalCleared,
 )
-from alarms.model import HOP_ORDER, PRIORITY, Alarm, Hop, HopEntry
+from alarms.model import (
+    GATEWAY_DEVICE,
+    HOP_ORDER,
+    PRIORITY,
+    SAFETY_DEVICE_TYPES,
+    Alarm,
+    AlarmType,
+    Hop,
+    HopEntry,
+)
 from alarms.records import AlarmOpened, HopAdded, Record
 
 # A resent alarm is recognised by (device_id, ref). Devices resend for seconds or minutes,
@@ -79,6 +89,8 @@ class AlarmCore:
         """Decide what ``event`` means at time ``now``. Pure: the state is not changed."""
         if isinstance(event, AlarmReceived):
             return self._decide_alarm(event, now)
+        if isinstance(event, TechnicalCleared):
+            return self._decide_cleared(event, now)
         alarm = self.alarms.get(event.alarm_id)
         if alarm is None:
             return Decision(refusal=Refusal(404, f"no alarm {event.alarm_id!r}"))
@@ -99,7 +111,10 @@ class AlarmCore:
         ):
             # A resend: the device did not get (or lost) our ack. Ack again, store nothing.
             return Decision(actions=(AckDevice(event.device_id, event.ref, "stored"),))
-        if not self.directory.knows_device(event.device_id):
+        technical = event.type is AlarmType.TECHNICAL
+        if not self.directory.knows_device(event.device_id) and not (
+            technical and event.device_id == GATEWAY_DEVICE
+        ):
             return Decision(
                 actions=(
                     AckDevice(event.device_id, event.ref, "rejected", "unknown device"),
@@ -110,7 +125,7 @@ class AlarmCore:
         raised_at = event.device_ts_ms / 1000.0
         if not now - MAX_CLOCK_SKEW_S <= raised_at <= now:
             raised_at = now
-        targets = tuple(sorted(self.directory.on_duty(team_id)))
+        targets = tuple(sorted(self._targets(event, team_id)))
         alarm_id = event.new_id
         records: tuple[Record, ...] = (
             AlarmOpened(
@@ -123,6 +138,7 @@ class AlarmCore:
                 team_id=team_id,
                 device_ts_ms=event.device_ts_ms,
                 battery=event.battery,
+                detail=event.detail,
             ),
             HopAdded(alarm_id, Hop.RAISED, raised_at, event.device_id),
             HopAdded(alarm_id, Hop.STORED, now, "gateway"),
@@ -135,6 +151,24 @@ class AlarmCore:
                 Notify(alarm_id, frozenset(targets)),
             ),
         )
+
+    def _targets(self, event: AlarmReceived, team_id: str | None) -> frozenset[str]:
+        if event.type is not AlarmType.TECHNICAL:
+            return self.directory.on_duty(team_id)
+        targets = self.directory.technicians()
+        if self.directory.device_types.get(event.device_id) in SAFETY_DEVICE_TYPES:
+            # The person is unprotected while their alarm is down: the care team must know.
+            targets |= self.directory.on_duty(team_id)
+        return targets
+
+    def _decide_cleared(self, event: TechnicalCleared, now: float) -> Decision:
+        alarm = self.find(event.device_id, event.ref)
+        if alarm is None or alarm.state == "closed":
+            return Decision()
+        record = HopAdded(
+            alarm.id, Hop.CLOSED, now, "gateway", cause="återställd / restored", note=event.note
+        )
+        return self._notify(alarm, (record,))
 
     def _decide_receipt(self, alarm: Alarm, staff_id: str, now: float) -> Decision:
         if alarm.reached(Hop.DELIVERED):
@@ -206,6 +240,7 @@ class AlarmCore:
                 device_ts_ms=record.device_ts_ms,
                 battery=record.battery,
                 hops=(),
+                detail=record.detail,
             )
             self._by_ref[(record.device_id, record.ref)] = record.alarm_id
             return

@@ -35,6 +35,7 @@ class Directory:
     device_recipient: Mapping[str, str] = field(default_factory=dict)
     recipients: Mapping[str, Recipient] = field(default_factory=dict)
     staff: Mapping[str, Staff] = field(default_factory=dict)
+    device_types: Mapping[str, str] = field(default_factory=dict)
 
     def knows_device(self, device_id: str) -> bool:
         """Whether ``device_id`` is provisioned."""
@@ -60,11 +61,17 @@ class Directory:
             if s.on_duty and (team_id is None or team_id in s.team_ids)
         )
 
+    def technicians(self) -> frozenset[str]:
+        """Technicians and administrators: everyone who answers technical alarms."""
+        return frozenset(
+            s.id for s in self.staff.values() if s.role in ("technician", "admin")
+        )
+
     def may_handle(self, staff_id: str, team_id: str | None) -> bool:
         """Whether a staff member may act on an alarm of ``team_id``."""
         member = self.staff.get(staff_id)
         if member is None:
             return False
-        if member.role == "admin" or team_id is None:
+        if member.role in ("admin", "technician") or team_id is None:
             return True
         return team_id in member.team_ids

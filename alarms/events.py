@@ -18,6 +18,8 @@ class AlarmReceived:
     device_ts_ms: int
     new_id: str
     battery: float | None = None
+    # What a technical alarm is about ("offline since 10:02", "broker unreachable").
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,5 +56,14 @@ class CloseRequested:
     note: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TechnicalCleared:
+    """The fault behind a technical alarm is gone: close it with what happened."""
+
+    device_id: str
+    ref: str
+    note: str
+
+
 StaffEvent: TypeAlias = ReceiptConfirmed | AcceptRequested | OnSiteRequested | CloseRequested
-Event: TypeAlias = AlarmReceived | StaffEvent
+Event: TypeAlias = AlarmReceived | TechnicalCleared | StaffEvent

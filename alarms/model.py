@@ -33,6 +33,8 @@ class AlarmType(StrEnum):
     INACTIVITY = "inactivity"
     TEMPERATURE = "temperature"
     TEST = "test"
+    # A link or device fault (tekniskt larm): offline, battery, failed test, broker down.
+    TECHNICAL = "technical"
 
 
 # Priority 1 is the most urgent. Fire and water put the home itself at risk; a person who
@@ -47,8 +49,16 @@ PRIORITY: dict[AlarmType, int] = {
     AlarmType.DOOR: 3,
     AlarmType.INACTIVITY: 3,
     AlarmType.TEMPERATURE: 3,
+    AlarmType.TECHNICAL: 4,
     AlarmType.TEST: 9,
 }
+
+# Device types whose silence leaves a person unprotected: their technical alarms go to the
+# care team as well as to technicians.
+SAFETY_DEVICE_TYPES = frozenset({"alarm_unit", "button", "base_unit", "fall"})
+
+# The device id under which the gateway raises technical alarms about its own links.
+GATEWAY_DEVICE = "gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,7 @@ class Alarm:
     battery: float | None
     hops: tuple[HopEntry, ...]
     targets: frozenset[str] = frozenset()
+    detail: str | None = None
     cause: str | None = None
     note: str | None = None
 

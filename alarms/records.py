@@ -26,6 +26,7 @@ class AlarmOpened:
     team_id: str | None
     device_ts_ms: int
     battery: float | None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,8 @@ def to_json(record: Record) -> str:
             "device_ts_ms": record.device_ts_ms,
             "battery": record.battery,
         }
+        if record.detail is not None:
+            body["detail"] = record.detail
     else:
         body = {
             "kind": "hop",
@@ -97,6 +100,7 @@ def from_json(text: str) -> Record:
                 team_id=body.get("team_id"),
                 device_ts_ms=int(body["device_ts_ms"]),
                 battery=None if battery is None else float(battery),
+                detail=body.get("detail"),
             )
         if kind == "hop":
             return HopAdded(

@@ -184,4 +184,5 @@ class OrgStore:
                 s.id: Staff(s.id, frozenset(s.team_ids), s.on_duty, s.role)
                 for s in self.staff.values()
             },
+            device_types={d.id: d.type for d in self.devices.values()},
         )

@@ -31,6 +31,7 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
         "battery": alarm.battery,
         "device_ts": alarm.device_ts_ms,
         "raised_at": iso(alarm.hops[0].at),
+        "detail": alarm.detail,
         "cause": alarm.cause,
         "note": alarm.note,
         "hops": [

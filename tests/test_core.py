@@ -306,3 +306,55 @@ def test_replay_reproduces_state(script: list[tuple[str, tuple[str, ...], float]
     assert replayed.alarms == h.core.alarms
     for alarm in h.core.alarms.values():
         assert replayed.find(alarm.device_id, alarm.ref) == alarm
+
+
+TECH_DIRECTORY = Directory(
+    device_recipient={"btn": "r-a", "temp": "r-a"},
+    recipients={"r-a": Recipient("r-a", "team-a")},
+    staff={
+        "anna": Staff("anna", frozenset({"team-a"})),
+        "tove": Staff("tove", frozenset(), role="technician"),
+    },
+    device_types={"btn": "alarm_unit", "temp": "temperature"},
+)
+
+
+def technical(device: str, ref: str = "offline.1") -> AlarmReceived:
+    return AlarmReceived(device, ref, AlarmType.TECHNICAL, int(T0 * 1000), f"T-{device}",
+                         detail="offline")
+
+
+def test_technical_alarm_of_a_safety_device_reaches_team_and_technicians() -> None:
+    core = AlarmCore(TECH_DIRECTORY)
+    decision = core.decide(technical("btn"), T0)
+    notify = [a for a in decision.actions if isinstance(a, Notify)][0]
+    assert notify.staff_ids == frozenset({"anna", "tove"})
+    core.apply_all(list(decision.records))
+    assert core.alarms["T-btn"].detail == "offline"
+
+
+def test_technical_alarm_of_a_sensor_reaches_technicians_only() -> None:
+    core = AlarmCore(TECH_DIRECTORY)
+    notify = [a for a in core.decide(technical("temp"), T0).actions if isinstance(a, Notify)]
+    assert notify[0].staff_ids == frozenset({"tove"})
+
+
+def test_gateway_may_raise_technical_alarms_about_itself_only() -> None:
+    core = AlarmCore(TECH_DIRECTORY)
+    assert core.decide(technical("gateway"), T0).records
+    manual = AlarmReceived("gateway", "x", AlarmType.MANUAL, 0, "G")
+    assert core.decide(manual, T0).refusal is not None
+
+
+def test_cleared_technical_alarm_closes_with_the_outage() -> None:
+    from alarms import TechnicalCleared
+
+    core = AlarmCore(TECH_DIRECTORY)
+    core.apply_all(list(core.decide(technical("btn"), T0).records))
+    decision = core.decide(TechnicalCleared("btn", "offline.1", "outage 93 s"), T0 + 93)
+    core.apply_all(list(decision.records))
+    alarm = core.alarms["T-btn"]
+    assert alarm.state == "closed"
+    assert alarm.note == "outage 93 s"
+    assert alarm.hops[-1].actor == "gateway"
+    assert core.decide(TechnicalCleared("btn", "offline.1", "again"), T0 + 99).records == ()
