@@ -327,7 +327,7 @@ def technical(device: str, ref: str = "offline.1") -> AlarmReceived:
 def test_technical_alarm_of_a_safety_device_reaches_team_and_technicians() -> None:
     core = AlarmCore(TECH_DIRECTORY)
     decision = core.decide(technical("btn"), T0)
-    notify = [a for a in decision.actions if isinstance(a, Notify)][0]
+    notify = next(a for a in decision.actions if isinstance(a, Notify))
     assert notify.staff_ids == frozenset({"anna", "tove"})
     core.apply_all(list(decision.records))
     assert core.alarms["T-btn"].detail == "offline"
