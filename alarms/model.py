@@ -70,6 +70,65 @@ class HopEntry:
     actor: str
 
 
+class EscalationKind(StrEnum):
+    """What an escalation entry did. Entries sit beside the hops, never between them."""
+
+    # Re-alert the whole team with raised urgency (ladder step).
+    TEAM = "team"
+    # Alert the next level: night patrol or a neighbouring team, plus the team lead.
+    NEXT_LEVEL = "next_level"
+    # Hand the alarm to the external alarm centre (one entry per delivery attempt).
+    CENTRE = "centre"
+    # Accepted but nobody on site within the presence deadline: tell the team lead.
+    LEAD = "lead"
+    # Nothing new to escalate to: remind everyone who already has the alarm.
+    REMINDER = "reminder"
+
+
+# Kinds that climb the ladder; the others keep the level where it is.
+LADDER_KINDS = frozenset({EscalationKind.TEAM, EscalationKind.NEXT_LEVEL, EscalationKind.CENTRE})
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationEntry:
+    """One escalation: what, at which level, when, whom it alerted, which centre attempt."""
+
+    kind: EscalationKind
+    level: int
+    at: float
+    targets: frozenset[str] = frozenset()
+    attempt: int = 0
+
+
+class HandoverKind(StrEnum):
+    """How ownership changed after the first ``accepted`` hop."""
+
+    FORWARDED = "forwarded"  # the owner passed it to a named colleague (vidarebefordra)
+    TAKEN_OVER = "taken_over"  # a colleague took it from the owner
+    HANDED_BACK = "handed_back"  # the owner gave it back to the team: nobody owns it
+    ACCEPTED = "accepted"  # someone accepted it again after it was handed back
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """One change of owner: how, when, who did it and who owns it now (None: nobody)."""
+
+    kind: HandoverKind
+    at: float
+    actor: str
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttachedRef:
+    """A further alarm from the same recipient, attached to the open alarm (flapping)."""
+
+    device_id: str
+    ref: str
+    type: AlarmType
+    at: float
+
+
 @dataclass(frozen=True, slots=True)
 class Alarm:
     """An alarm and its chain. ``state`` and ``owner`` are derived from the hops."""
@@ -88,6 +147,11 @@ class Alarm:
     detail: str | None = None
     cause: str | None = None
     note: str | None = None
+    escalations: tuple[EscalationEntry, ...] = ()
+    handovers: tuple[Handover, ...] = ()
+    attached: tuple[AttachedRef, ...] = ()
+    centre_confirmed_at: float | None = None
+    centre_reference: str | None = None
 
     @property
     def last_hop(self) -> Hop:
@@ -101,7 +165,9 @@ class Alarm:
 
     @property
     def owner(self) -> str | None:
-        """The staff member who accepted the alarm, if anyone has."""
+        """Who has the alarm now: the last handover's owner, else whoever accepted it."""
+        if self.handovers:
+            return self.handovers[-1].owner
         for entry in self.hops:
             if entry.hop is Hop.ACCEPTED:
                 return entry.actor
@@ -117,3 +183,24 @@ class Alarm:
             if entry.hop is hop:
                 return entry.at
         return None
+
+    @property
+    def level(self) -> int:
+        """The escalation level reached: 0 until the first ladder step. Never decreases."""
+        return self.escalations[-1].level if self.escalations else 0
+
+    @property
+    def owned_since(self) -> float | None:
+        """When the current ownership began (unowned to owned); None while nobody owns it."""
+        if self.owner is None:
+            return None
+        since = self.at(Hop.ACCEPTED)
+        for handover in self.handovers:
+            if handover.kind is HandoverKind.ACCEPTED:
+                since = handover.at
+        return since
+
+    @property
+    def centre_attempts(self) -> int:
+        """How many times the alarm was sent to the external alarm centre."""
+        return sum(1 for e in self.escalations if e.kind is EscalationKind.CENTRE)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 
@@ -46,6 +46,33 @@ MAX_OUTBOUND = 10_000
 
 # How long a clean shutdown may take before the link is cancelled outright.
 STOP_TIMEOUT_S = 5.0
+
+
+class SafeClient(aiomqtt.Client):
+    """``aiomqtt.Client`` whose deferred writer registration checks the socket still lives.
+
+    aiomqtt registers the socket writer through ``call_soon_threadsafe`` (paho may ask from
+    the connect thread) but unregisters it immediately. If paho closes the socket in
+    between (a disconnect right after a publish), the deferred call would register a dead
+    fd, or an fd number already reused by the next connection. Registering only while paho
+    still holds this very socket closes that window.
+    """
+
+    def _on_socket_register_write(
+        self, client: Any, userdata: Any, sock: Any
+    ) -> None:
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # noqa: BLE001 - mirrors aiomqtt: a broken pipe ends the session
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            if client.socket() is sock:
+                self._loop.add_writer(sock.fileno(), write)
+
+        self._loop.call_soon_threadsafe(register)
 
 
 class _StoppingError(Exception):
@@ -159,6 +186,10 @@ class MqttLink:
             return False
         return True
 
+    def publish_status(self, state: str) -> None:
+        """Publish the retained gateway status (e.g. ``degraded`` while the journal fails)."""
+        self.publish_nowait(Outbound(self.status_topic, self._status(state), retain=True))
+
     def _status(self, state: str) -> bytes:
         return json.dumps(
             {
@@ -184,7 +215,7 @@ class MqttLink:
     async def _run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
-            client = aiomqtt.Client(
+            client = SafeClient(
                 self.host,
                 self.port,
                 identifier=self.client_id,

@@ -58,6 +58,8 @@ class DeviceInfo:
     recipient_id: str | None
     model: str = ""
     serial: str = ""
+    # Overrides the type's heartbeat interval (devices.types) for this device.
+    heartbeat_s: float | None = None
 
 
 _SCHEMA = """
@@ -72,7 +74,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     action_plan TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, recipient_id TEXT REFERENCES recipients(id),
-    model TEXT NOT NULL DEFAULT '', serial TEXT NOT NULL DEFAULT '');
+    model TEXT NOT NULL DEFAULT '', serial TEXT NOT NULL DEFAULT '', heartbeat_s REAL);
 """
 
 
@@ -111,7 +113,9 @@ class OrgStore:
         }
         self.devices = {
             r[0]: DeviceInfo(*r)
-            for r in c.execute("SELECT id, type, recipient_id, model, serial FROM devices")
+            for r in c.execute(
+                "SELECT id, type, recipient_id, model, serial, heartbeat_s FROM devices"
+            )
         }
 
     def is_empty(self) -> bool:
@@ -161,8 +165,15 @@ class OrgStore:
         """Create or replace a device."""
         with self._mutex, self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?)",
-                (device.id, device.type, device.recipient_id, device.model, device.serial),
+                "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    device.id,
+                    device.type,
+                    device.recipient_id,
+                    device.model,
+                    device.serial,
+                    device.heartbeat_s,
+                ),
             )
         self.devices[device.id] = device
 

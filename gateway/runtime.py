@@ -32,8 +32,9 @@ import uvicorn
 
 from alarms.actions import AckDevice, Action, Notify
 from alarms.core import AlarmCore, Decision, Refusal
-from alarms.events import AlarmReceived, StaffEvent
-from alarms.model import Alarm
+from alarms.events import AlarmReceived, Event, StaffEvent, TechnicalCleared
+from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType
+from alarms.supervision import DeviceOffline, DeviceOnline
 from devices.contract import (
     AlarmMessage,
     HeartbeatMessage,
@@ -55,7 +56,8 @@ from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
 from gateway.ratelimit import LogLimiter
 from gateway.tsdb import InfluxSink, Sample, SqliteSink, TelemetrySink
-from gateway.views import alarm_json
+from gateway.views import alarm_json, iso
+from gateway.watch import DeviceWatch
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +65,15 @@ _LOGGER = logging.getLogger(__name__)
 # apply back-pressure, they are never dropped. Deep enough for a few group commits of a
 # burst (MAX_GROUP is 512 batches per commit).
 PIPELINE_DEPTH = 4096
+
+
+# The gateway's own heartbeat on its retained status topic, for upstream monitors (and
+# the larmcentral) that watch the gateway the way the gateway watches devices.
+STATUS_INTERVAL_S = 30.0
+
+# How long uvicorn may take to close its connections on shutdown (it waits for open
+# requests and WebSockets up to timeout_graceful_shutdown, 2 s).
+HTTP_STOP_S = 5.0
 
 
 class RefusedError(Exception):
@@ -84,6 +95,8 @@ class _Pending:
     commit: asyncio.Future[None]
     done: asyncio.Future[None] | None = None
     key: tuple[str, str] | None = None
+    # Technical alarms the gateway raises itself have no device waiting for an ack.
+    ack: bool = True
 
 
 @dataclass(slots=True)
@@ -138,6 +151,15 @@ class Gateway:
         self.routers: list[Any] = []
         self.tokens = TokenIssuer(settings.secret_key, settings.token_ttl_s)
         self.devices: dict[str, DeviceSeen] = {}
+        self.watch = DeviceWatch(
+            data_dir / "supervision.sqlite3",
+            on_offline=self._device_offline,
+            on_online=self._device_online,
+        )
+        self.journal_failed_since: float | None = None
+        self._link_was_up = False
+        self._shedding = False
+        self._link_events: asyncio.Queue[bool] = asyncio.Queue()
         self.link: MqttLink | None = None
         self.http_port: int = 0
         self._pipeline: asyncio.Queue[_Pending] = asyncio.Queue(PIPELINE_DEPTH)
@@ -146,6 +168,7 @@ class Gateway:
         self._log_limiter = LogLimiter(interval_s=60.0)
         self._runner: asyncio.Task[None] | None = None
         self._server: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
         self._entered = False
         self._link_created = asyncio.Event()
@@ -165,6 +188,11 @@ class Gateway:
             started = time.perf_counter()
             records = await self.journal.load()
             self.core.apply_all(records)
+            offline = {a.device_id for a in self._open_technical("offline.")}
+            self.watch.load(
+                ((d.id, d.type, d.heartbeat_s) for d in self.org.devices.values()), offline
+            )
+            await self._stack.enter_async_context(self.watch)
             _LOGGER.info(
                 "replayed %d journal records (%d alarms, %d open) in %.3f s",
                 len(records),
@@ -188,9 +216,14 @@ class Gateway:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._server is not None:
-                # Let uvicorn close WebSockets and finish requests before we cancel.
+            if self._server is not None and self._http_task is not None:
+                # Let uvicorn close its connections itself before anything is cancelled: a
+                # cancelled uvicorn leaves transports to the garbage collector, which closes
+                # their sockets without unregistering them from the event loop — and the
+                # next socket to get that fd number is then deaf.
                 self._server.should_exit = True
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._http_task), HTTP_STOP_S)
             if self._runner is not None:
                 self._runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -244,7 +277,9 @@ class Gateway:
             self.link = link
             self._link_created.set()
             group.create_task(self._follow_commits(), name="commit follower")
-            group.create_task(self._serve_http(), name="http server")
+            group.create_task(self._watch_link(), name="link supervision")
+            group.create_task(self._status_heartbeat(), name="gateway heartbeat")
+            self._http_task = group.create_task(self._serve_http(), name="http server")
 
     async def _serve_http(self) -> None:
         from gateway.api import create_app  # the API imports this module's types
@@ -276,6 +311,86 @@ class Gateway:
 
     def _on_link_state(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
+        self._link_events.put_nowait(up)
+
+    async def _watch_link(self) -> None:
+        """Raise a technical alarm when the broker link drops; close it when it is back."""
+        while True:
+            up = await self._link_events.get()
+            if up:
+                for alarm in self._open_technical("mqtt."):
+                    down_for = time.time() - alarm.hops[0].at
+                    await self.submit_internal(
+                        TechnicalCleared(GATEWAY_DEVICE, alarm.ref, f"outage {down_for:.0f} s")
+                    )
+                self._link_was_up = True
+            elif self._link_was_up and not self._open_technical("mqtt."):
+                now = time.time()
+                await self.submit_internal(self._technical(
+                    GATEWAY_DEVICE, f"mqtt.{int(now * 1000)}",
+                    "MQTT-mäklaren kan inte nås / MQTT broker unreachable", now))
+
+    async def _status_heartbeat(self) -> None:
+        """Re-publish the retained status periodically: upstream monitors see a live time."""
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            if self.link is not None and self.link.connected:
+                self.link.publish_status(
+                    "online" if self.journal_failed_since is None else "journal_failed"
+                )
+
+    async def _check_shedding(self, now: float) -> None:
+        """A technical alarm while telemetry is being shed; cleared when it stops."""
+        shedding = any(sink.stats.shedding for sink in self.sinks)
+        if shedding == self._shedding:
+            return
+        self._shedding = shedding
+        if shedding:
+            await self.submit_internal(self._technical(
+                GATEWAY_DEVICE, f"telemetry.{int(now * 1000)}",
+                "Telemetri kastas vid överlast / telemetry is being shed (overload)", now))
+        else:
+            for alarm in self._open_technical("telemetry."):
+                await self.submit_internal(
+                    TechnicalCleared(GATEWAY_DEVICE, alarm.ref, "telemetry flows again"))
+
+    # -- supervision -------------------------------------------------------------------------
+
+    def _open_technical(self, ref_prefix: str) -> list[Alarm]:
+        return [
+            a for a in self.core.open_alarms()
+            if a.type is AlarmType.TECHNICAL and a.ref.startswith(ref_prefix)
+        ]
+
+    @staticmethod
+    def _technical(device_id: str, ref: str, detail: str, now: float) -> AlarmReceived:
+        return AlarmReceived(
+            device_id, ref, AlarmType.TECHNICAL, int(now * 1000), new_alarm_id(), detail=detail
+        )
+
+    async def _device_offline(self, offline: DeviceOffline) -> None:
+        detail = (
+            f"Enheten tyst sedan {iso(offline.since)} / device silent since {iso(offline.since)}"
+        )
+        await self.submit_internal(self._technical(
+            offline.device_id, f"offline.{int(offline.since * 1000)}", detail, offline.at))
+
+    async def _device_online(self, online: DeviceOnline) -> None:
+        for alarm in self._open_technical("offline."):
+            if alarm.device_id == online.device_id:
+                await self.submit_internal(TechnicalCleared(
+                    online.device_id, alarm.ref, f"avbrott / outage {online.outage_s:.0f} s"))
+
+    async def submit_internal(self, event: Event) -> None:
+        """Journal an event the gateway raises itself (technical alarms and their clearing)."""
+        decision = self.core.decide(event, time.time())
+        if decision.refusal is not None:
+            _LOGGER.error("internal event %s refused: %s", event, decision.refusal.reason)
+            return
+        if not decision.records:
+            return
+        commit = self.journal.submit(decision.records)
+        await self._pipeline.put(_Pending(decision, commit, ack=False))
 
     def refresh_directory(self) -> None:
         """Hand the core a new routing view after the organisation changed."""
@@ -301,6 +416,7 @@ class Gateway:
                 self._ack(AckDevice(message.device_id, message.ref, "rejected", "unknown device"))
             return
         self._saw(message, now)
+        self.watch.seen(message.device_id, now)
         if isinstance(message, AlarmMessage):
             await self._on_alarm(message, now)
         elif isinstance(message, TelemetryMessage):
@@ -309,6 +425,7 @@ class Gateway:
             sample = Sample.from_message(message, int(now * 1000))
             for sink in self.sinks:
                 sink.offer(sample)
+            await self._check_shedding(now)
 
     def _saw(
         self,
@@ -373,21 +490,53 @@ class Gateway:
                 await pending.commit
             except JournalError as exc:
                 self.metrics.journal_failures.inc()
+                self._journal_down(str(exc))
                 if pending.done is not None and not pending.done.done():
                     pending.done.set_exception(UnavailableError(str(exc)))
             else:
+                if self.journal_failed_since is not None:
+                    self._journal_up()
                 self.core.apply_all(pending.decision.records)
-                self._carry_out(pending.decision.actions)
+                self._carry_out(pending.decision.actions, ack=pending.ack)
                 if pending.done is not None and not pending.done.done():
                     pending.done.set_result(None)
             finally:
                 if pending.key is not None:
                     self._in_flight.discard(pending.key)
 
-    def _carry_out(self, actions: tuple[Action, ...]) -> None:
+    def _journal_down(self, reason: str) -> None:
+        """The journal refused a write: tell every channel that still works, at once.
+
+        Nothing is acked meanwhile, so devices keep resending; staff and technicians must
+        know the gateway cannot store alarms, so they can fall back to the phone.
+        """
+        if self.journal_failed_since is not None:
+            return
+        self.journal_failed_since = time.time()
+        _LOGGER.critical("journal cannot store alarms: %s", reason)
+        self._broadcast_notice("journal_failed", "critical",
+                               "Larm kan inte lagras – larmen skickas om tills det fungerar / "
+                               "Alarms cannot be stored – devices keep resending")
+
+    def _journal_up(self) -> None:
+        assert self.journal_failed_since is not None
+        since, self.journal_failed_since = self.journal_failed_since, None
+        _LOGGER.warning("journal writable again after %.1f s", time.time() - since)
+        self._broadcast_notice("journal_recovered", "info",
+                               "Larmlagringen fungerar igen / Alarm storage works again")
+
+    def _broadcast_notice(self, code: str, level: str, text: str) -> None:
+        everyone = frozenset(self.org.staff)
+        self.hub.send(everyone, {"type": "notice", "code": code, "level": level, "text": text,
+                                 "at": iso(time.time())})
+        if self.link is not None:
+            self.link.publish_status(code)
+
+    def _carry_out(self, actions: tuple[Action, ...], *, ack: bool = True) -> None:
         for action in actions:
             if isinstance(action, AckDevice):
-                self._ack(action)
+                if ack:
+                    self._ack(action)
             elif isinstance(action, Notify):
                 self._notify(action)
 
@@ -449,19 +598,29 @@ class Gateway:
         return [a for a in alarms if self.may_see(staff_id, a)]
 
     def may_see(self, staff_id: str, alarm: Alarm) -> bool:
-        """Whether a staff member may see an alarm (own team, owner, or administrator)."""
-        return staff_id in self.audience(alarm) or self.core.directory.may_handle(
-            staff_id, alarm.team_id
-        )
+        """Whether a staff member may see an alarm.
+
+        Everyone it was routed to, its owner and administrators; and the team's staff for
+        care alarms. A sensor's technical alarm stays with the technicians: it would only
+        distract the care team from the alarms they must act on.
+        """
+        if staff_id in self.audience(alarm):
+            return True
+        if alarm.type is AlarmType.TECHNICAL:
+            return False
+        return self.core.directory.may_handle(staff_id, alarm.team_id)
 
     def health(self) -> dict[str, Any]:
         """Link states for ``/healthz``."""
         mqtt_up = self.link is not None and self.link.connected
-        writer_ok = self._runner is not None and not self._runner.done()
+        running = self._runner is not None and not self._runner.done()
+        journal_ok = running and self.journal_failed_since is None
+        counts = self.watch.supervisor.counts()
         return {
-            "status": "ok" if mqtt_up and writer_ok else "degraded",
+            "status": "ok" if mqtt_up and journal_ok else "degraded",
             "mqtt": "up" if mqtt_up else "down",
-            "journal": "ok" if writer_ok else "stopped",
+            "journal": "ok" if journal_ok else ("failing" if running else "stopped"),
+            "devices": {"watched": counts.watched, "offline": counts.offline},
             "version": __version__,
             "gateway_id": self.settings.gateway_id,
         }

@@ -1,118 +1,325 @@
-// Minimal live staff view: login, live alarm list over the WebSocket, receipts, actions.
-// The full phone app (PWA, push, offline) grows from this in its own issue.
-const TYPES = { manual: "Larmknapp / Button", fall: "Fall / Fall", smoke: "Brand / Smoke",
-  water: "Vatten / Water leak", bed_exit: "Lämnat sängen / Bed exit", door: "Dörr / Door",
-  inactivity: "Ingen aktivitet / No activity", temperature: "Temperatur / Temperature",
-  test: "Provlarm / Test" };
-const alarms = new Map();
-let token = sessionStorage.getItem("token");
+// trygg staff app: login, live alarm list, alarm detail and actions, offline handling, push.
+// Plain ES modules, no build step. Swedish first, English second.
+import { AlarmStore, stateOf } from "./js/alarms.js";
+import { alertNewAlarm, unlockAudio } from "./js/alert.js";
+import { Api } from "./js/api.js";
+import { $, bi, clock, h } from "./js/dom.js";
+import { CAUSES, STATES, hopLabel, typeLabel } from "./js/i18n.js";
+import { Live } from "./js/live.js";
+import * as push from "./js/push.js";
+
+// While an unhandled alarm waits, remind every 20 s: one beep is easy to miss in a car.
+const REMIND_MS = 20_000;
+const OFFLINE_TICK_MS = 5_000;
+
+const store = new AlarmStore();
+const api = new Api(() => logout("Sessionen har gått ut / Session expired"));
+const live = new Live({ message: onMessage, online: onOnline, authFailed: () => logout("Sessionen har gått ut / Session expired") });
 let me = null;
+let detail = null; // the alarm shown in the detail view (a copy survives a resync)
 
-const $ = (id) => document.getElementById(id);
-
-async function api(path, options = {}) {
-  const response = await fetch(`/api/v1${path}`, {
-    ...options, headers: { Authorization: `Bearer ${token}`, ...(options.headers || {}) } });
-  if (!response.ok) throw new Error((await response.json()).detail || response.statusText);
-  return response.json();
-}
+// -- session -----------------------------------------------------------------------------
 
 $("login").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const body = new URLSearchParams(new FormData(event.target));
-  const response = await fetch("/api/v1/auth/token", { method: "POST", body });
-  if (!response.ok) { $("login-error").textContent = "Fel användarnamn eller lösenord / Wrong username or password"; return; }
-  token = (await response.json()).access_token;
-  sessionStorage.setItem("token", token);
-  start();
+  unlockAudio();
+  const form = event.target;
+  const username = form.username.value.trim();
+  const password = form.password.value;
+  if (!username || !password) {
+    $("login-error").textContent = "Fyll i användarnamn och lösenord / Enter username and password";
+    return;
+  }
+  $("login-error").textContent = "";
+  try {
+    const token = await api.login(username, password);
+    const expiresAt = Date.now() + token.expires_in * 1000;
+    localStorage.setItem("trygg.token", token.access_token);
+    localStorage.setItem("trygg.expires", String(expiresAt));
+    await push.shareToken(token.access_token, expiresAt);
+    form.password.value = "";
+    await start(token.access_token);
+  } catch (error) {
+    $("login-error").textContent = error.status === 401
+      ? "Fel användarnamn eller lösenord / Wrong username or password"
+      : `Kunde inte logga in / Could not log in: ${error.message}`;
+  }
 });
 
-function stateClass(alarm) {
-  if (alarm.state === "closed") return "done";
-  return alarm.owner ? "handling" : "new";
+async function start(token) {
+  api.token = token;
+  try {
+    me = await api.get("/me");
+    localStorage.setItem("trygg.me", JSON.stringify(me));
+  } catch (error) {
+    // Offline at start (the app shell came from the service worker): use who we were.
+    if (error.status !== 0) return;
+    me = JSON.parse(localStorage.getItem("trygg.me") || "null") || { id: null, name: "" };
+  }
+  $("who").textContent = me.name || "";
+  $("login-view").hidden = true;
+  $("logout").hidden = false;
+  live.start(token);
+  route();
+  setupPushButton();
+  push.resubscribe(api).then((on) => { if (on) pushStatus("Aviseringar på / Notifications on"); })
+    .catch((error) => pushStatus(`Aviseringar: ${error.message}`));
 }
 
-function render() {
-  const list = $("alarm-list");
-  list.replaceChildren();
-  const open = [...alarms.values()].filter((a) => a.state === "open")
-    .sort((a, b) => a.priority - b.priority || a.raised_at.localeCompare(b.raised_at));
-  $("empty").hidden = open.length > 0;
-  for (const alarm of open) {
-    const item = document.createElement("li");
-    item.className = `alarm ${stateClass(alarm)}`;
-    item.dataset.alarmId = alarm.id;
-    const who = alarm.recipient ? `${alarm.recipient.name}, ${alarm.recipient.address}` : alarm.device_id;
-    item.innerHTML = `<h3></h3><div class="who"></div><div class="actions"></div><ol class="chain"></ol>`;
-    item.querySelector("h3").textContent = TYPES[alarm.type] || alarm.type;
-    item.querySelector(".who").textContent = who;
-    const actions = item.querySelector(".actions");
-    const button = (label, action) => {
-      const b = document.createElement("button");
-      b.textContent = label; b.dataset.action = action;
-      b.addEventListener("click", () => act(alarm.id, action));
-      actions.append(b);
-    };
-    if (!alarm.owner) button("Ta larmet / Accept", "accept");
-    else if (me && alarm.owner === me.id) {
-      if (!alarm.hops.some((h) => h.hop === "on_site")) button("På plats / On site", "on-site");
-      button("Avsluta / Close", "close");
-    }
-    for (const hop of alarm.hops) {
-      const li = document.createElement("li");
-      li.textContent = `${hop.hop} ${new Date(hop.at).toLocaleTimeString("sv-SE")} ${hop.actor}`;
-      item.querySelector(".chain").append(li);
-    }
-    list.append(item);
+async function logout(message = "") {
+  const wasIn = api.token !== null;
+  live.stop();
+  if (wasIn) await push.disablePush(api);
+  await push.forgetToken();
+  localStorage.removeItem("trygg.token");
+  localStorage.removeItem("trygg.expires");
+  localStorage.removeItem("trygg.me");
+  api.token = null; me = null; detail = null;
+  store.clear();
+  $("login-view").hidden = false;
+  $("list-view").hidden = true;
+  $("detail-view").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  $("login-error").textContent = message;
+  if (location.hash) history.replaceState(null, "", location.pathname);
+}
+
+$("logout").addEventListener("click", () => logout());
+document.addEventListener("pointerdown", unlockAudio, { passive: true });
+document.addEventListener("keydown", unlockAudio);
+
+// -- the live feed -----------------------------------------------------------------------
+
+function onMessage(message) {
+  if (message.type === "alarm") {
+    const alarm = message.alarm;
+    const { fresh, changed } = store.upsert(alarm);
+    if (alarm.state === "open" && !alarm.hops.some((hop) => hop.hop === "delivered")) live.receipt(alarm.id);
+    if (fresh && stateOf(alarm) === "new" && !alarm.test) alertNewAlarm();
+    if (detail && detail.id === alarm.id && changed) detail = store.get(alarm.id);
+    if (changed) render();
+  } else if (message.type === "sync") {
+    store.sync(message.open);
+    document.documentElement.dataset.synced = String(Date.now());
+    render();
   }
 }
 
-async function act(id, action) {
+function onOnline(online, since) {
+  $("conn").replaceChildren(online ? bi("Ansluten", "Online") : bi("Frånkopplad", "Offline"));
+  $("conn").className = `conn ${online ? "on" : "off"}`;
+  document.documentElement.dataset.online = String(online);
+  showOffline();
+}
+
+function showOffline() {
+  const banner = $("offline");
+  const show = api.token !== null && !live.online;
+  banner.hidden = !show;
+  if (!show) return;
+  const minutes = Math.floor((Date.now() - live.offlineSince) / 60_000);
+  const at = clock(live.offlineSince);
+  $("offline-since").replaceChildren(
+    `sedan ${at}`, minutes ? ` (${minutes} min)` : "", " ",
+    h("span", { lang: "en" }, `since ${at}${minutes ? ` (${minutes} min)` : ""}`));
+}
+
+setInterval(showOffline, OFFLINE_TICK_MS);
+setInterval(() => {
+  if (api.token && store.unhandled().some((a) => !a.test)) alertNewAlarm();
+}, REMIND_MS);
+
+// -- views -------------------------------------------------------------------------------
+
+window.addEventListener("hashchange", route);
+$("back").addEventListener("click", () => { location.hash = ""; });
+
+function route() {
+  if (!api.token) return;
+  const match = location.hash.match(/^#\/alarm\/(.+)$/);
+  if (match) openDetail(decodeURIComponent(match[1]));
+  else { detail = null; $("detail-view").hidden = true; $("list-view").hidden = false; render(); }
+}
+
+function render() {
+  document.title = `${store.unhandled().length ? `(${store.unhandled().length}) ` : ""}trygg – larm`;
+  if (!$("list-view").hidden) renderList();
+  if (!$("detail-view").hidden && detail) renderDetail();
+}
+
+function stateBadge(alarm) {
+  const state = stateOf(alarm);
+  const [sv, en] = STATES[state];
+  const owner = alarm.owner && state !== "done" ? ` – ${alarm.owner}` : "";
+  return h("span", { class: "badge" }, bi(sv + owner, en + owner));
+}
+
+function who(alarm) {
+  return alarm.recipient ? `${alarm.recipient.name}, ${alarm.recipient.address}` : alarm.device_id;
+}
+
+function renderList() {
+  const alarms = store.list();
+  $("empty").hidden = alarms.length > 0;
+  $("alarm-list").replaceChildren(...alarms.map((alarm) => {
+    const [sv, en] = typeLabel(alarm.type);
+    const state = stateOf(alarm);
+    return h("li", { class: `alarm ${state}`, dataset: { alarmId: alarm.id, state } },
+      h("a", { class: "card", href: `#/alarm/${encodeURIComponent(alarm.id)}` },
+        h("span", { class: "type" }, bi(sv, en)),
+        stateBadge(alarm),
+        h("span", { class: "who" }, who(alarm)),
+        h("span", { class: "time" }, bi(`Utlöst ${clock(alarm.raised_at)}`, `raised ${clock(alarm.raised_at)}`))));
+  }));
+}
+
+async function openDetail(id) {
+  $("list-view").hidden = true;
+  $("detail-view").hidden = false;
+  $("action-error").textContent = "";
+  resetCloseForm();
+  detail = store.get(id) || null;
+  if (!detail) {
+    try { detail = await api.get(`/alarms/${encodeURIComponent(id)}`); } catch (error) {
+      $("detail-body").replaceChildren(h("p", { class: "error" }, error.message));
+      $("actions").replaceChildren();
+      $("timeline").replaceChildren();
+      return;
+    }
+  }
+  renderDetail();
+  $("detail-title")?.focus();
+}
+
+function field(sv, en, value, cls) {
+  if (!value) return [];
+  return [h("dt", {}, bi(sv, en)), h("dd", { class: cls }, value)];
+}
+
+function renderDetail() {
+  const alarm = detail;
+  const state = stateOf(alarm);
+  const [sv, en] = typeLabel(alarm.type);
+  const r = alarm.recipient || {};
+  $("detail-view").dataset.alarmId = alarm.id;
+  $("detail-view").dataset.state = state;
+  $("detail-body").replaceChildren(
+    h("div", { class: `detail-head ${state}` },
+      h("h2", { id: "detail-title", tabindex: "-1" }, bi(sv, en)), stateBadge(alarm)),
+    h("dl", { class: "facts" },
+      field("Brukare", "Recipient", r.name, "recipient"),
+      field("Adress", "Address", r.address, "address"),
+      field("Entré", "Entry", r.entry_info, "entry"),
+      field("Handlingsplan", "Action plan", r.action_plan, "plan"),
+      field("Larmenhet", "Device", alarm.device_id, "device"),
+      field("Orsak", "Cause", alarm.cause, "cause"),
+      field("Anteckning", "Note", alarm.note, "note")));
+  $("timeline").replaceChildren(...alarm.hops.map((hop) => {
+    const [hsv, hen] = hopLabel(hop.hop);
+    return h("li", { dataset: { hop: hop.hop } },
+      h("span", { class: "hop" }, bi(hsv, hen)), " ",
+      h("time", { datetime: hop.at }, clock(hop.at)), " ",
+      h("span", { class: "actor" }, hop.actor));
+  }));
+  renderActions(alarm, state);
+}
+
+function actionButton(action, sv, en, cls, onclick) {
+  return h("button", { type: "button", class: `big ${cls}`, dataset: { action }, onclick }, bi(sv, en));
+}
+
+function renderActions(alarm, state) {
+  const mine = me && alarm.owner === me.id;
+  const buttons = [];
+  if (state === "new") buttons.push(actionButton("accept", "Ta larmet", "Accept", "accept-btn", () => act(alarm, "accept")));
+  if (mine && state === "handling") buttons.push(actionButton("on-site", "På plats", "On site", "site-btn", () => act(alarm, "on-site")));
+  if (mine && state !== "done") buttons.push(actionButton("close", "Avsluta", "Close", "done-btn", showCloseForm));
+  if (state !== "done") {
+    buttons.push(h("button", { type: "button", class: "big quiet", disabled: true, dataset: { action: "forward" },
+      title: "Kommer senare / Coming later" }, bi("Skicka vidare", "Forward to colleague")));
+  }
+  $("actions").replaceChildren(...buttons);
+  if (!mine || state === "done") resetCloseForm();
+}
+
+async function act(alarm, action, body) {
+  $("action-error").textContent = "";
+  const buttons = document.querySelectorAll("#detail-view button[data-action]");
+  buttons.forEach((b) => { b.disabled = true; });
   try {
-    let options = { method: "POST" };
-    if (action === "close") {
-      const cause = prompt("Orsak / Cause", "hjälp given");
-      if (!cause) return;
-      options = { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ cause }) };
-    }
-    const alarm = await api(`/alarms/${id}/${action}`, options);
-    alarms.set(alarm.id, alarm); render();
-  } catch (error) { alert(error.message); }
+    const updated = await api.post(`/alarms/${encodeURIComponent(alarm.id)}/${action}`, body);
+    store.upsert(updated);
+    detail = store.get(updated.id) || updated;
+    if (action === "close") resetCloseForm();
+  } catch (error) {
+    $("action-error").textContent = error.status === 409
+      ? `Konflikt / Conflict: ${error.message}` : error.message;
+    try { const fresh = await api.get(`/alarms/${encodeURIComponent(alarm.id)}`); store.upsert(fresh); detail = fresh; } catch { /* offline */ }
+  } finally {
+    render();
+    document.querySelectorAll("#detail-view button[data-action]").forEach((b) => {
+      if (b.dataset.action !== "forward") b.disabled = false;
+    });
+  }
 }
 
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(token)}`);
-  socket.onopen = () => { $("conn").textContent = "Ansluten / Online"; $("conn").className = "conn on"; };
-  socket.onmessage = (event) => {
-    const message = JSON.parse(event.data);
-    if (message.type === "alarm") {
-      const fresh = !alarms.has(message.alarm.id);
-      alarms.set(message.alarm.id, message.alarm);
-      if (!message.alarm.hops.some((h) => h.hop === "delivered")) {
-        socket.send(JSON.stringify({ type: "receipt", alarm_id: message.alarm.id }));
-      }
-      if (fresh && navigator.vibrate) navigator.vibrate([300, 100, 300]);
-      render();
-    } else if (message.type === "sync") {
-      for (const [id, alarm] of alarms) if (alarm.state === "open" && !message.open.includes(id)) alarms.delete(id);
-      render();
-    }
+// -- close with a cause ------------------------------------------------------------------
+
+$("causes").replaceChildren(...CAUSES.map(([sv, en], i) =>
+  h("label", { class: "choice", for: `cause-${i}` },
+    h("input", { type: "radio", name: "cause", id: `cause-${i}`, value: sv, required: true }),
+    bi(sv, en))));
+
+function showCloseForm() {
+  $("close-form").hidden = false;
+  $("close-form").querySelector("input[name=cause]").focus();
+}
+
+function resetCloseForm() {
+  $("close-form").reset();
+  $("close-form").hidden = true;
+}
+
+$("close-cancel").addEventListener("click", resetCloseForm);
+$("close-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const cause = form.querySelector("input[name=cause]:checked");
+  if (!cause) { $("action-error").textContent = "Välj en orsak / Choose a cause"; return; }
+  const note = form.note.value.trim();
+  act(detail, "close", { cause: cause.value, note: note || null });
+});
+
+// -- push --------------------------------------------------------------------------------
+
+function pushStatus(text) { $("push-status").textContent = text; }
+
+function setupPushButton() {
+  const button = $("push-enable");
+  button.hidden = !push.supported || Notification.permission === "granted";
+  button.onclick = async () => {
+    try {
+      await push.enablePush(api);
+      button.hidden = true;
+      pushStatus("Aviseringar på / Notifications on");
+    } catch (error) { pushStatus(`Aviseringar: ${error.message}`); }
   };
-  socket.onclose = (event) => {
-    const since = new Date().toLocaleTimeString("sv-SE");
-    $("conn").textContent = `Frånkopplad sedan ${since} / Offline since ${since}`;
-    $("conn").className = "conn off";
-    if (event.code === 4401) { sessionStorage.removeItem("token"); location.reload(); return; }
-    setTimeout(connect, 2000);
-  };
 }
 
-async function start() {
-  try { me = await api("/me"); } catch { sessionStorage.removeItem("token"); return; }
-  $("login").hidden = true; $("alarms").hidden = false;
-  connect();
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.addEventListener("message", (event) => {
+    // The worker showed a push; the socket brings the alarm itself.
+    if (event.data && event.data.type === "push" && !live.online && api.token) live.connectNow();
+  });
 }
 
-if (token) start();
+// -- boot --------------------------------------------------------------------------------
+
+push.registerWorker();
+const saved = localStorage.getItem("trygg.token");
+if (saved && Number(localStorage.getItem("trygg.expires") || 0) > Date.now()) {
+  start(saved);
+} else if (saved) {
+  logout("Sessionen har gått ut / Session expired");
+}

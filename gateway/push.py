@@ -1,0 +1,632 @@
+"""Web Push for the staff app: VAPID keys, subscriptions, a queued sender and its API.
+
+The staff app is a PWA. While it is open, alarms arrive over the WebSocket; when the phone
+is locked or the app closed, a Web Push wakes its service worker, which shows a
+notification and posts a receipt (``POST /api/v1/alarms/{id}/receipt``, the ``delivered``
+hop). This module is the gateway's half of that:
+
+- ``VapidKeys``: the gateway's VAPID key pair, generated once and kept in the data dir;
+- ``SubscriptionStore``: the browsers' push subscriptions per staff member (SQLite);
+- ``PushNotifier``: a ``Gateway.notifiers`` hook. ``notify`` only queues (it runs on the
+  commit follower and must not block); a worker task owned by the notifier's async context
+  sends the pushes, with a bound on concurrent requests;
+- ``create_push_router``: the HTTP API (public key, subscribe, unsubscribe) and the service
+  worker script, which must be served from ``/app/`` to control the app's pages.
+
+Web Push is an extra channel, never the alarm's only way out: the alarm is in the journal
+and on every connected WebSocket before a push is queued. So when the queue is full the
+push is dropped (counted and logged) rather than stall the commit follower; the missing
+receipt is what escalation acts on (docs/staff-app.md).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime.
+import asyncio
+import base64
+import binascii
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
+
+import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi.responses import FileResponse
+from fastapi.security import OAuth2PasswordBearer
+from py_vapid import Vapid02  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, Field
+from pywebpush import WebPushException, webpush_async  # type: ignore[import-untyped]
+
+from gateway.auth import TokenError
+from gateway.org import StaffMember
+from gateway.ratelimit import LogLimiter
+from gateway.runtime import Gateway
+
+_LOGGER = logging.getLogger(__name__)
+
+VAPID_KEY_FILE = "vapid-private.pem"
+SUBSCRIPTIONS_FILE = "push.sqlite3"
+
+# Alarm notifications waiting for the sender. One entry is one alarm for its staff (it
+# fans out to their subscriptions in the worker). A burst of a few hundred alarms fits; a
+# full queue means the push services are down or unreachable, and more memory would not
+# help anyone.
+QUEUE_SIZE = 1000
+# Concurrent requests to push services: enough that one slow endpoint does not hold up the
+# others, few enough not to look like a flood to FCM/Mozilla/Apple.
+MAX_IN_FLIGHT = 8
+SEND_TIMEOUT_S = 10.0
+# How long a push service may hold a push for a phone that is offline. After ten minutes
+# an alarm notification is stale: the receipt deadline has long moved the alarm on to the
+# next channel, and a late buzz would only confuse.
+PUSH_TTL_S = 600
+# (alarm, staff) pairs already pushed: each is pushed once, however often the alarm changes.
+PUSHED_MEMORY = 20_000
+DEFAULT_SUBJECT = "mailto:drift@trygg.invalid"
+
+_P256DH_LEN = 65  # an uncompressed P-256 point
+_AUTH_LEN = 16
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode unpadded base64url (as browsers send subscription keys)."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b64url_encode(data: bytes) -> str:
+    """Encode as unpadded base64url."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# -- VAPID keys -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VapidKeys:
+    """The gateway's VAPID key pair (RFC 8292)."""
+
+    vapid: Any  # py_vapid.Vapid02 (untyped library)
+    public_key: str  # base64url uncompressed point: the browser's applicationServerKey
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> "VapidKeys":
+        """Read the private key from ``path``, generating and storing it the first time."""
+        try:
+            pem = path.read_bytes()
+        except FileNotFoundError:
+            pem = _create_key_file(path)
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+            key.curve, ec.SECP256R1
+        ):
+            raise ValueError(f"{path} does not hold a P-256 private key")
+        public = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return cls(Vapid02(private_key=key), b64url_encode(public))
+
+
+def _create_key_file(path: Path) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: if two components race to create the key, one wins and both use it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    _LOGGER.info("generated a new VAPID key pair in %s", path)
+    return pem
+
+
+# -- subscriptions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One browser's push subscription, owned by the staff member who registered it."""
+
+    endpoint: str
+    staff_id: str
+    p256dh: str
+    auth: str
+
+    def info(self) -> dict[str, Any]:
+        """The ``subscription_info`` shape pywebpush expects."""
+        return {"endpoint": self.endpoint, "keys": {"p256dh": self.p256dh, "auth": self.auth}}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscriptions (
+    endpoint TEXT PRIMARY KEY,
+    staff_id TEXT NOT NULL,
+    p256dh TEXT NOT NULL,
+    auth TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS subscriptions_staff ON subscriptions (staff_id);
+"""
+
+
+class SubscriptionStore:
+    """Push subscriptions in SQLite. Every call is short; callers on the loop use a thread.
+
+    No in-memory copy: the router and the notifier may each open the file, and both then
+    see the same rows.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._mutex = threading.Lock()
+        with self._mutex:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+
+    def add(self, subscription: Subscription) -> None:
+        """Store a subscription; an endpoint registered before moves to the new staff member.
+
+        One endpoint is one browser; when a shared phone is logged in by someone else,
+        pushes for the previous user must stop reaching it.
+        """
+        with self._mutex:
+            self._conn.execute(
+                "INSERT INTO subscriptions (endpoint, staff_id, p256dh, auth, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET "
+                "staff_id = excluded.staff_id, p256dh = excluded.p256dh, "
+                "auth = excluded.auth, created_at = excluded.created_at",
+                (
+                    subscription.endpoint,
+                    subscription.staff_id,
+                    subscription.p256dh,
+                    subscription.auth,
+                    time.time(),
+                ),
+            )
+
+    def remove(self, endpoint: str, staff_id: str | None = None) -> bool:
+        """Forget a subscription (only ``staff_id``'s, if given); whether one was removed."""
+        with self._mutex:
+            if staff_id is None:
+                cursor = self._conn.execute(
+                    "DELETE FROM subscriptions WHERE endpoint = ?", (endpoint,)
+                )
+            else:
+                cursor = self._conn.execute(
+                    "DELETE FROM subscriptions WHERE endpoint = ? AND staff_id = ?",
+                    (endpoint, staff_id),
+                )
+            return cursor.rowcount > 0
+
+    def for_staff(self, staff_ids: frozenset[str] | set[str] | list[str]) -> list[Subscription]:
+        """Subscriptions of these staff members."""
+        ids = sorted(staff_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        with self._mutex:
+            rows = self._conn.execute(
+                "SELECT endpoint, staff_id, p256dh, auth FROM subscriptions "
+                f"WHERE staff_id IN ({marks}) ORDER BY staff_id, created_at",
+                ids,
+            ).fetchall()
+        return [Subscription(*row) for row in rows]
+
+    def count(self) -> int:
+        """Stored subscriptions."""
+        with self._mutex:
+            (n,) = self._conn.execute("SELECT COUNT(*) FROM subscriptions").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._mutex:
+            self._conn.close()
+
+
+# -- the notifier -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PushStats:
+    """Counters for operations (and tests)."""
+
+    queued: int = 0  # alarm notifications accepted into the queue
+    dropped: int = 0  # refused because the queue was full
+    sent: int = 0  # pushes the push service accepted (2xx)
+    failed: int = 0  # pushes that failed (network, 4xx/5xx other than expiry)
+    expired: int = 0  # subscriptions removed because the push service said 404/410
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    alarm_id: str
+    staff_ids: frozenset[str]
+    payload: str
+
+
+@dataclass(slots=True)
+class _Seen:
+    """A bounded memory of (alarm id, staff id) pairs, oldest forgotten first."""
+
+    limit: int
+    keys: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
+
+    def add_new(self, keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        fresh = [k for k in keys if k not in self.keys]
+        for key in fresh:
+            self.keys[key] = None
+        while len(self.keys) > self.limit:
+            self.keys.popitem(last=False)
+        return fresh
+
+
+ALARM_TITLES = {
+    "manual": "Larmknapp",
+    "fall": "Fall",
+    "smoke": "Brandlarm",
+    "water": "Vattenläcka",
+    "bed_exit": "Lämnat sängen",
+    "door": "Dörr",
+    "inactivity": "Ingen aktivitet",
+    "temperature": "Temperatur",
+    "test": "Provlarm",
+    "technical": "Tekniskt larm",
+}
+
+
+def push_payload(alarm: dict[str, Any]) -> dict[str, Any]:
+    """What a push carries: enough to show the notification, no personal data.
+
+    The payload is end-to-end encrypted (RFC 8291), but the notification it becomes is
+    readable on a locked screen. So it names the alarm type, not the person or address:
+    those are one tap (and a login) away in the app.
+    """
+    return {
+        "v": 1,
+        "alarm_id": alarm["id"],
+        "type": alarm.get("type"),
+        "title": ALARM_TITLES.get(str(alarm.get("type")), str(alarm.get("type"))),
+        "priority": alarm.get("priority"),
+        "test": bool(alarm.get("test")),
+        "raised_at": alarm.get("raised_at"),
+    }
+
+
+class PushNotifier:
+    """Queues a Web Push for each new unhandled alarm and sends it from an owned task.
+
+    ``async with notifier:`` runs the sender; ``notifier.notify`` is the ``Gateway.notifiers``
+    hook. An alarm is pushed to each staff member once, while it is open and nobody has
+    accepted it; later changes travel over the WebSocket only.
+    """
+
+    def __init__(
+        self,
+        store: SubscriptionStore,
+        keys: VapidKeys,
+        *,
+        subject: str = DEFAULT_SUBJECT,
+        queue_size: int = QUEUE_SIZE,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        ttl_s: int = PUSH_TTL_S,
+        send_timeout_s: float = SEND_TIMEOUT_S,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.subject = subject
+        self.ttl_s = ttl_s
+        self.send_timeout_s = send_timeout_s
+        self.stats = PushStats()
+        self._max_in_flight = max_in_flight
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(queue_size)
+        self._seen = _Seen(PUSHED_MEMORY)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._log_limiter = LogLimiter(interval_s=60.0)
+        self._runner: asyncio.Task[None] | None = None
+        self._owns_store = False
+
+    @classmethod
+    def for_gateway(cls, gateway: Gateway, *, subject: str = DEFAULT_SUBJECT) -> "PushNotifier":
+        """A notifier on the gateway's data dir (keys and subscriptions)."""
+        data_dir = gateway.settings.data_dir
+        notifier = cls(
+            SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE),
+            VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE),
+            subject=subject,
+        )
+        notifier._owns_store = True
+        return notifier
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._runner is not None:
+            raise RuntimeError("PushNotifier is already running")
+        self._runner = asyncio.create_task(self._run(), name="web push sender")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        if self._owns_store:
+            self.store.close()
+
+    # -- the hook ----------------------------------------------------------------------------
+
+    def notify(self, alarm: dict[str, Any], staff_ids: frozenset[str]) -> None:
+        """Queue a push for a new, unhandled alarm. Never blocks; a full queue drops."""
+        if alarm.get("state") != "open" or alarm.get("owner") is not None:
+            return
+        alarm_id = str(alarm["id"])
+        fresh = self._seen.add_new([(alarm_id, s) for s in sorted(staff_ids)])
+        if not fresh:
+            return
+        job = _Job(alarm_id, frozenset(s for _, s in fresh), json.dumps(push_payload(alarm)))
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+            if self._log_limiter.allow("full"):
+                _LOGGER.warning(
+                    "web push queue full (%d); push for alarm %s dropped%s",
+                    self._queue.maxsize,
+                    alarm_id,
+                    self._log_limiter.suppressed_note("full"),
+                )
+            return
+        self.stats.queued += 1
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been sent or has failed."""
+        await self._queue.join()
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+
+    # -- the sender --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        slots = asyncio.Semaphore(self._max_in_flight)
+        timeout = aiohttp.ClientTimeout(total=self.send_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                while True:
+                    job = await self._queue.get()
+                    try:
+                        subscriptions = await asyncio.to_thread(
+                            self.store.for_staff, job.staff_ids
+                        )
+                        for subscription in subscriptions:
+                            await slots.acquire()
+                            task = asyncio.create_task(
+                                self._send(session, slots, subscription, job),
+                                name=f"web push {job.alarm_id}",
+                            )
+                            self._in_flight.add(task)
+                            task.add_done_callback(self._in_flight.discard)
+                    except sqlite3.Error as exc:
+                        self.stats.failed += 1
+                        _LOGGER.warning("web push for alarm %s: store failed: %s",
+                                        job.alarm_id, exc)
+                    finally:
+                        self._queue.task_done()
+            finally:
+                # Cancelled: stop the pushes still in flight before the session closes.
+                for task in list(self._in_flight):
+                    task.cancel()
+                if self._in_flight:
+                    await asyncio.wait(set(self._in_flight))
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        slots: asyncio.Semaphore,
+        subscription: Subscription,
+        job: _Job,
+    ) -> None:
+        try:
+            await webpush_async(
+                subscription.info(),
+                data=job.payload,
+                vapid_private_key=self.keys.vapid,
+                # A fresh dict each time: pywebpush fills in `aud` and `exp` in place.
+                vapid_claims={"sub": self.subject},
+                ttl=self.ttl_s,
+                headers={"Urgency": "high"},
+                aiohttp_session=session,
+                timeout=self.send_timeout_s,
+            )
+        except WebPushException as exc:
+            code = exc.status_code
+            if code in (404, 410):
+                # The browser dropped the subscription (app uninstalled, permission revoked).
+                self.stats.expired += 1
+                await asyncio.to_thread(
+                    self.store.remove, subscription.endpoint, subscription.staff_id
+                )
+                _LOGGER.info("web push subscription of %s expired (%s); removed",
+                             subscription.staff_id, code)
+            else:
+                self._failed(subscription, job, f"push service answered {code}")
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            self._failed(subscription, job, f"{type(exc).__name__}: {exc}")
+        else:
+            self.stats.sent += 1
+        finally:
+            slots.release()
+
+    def _failed(self, subscription: Subscription, job: _Job, reason: str) -> None:
+        self.stats.failed += 1
+        host = urlsplit(subscription.endpoint).hostname or "?"
+        if self._log_limiter.allow(host):
+            _LOGGER.warning(
+                "web push for alarm %s to %s (%s) failed: %s%s",
+                job.alarm_id,
+                subscription.staff_id,
+                host,
+                reason,
+                self._log_limiter.suppressed_note(host),
+            )
+
+
+# -- the HTTP API -----------------------------------------------------------------------------
+
+
+class SubscriptionKeys(BaseModel):
+    """``PushSubscription.toJSON().keys``."""
+
+    p256dh: str = Field(min_length=1, max_length=200)
+    auth: str = Field(min_length=1, max_length=100)
+
+
+class SubscriptionIn(BaseModel):
+    """A browser's ``PushSubscription.toJSON()``."""
+
+    model_config = ConfigDict(extra="ignore")  # browsers add fields (expirationTime, ...)
+
+    endpoint: str = Field(min_length=8, max_length=2048)
+    keys: SubscriptionKeys
+
+
+class EndpointIn(BaseModel):
+    """Body of ``DELETE /push/subscriptions``."""
+
+    endpoint: str = Field(min_length=1, max_length=2048)
+
+
+def _check_endpoint(endpoint: str, allow_http: bool) -> None:
+    # The gateway POSTs to whatever endpoint a client registers: require https, so a
+    # staff token cannot aim it at plain-HTTP services inside the network. Plain http is
+    # for loopback test endpoints in demo mode only.
+    parts = urlsplit(endpoint)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if allow_http and parts.scheme == "http" and parts.hostname:
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(parts.hostname).is_loopback:
+                return
+        if parts.hostname == "localhost":
+            return
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "endpoint must be an https URL")
+
+
+def _check_keys(keys: SubscriptionKeys) -> None:
+    try:
+        p256dh = b64url_decode(keys.p256dh)
+        auth = b64url_decode(keys.auth)
+    except (binascii.Error, ValueError):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY, "keys must be base64url"
+        ) from None
+    if len(p256dh) != _P256DH_LEN or p256dh[0] != 4 or len(auth) != _AUTH_LEN:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            "keys.p256dh must be an uncompressed P-256 point and keys.auth 16 bytes",
+        )
+
+
+def create_push_router(
+    gateway: Gateway,
+    store: SubscriptionStore | None = None,
+    *,
+    allow_http_endpoints: bool | None = None,
+) -> APIRouter:
+    """The push API and the service worker script, for ``Gateway.routers``.
+
+    ``store`` defaults to the subscriptions file in the gateway's data dir (the same one
+    ``PushNotifier.for_gateway`` uses). Plain-http loopback endpoints are accepted only in
+    demo mode unless ``allow_http_endpoints`` says otherwise.
+    """
+    data_dir = gateway.settings.data_dir
+    subscriptions = store if store is not None else SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE)
+    keys = VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE)
+    allow_http = gateway.settings.demo if allow_http_endpoints is None else allow_http_endpoints
+    oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
+    router = APIRouter()
+
+    def current_staff(token: Annotated[str, Depends(oauth2)]) -> StaffMember:
+        try:
+            staff_id = gateway.tokens.check(token)
+        except TokenError:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "invalid or expired token",
+                headers={"WWW-Authenticate": "Bearer"},
+            ) from None
+        member = gateway.org.staff.get(staff_id)
+        if member is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown staff member")
+        return member
+
+    Me = Annotated[StaffMember, Depends(current_staff)]
+
+    @router.get("/api/v1/push/vapid-public-key", tags=["push"])
+    async def vapid_public_key() -> dict[str, str]:
+        return {"public_key": keys.public_key}
+
+    @router.get("/api/v1/push/subscriptions", tags=["push"])
+    async def list_subscriptions(member: Me) -> list[dict[str, str]]:
+        mine = await asyncio.to_thread(subscriptions.for_staff, [member.id])
+        return [{"endpoint": s.endpoint} for s in mine]
+
+    @router.post(
+        "/api/v1/push/subscriptions", status_code=status.HTTP_201_CREATED, tags=["push"]
+    )
+    async def subscribe(body: SubscriptionIn, member: Me) -> dict[str, str]:
+        _check_endpoint(body.endpoint, allow_http)
+        _check_keys(body.keys)
+        await asyncio.to_thread(
+            subscriptions.add,
+            Subscription(body.endpoint, member.id, body.keys.p256dh, body.keys.auth),
+        )
+        return {"endpoint": body.endpoint, "staff_id": member.id}
+
+    @router.delete(
+        "/api/v1/push/subscriptions", status_code=status.HTTP_204_NO_CONTENT, tags=["push"]
+    )
+    async def unsubscribe(body: EndpointIn, member: Me) -> Response:
+        removed = await asyncio.to_thread(subscriptions.remove, body.endpoint, member.id)
+        if not removed:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    worker = resources.files("dashboards") / "static" / "sw.js"
+
+    @router.get("/app/sw.js", include_in_schema=False)
+    async def service_worker() -> FileResponse:
+        # Served from /app/ (not /static/) so its scope covers the app; never cached, so
+        # a new version is picked up on the next visit.
+        with resources.as_file(worker) as path:
+            return FileResponse(
+                path,
+                media_type="text/javascript",
+                headers={"Cache-Control": "no-cache"},
+            )
+
+    return router
