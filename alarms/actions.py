@@ -22,6 +22,22 @@ class Notify:
 
     alarm_id: str
     staff_ids: frozenset[str]
+    # An escalation or reminder: clients should alert loudly (sound, high-priority push)
+    # even if they showed this alarm before.
+    urgent: bool = False
 
 
-Action: TypeAlias = AckDevice | Notify
+@dataclass(frozen=True, slots=True)
+class NotifyCentre:
+    """Send the alarm to the external alarm centre (larmcentral) through its adapter.
+
+    ``attempt`` counts deliveries of this alarm from 1. The adapter answers with a
+    ``CentreConfirmed`` event carrying the same alarm id; until then the core asks again
+    with a higher ``attempt`` (the receiving side must treat the alarm id as the key).
+    """
+
+    alarm_id: str
+    attempt: int
+
+
+Action: TypeAlias = AckDevice | Notify | NotifyCentre

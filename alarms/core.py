@@ -10,30 +10,52 @@ what the journal says.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 
-from alarms.actions import AckDevice, Action, Notify
+from alarms.actions import AckDevice, Action, Notify, NotifyCentre
+from alarms.causes import RESTORED_CAUSE, match_cause
 from alarms.directory import Directory
+from alarms.escalation import Due, due
 from alarms.events import (
     AcceptRequested,
     AlarmReceived,
+    CentreConfirmed,
     CloseRequested,
     Event,
+    ForwardRequested,
+    HandBackRequested,
     OnSiteRequested,
     ReceiptConfirmed,
+    TakeOverRequested,
     TechnicalCleared,
+    Tick,
 )
 from alarms.model import (
     GATEWAY_DEVICE,
     HOP_ORDER,
+    LADDER_KINDS,
     PRIORITY,
-    SAFETY_DEVICE_TYPES,
     Alarm,
     AlarmType,
+    AttachedRef,
+    EscalationEntry,
+    EscalationKind,
+    Handover,
+    HandoverKind,
     Hop,
     HopEntry,
 )
-from alarms.records import AlarmOpened, HopAdded, Record
+from alarms.records import (
+    AlarmOpened,
+    CentreConfirmation,
+    Escalated,
+    HopAdded,
+    OwnerChanged,
+    Record,
+    RefAttached,
+)
+from alarms.routing import Availability, first_targets, step_targets
 
 # A resent alarm is recognised by (device_id, ref). Devices resend for seconds or minutes,
 # never for a day, so a ref seen again after this long (a device reset its counter) is a new
@@ -43,6 +65,16 @@ DEDUP_WINDOW_S = 24 * 3600.0
 # Device clocks drift and some reset to 1970. The ``raised`` hop uses the device's time only
 # when it is plausible; otherwise the time of receipt. The raw value stays on the alarm.
 MAX_CLOCK_SKEW_S = 24 * 3600.0
+
+# A recipient whose button or sensor flaps raises alarm after alarm. They attach to the open
+# alarm; staff are told again at most this often, so a flapping sensor cannot become a
+# notification storm while a second press a few minutes later still reaches them.
+ATTACH_NOTIFY_GAP_S = 60.0
+
+# A tick after a long outage may find several deadlines of one alarm passed (re-alert, next
+# level, centre). Each step writes an entry dated ``now`` and pushes the next deadline past
+# it, so the loop ends by itself; the cap guards against a policy bug spinning forever.
+MAX_STEPS_PER_TICK = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,25 +95,84 @@ class Decision:
 
 
 class AlarmCore:
-    """All alarms and the dedupe index. Not thread-safe: one owner drives it."""
+    """All alarms, the dedupe index and the deadlines. Not thread-safe: one owner drives it."""
 
-    def __init__(self, directory: Directory | None = None) -> None:
-        self.directory = directory or Directory()
+    def __init__(self, directory: Directory | None = None, *, track_presence: bool = False) -> None:
         self.alarms: dict[str, Alarm] = {}
         self._by_ref: dict[tuple[str, str], str] = {}
+        # Open alarm ids in opening order, and each one's next deadline. Both are caches of
+        # what the records say, kept so that ticks and routing need not scan closed alarms.
+        self._open: dict[str, None] = {}
+        self._due: dict[str, Due] = {}
+        # Presence is not journaled: after a restart every client reconnects anyway, and a
+        # replayed "connected" would be a lie. Routing writes its result into the journal, so
+        # replay never needs presence. Counted, because one person may have two devices.
+        self.track_presence = track_presence
+        self._connections: Counter[str] = Counter()
+        self._directory = directory or Directory()
+
+    @property
+    def directory(self) -> Directory:
+        """The routing view of the organisation."""
+        return self._directory
+
+    @directory.setter
+    def directory(self, directory: Directory) -> None:
+        # Deadlines depend on team policies: recompute them for the new organisation.
+        self._directory = directory
+        for alarm_id in self._open:
+            self._refresh(alarm_id)
+
+    # -- presence --------------------------------------------------------------------------
+
+    def staff_connected(self, staff_id: str) -> None:
+        """A staff client connected (WebSocket open). Call once per connection."""
+        self._connections[staff_id] += 1
+
+    def staff_disconnected(self, staff_id: str) -> None:
+        """A staff client disconnected. Call once per connection that was reported."""
+        if self._connections[staff_id] <= 1:
+            del self._connections[staff_id]
+        else:
+            self._connections[staff_id] -= 1
+
+    def connected(self) -> frozenset[str] | None:
+        """Staff with at least one client connected; None if presence is not tracked."""
+        return frozenset(self._connections) if self.track_presence else None
+
+    def busy(self) -> frozenset[str]:
+        """Staff who own an open alarm."""
+        return frozenset(
+            owner for a in self._open if (owner := self.alarms[a].owner) is not None
+        )
 
     # -- queries ---------------------------------------------------------------------------
 
     def find(self, device_id: str, ref: str) -> Alarm | None:
-        """The alarm a (device, ref) pair was stored as, if any."""
+        """The alarm a (device, ref) pair was stored as or attached to, if any."""
         alarm_id = self._by_ref.get((device_id, ref))
         return None if alarm_id is None else self.alarms[alarm_id]
 
     def open_alarms(self) -> list[Alarm]:
         """Open alarms, most urgent first, then oldest first."""
-        found = [a for a in self.alarms.values() if a.state == "open"]
+        found = [self.alarms[a] for a in self._open]
         found.sort(key=lambda a: (a.priority, a.hops[0].at))
         return found
+
+    def deadline_of(self, alarm_id: str) -> Due | None:
+        """What happens next to an alarm and when; None once it is closed."""
+        return self._due.get(alarm_id)
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of all open alarms: when the gateway should feed ``Tick``."""
+        return min((d.at for d in self._due.values()), default=None)
+
+    def allowed_causes(self, alarm: Alarm) -> tuple[str, ...]:
+        """The close causes staff may choose for ``alarm``."""
+        causes = self.directory.close_causes
+        if alarm.type is AlarmType.TECHNICAL and RESTORED_CAUSE not in causes:
+            causes = (*causes, RESTORED_CAUSE)
+        return causes
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -91,10 +182,14 @@ class AlarmCore:
             return self._decide_alarm(event, now)
         if isinstance(event, TechnicalCleared):
             return self._decide_cleared(event, now)
+        if isinstance(event, Tick):
+            return self._decide_tick(now)
         alarm = self.alarms.get(event.alarm_id)
         if alarm is None:
             return Decision(refusal=Refusal(404, f"no alarm {event.alarm_id!r}"))
-        if not self.directory.may_handle(event.staff_id, alarm.team_id):
+        if isinstance(event, CentreConfirmed):
+            return self._decide_centre_confirmed(alarm, event, now)
+        if not self._may_act(event.staff_id, alarm):
             return Decision(refusal=Refusal(403, "alarm belongs to another team"))
         if isinstance(event, ReceiptConfirmed):
             return self._decide_receipt(alarm, event.staff_id, now)
@@ -102,7 +197,24 @@ class AlarmCore:
             return self._decide_accept(alarm, event.staff_id, now)
         if isinstance(event, OnSiteRequested):
             return self._decide_on_site(alarm, event.staff_id, now)
+        if isinstance(event, ForwardRequested):
+            return self._decide_forward(alarm, event, now)
+        if isinstance(event, HandBackRequested):
+            return self._decide_hand_back(alarm, event.staff_id, now)
+        if isinstance(event, TakeOverRequested):
+            return self._decide_take_over(alarm, event.staff_id, now)
         return self._decide_close(alarm, event, now)
+
+    def _may_act(self, staff_id: str, alarm: Alarm) -> bool:
+        # Whoever the alarm was escalated to (night patrol, a neighbouring team) may act on
+        # it too, or escalating to them would be pointless.
+        if staff_id not in self.directory.staff:
+            return False
+        return (
+            self.directory.may_handle(staff_id, alarm.team_id)
+            or staff_id in alarm.targets
+            or staff_id == alarm.owner
+        )
 
     def _decide_alarm(self, event: AlarmReceived, now: float) -> Decision:
         existing = self.find(event.device_id, event.ref)
@@ -122,10 +234,24 @@ class AlarmCore:
                 refusal=Refusal(404, "unknown device"),
             )
         recipient_id, team_id = self.directory.team_of_device(event.device_id)
+        open_alarm = self._attachable(recipient_id, event.type)
+        if open_alarm is not None:
+            return self._attach(open_alarm, event, now)
         raised_at = event.device_ts_ms / 1000.0
         if not now - MAX_CLOCK_SKEW_S <= raised_at <= now:
             raised_at = now
-        targets = tuple(sorted(self._targets(event, team_id)))
+        targets = tuple(
+            sorted(
+                first_targets(
+                    self.directory,
+                    alarm_type=event.type,
+                    device_id=event.device_id,
+                    team_id=team_id,
+                    now=now,
+                    availability=Availability(self.connected(), self.busy()),
+                )
+            )
+        )
         alarm_id = event.new_id
         records: tuple[Record, ...] = (
             AlarmOpened(
@@ -144,22 +270,148 @@ class AlarmCore:
             HopAdded(alarm_id, Hop.STORED, now, "gateway"),
             HopAdded(alarm_id, Hop.ROUTED, now, f"team:{team_id or '*'}", targets=targets),
         )
+        actions: tuple[Action, ...] = (
+            AckDevice(event.device_id, event.ref, "stored"),
+            Notify(alarm_id, frozenset(targets)),
+        )
+        if event.type in self.directory.policy(team_id).centre_immediately:
+            # Configured types (typically fire) go to the alarm centre at once, not after
+            # the ladder: the centre can call the fire brigade while staff are on the way.
+            records = (*records, Escalated(alarm_id, EscalationKind.CENTRE, 0, now, attempt=1))
+            actions = (*actions, NotifyCentre(alarm_id, 1))
+        return Decision(records=records, actions=actions)
+
+    def _attachable(self, recipient_id: str | None, kind: AlarmType) -> Alarm | None:
+        """The open alarm of this recipient a new alarm of ``kind`` attaches to, if any.
+
+        Only person alarms attach: technical alarms are about devices, and a test alarm must
+        prove the chain on its own. A more urgent type (fire while a fall is open) is a new
+        alarm, since it changes who must come and how fast.
+        """
+        if recipient_id is None or kind in (AlarmType.TECHNICAL, AlarmType.TEST):
+            return None
+        for alarm_id in reversed(self._open):
+            alarm = self.alarms[alarm_id]
+            if (
+                alarm.recipient_id == recipient_id
+                and alarm.type not in (AlarmType.TECHNICAL, AlarmType.TEST)
+                and PRIORITY[kind] >= alarm.priority
+            ):
+                return alarm
+        return None
+
+    def _attach(self, alarm: Alarm, event: AlarmReceived, now: float) -> Decision:
+        record = RefAttached(alarm.id, event.device_id, event.ref, event.type, now)
+        actions: list[Action] = [AckDevice(event.device_id, event.ref, "stored")]
+        last = max([alarm.hops[0].at, *(a.at for a in alarm.attached)])
+        if now - last >= ATTACH_NOTIFY_GAP_S:
+            actions.append(Notify(alarm.id, self._audience(alarm)))
+        return Decision(records=(record,), actions=tuple(actions))
+
+    def _audience(self, alarm: Alarm) -> frozenset[str]:
+        owner = alarm.owner
+        return alarm.targets | (frozenset({owner}) if owner else frozenset())
+
+    def _decide_tick(self, now: float) -> Decision:
+        records: list[Record] = []
+        actions: list[Action] = []
+        for alarm_id, first in sorted(self._due.items(), key=lambda item: item[1].at):
+            if first.at > now:
+                continue
+            alarm = self.alarms[alarm_id]
+            policy = self.directory.policy(alarm.team_id)
+            alerted: set[str] = set()
+            urgent = False
+            centre_attempt = 0
+            for _ in range(MAX_STEPS_PER_TICK):
+                step = due(alarm, policy)
+                if step is None or step.at > now:
+                    break
+                targets = step_targets(self.directory, alarm, step.kind, now)
+                record = Escalated(
+                    alarm.id, step.kind, step.level, now, tuple(sorted(targets)), step.attempt
+                )
+                climbed = step.level > alarm.level
+                alarm = evolve(alarm, record)
+                records.append(record)
+                if step.attempt > 0:
+                    centre_attempt = step.attempt
+                if step.kind is EscalationKind.CENTRE and not climbed:
+                    continue  # a retry to the centre alone tells staff nothing new
+                urgent = True
+                owner = alarm.owner
+                if step.kind is EscalationKind.REMINDER and owner is not None:
+                    alerted |= {owner}
+                else:
+                    alerted |= targets | self._audience(alarm)
+            if urgent:
+                actions.append(Notify(alarm.id, frozenset(alerted), urgent=True))
+            if centre_attempt:
+                actions.append(NotifyCentre(alarm.id, centre_attempt))
+        return Decision(records=tuple(records), actions=tuple(actions))
+
+    def _decide_centre_confirmed(
+        self, alarm: Alarm, event: CentreConfirmed, now: float
+    ) -> Decision:
+        if alarm.centre_attempts == 0:
+            return Decision(refusal=Refusal(409, "alarm was never sent to the alarm centre"))
+        if alarm.centre_confirmed_at is not None:
+            return Decision()  # the centre confirms each attempt; the first one counts
+        if not 1 <= event.attempt <= alarm.centre_attempts:
+            return Decision(refusal=Refusal(422, f"no delivery attempt {event.attempt}"))
+        record = CentreConfirmation(alarm.id, now, event.attempt, event.reference)
+        return Decision(records=(record,), actions=(Notify(alarm.id, self._audience(alarm)),))
+
+    def _decide_forward(self, alarm: Alarm, event: ForwardRequested, now: float) -> Decision:
+        refusal = self._owner_refusal(alarm, event.staff_id)
+        if refusal is not None:
+            return Decision(refusal=refusal)
+        to = event.to_staff_id
+        if to == event.staff_id:
+            return Decision(refusal=Refusal(422, "cannot forward an alarm to yourself"))
+        colleague = self.directory.staff.get(to)
+        if colleague is None:
+            return Decision(refusal=Refusal(422, f"no colleague {to!r}"))
+        if not self._may_act(to, alarm):
+            return Decision(
+                refusal=Refusal(422, f"{to} does not answer alarms of team {alarm.team_id}")
+            )
+        if not colleague.on_duty:
+            return Decision(refusal=Refusal(422, f"{to} is not on duty"))
+        record = OwnerChanged(alarm.id, HandoverKind.FORWARDED, now, event.staff_id, to)
         return Decision(
-            records=records,
-            actions=(
-                AckDevice(event.device_id, event.ref, "stored"),
-                Notify(alarm_id, frozenset(targets)),
-            ),
+            records=(record,),
+            actions=(Notify(alarm.id, self._audience(alarm) | {to}, urgent=True),),
         )
 
-    def _targets(self, event: AlarmReceived, team_id: str | None) -> frozenset[str]:
-        if event.type is not AlarmType.TECHNICAL:
-            return self.directory.on_duty(team_id)
-        targets = self.directory.technicians()
-        if self.directory.device_types.get(event.device_id) in SAFETY_DEVICE_TYPES:
-            # The person is unprotected while their alarm is down: the care team must know.
-            targets |= self.directory.on_duty(team_id)
-        return targets
+    def _decide_hand_back(self, alarm: Alarm, staff_id: str, now: float) -> Decision:
+        refusal = self._owner_refusal(alarm, staff_id)
+        if refusal is not None:
+            return Decision(refusal=refusal)
+        if alarm.reached(Hop.ON_SITE):
+            return Decision(
+                refusal=Refusal(409, "already on site: close the alarm or forward it")
+            )
+        record = OwnerChanged(alarm.id, HandoverKind.HANDED_BACK, now, staff_id, None)
+        # Nobody has it any more: everyone who had it must see that, loudly.
+        return Decision(
+            records=(record,),
+            actions=(Notify(alarm.id, self._audience(alarm), urgent=True),),
+        )
+
+    def _decide_take_over(self, alarm: Alarm, staff_id: str, now: float) -> Decision:
+        if alarm.state == "closed":
+            return Decision(refusal=Refusal(409, "alarm is closed"))
+        owner = alarm.owner
+        if owner is None:
+            return self._decide_accept(alarm, staff_id, now)  # nobody to take it from
+        if owner == staff_id:
+            return Decision()
+        record = OwnerChanged(alarm.id, HandoverKind.TAKEN_OVER, now, staff_id, staff_id)
+        return Decision(
+            records=(record,),
+            actions=(Notify(alarm.id, self._audience(alarm) | {staff_id}),),
+        )
 
     def _decide_cleared(self, event: TechnicalCleared, now: float) -> Decision:
         alarm = self.find(event.device_id, event.ref)
@@ -183,6 +435,14 @@ class AlarmCore:
             return Decision()  # accepting twice is harmless
         if owner is not None:
             return Decision(refusal=Refusal(409, f"already accepted by {owner}"))
+        if alarm.reached(Hop.ACCEPTED):
+            # Handed back earlier: the chain keeps its first ``accepted`` hop; the new owner
+            # is a handover.
+            again = OwnerChanged(alarm.id, HandoverKind.ACCEPTED, now, staff_id, staff_id)
+            return Decision(
+                records=(again,),
+                actions=(Notify(alarm.id, self._audience(alarm) | {staff_id}),),
+            )
         records: list[Record] = []
         if not alarm.reached(Hop.DELIVERED):
             # Whoever accepts has evidently seen it: the delivery hop is implied.
@@ -202,9 +462,16 @@ class AlarmCore:
         refusal = self._owner_refusal(alarm, event.staff_id)
         if refusal is not None:
             return Decision(refusal=refusal)
-        cause = event.cause.strip()
-        if not cause:
+        if not event.cause.strip():
             return Decision(refusal=Refusal(422, "a cause is required to close an alarm"))
+        allowed = self.allowed_causes(alarm)
+        cause = match_cause(event.cause, allowed)
+        if cause is None:
+            return Decision(
+                refusal=Refusal(
+                    422, f"unknown cause {event.cause.strip()!r}; allowed: {'; '.join(allowed)}"
+                )
+            )
         record = HopAdded(alarm.id, Hop.CLOSED, now, event.staff_id, cause=cause, note=event.note)
         return self._notify(alarm, (record,))
 
@@ -244,24 +511,90 @@ class AlarmCore:
             )
             self._by_ref[(record.device_id, record.ref)] = record.alarm_id
             return
-        alarm = self.alarms[record.alarm_id]
-        if alarm.hops and HOP_ORDER[record.hop] <= HOP_ORDER[alarm.last_hop]:
-            # Hops only move forward. A record that does not is a bug upstream; keep the
-            # chain intact rather than rewrite history.
-            raise ValueError(
-                f"hop {record.hop} after {alarm.last_hop} on alarm {alarm.id}: out of order"
-            )
-        changes: dict[str, object] = {
-            "hops": (*alarm.hops, HopEntry(record.hop, record.at, record.actor)),
-        }
-        if record.hop is Hop.ROUTED:
-            changes["targets"] = frozenset(record.targets)
-        elif record.hop is Hop.CLOSED:
-            changes["cause"] = record.cause
-            changes["note"] = record.note
-        self.alarms[record.alarm_id] = dataclasses.replace(alarm, **changes)  # type: ignore[arg-type]
+        self.alarms[record.alarm_id] = evolve(self.alarms[record.alarm_id], record)
+        if isinstance(record, RefAttached):
+            self._by_ref[(record.device_id, record.ref)] = record.alarm_id
+        self._refresh(record.alarm_id)
+
+    def _refresh(self, alarm_id: str) -> None:
+        alarm = self.alarms[alarm_id]
+        if not alarm.hops:
+            return
+        found = due(alarm, self.directory.policy(alarm.team_id))
+        if found is None:
+            self._open.pop(alarm_id, None)
+            self._due.pop(alarm_id, None)
+        else:
+            self._open.setdefault(alarm_id, None)
+            self._due[alarm_id] = found
 
     def apply_all(self, records: tuple[Record, ...] | list[Record]) -> None:
         """Apply records in order."""
         for record in records:
             self.apply(record)
+
+
+def evolve(alarm: Alarm, record: Record) -> Alarm:
+    """The alarm after ``record``. Pure; raises ValueError for a record that cannot follow.
+
+    ``decide`` uses it to look ahead (a tick that passes several deadlines), ``apply`` to
+    change state, so both always agree.
+    """
+    if isinstance(record, HopAdded):
+        return _add_hop(alarm, record)
+    if isinstance(record, Escalated):
+        if record.level < alarm.level:
+            raise ValueError(
+                f"escalation to level {record.level} after {alarm.level} on alarm {alarm.id}"
+            )
+        if record.kind in LADDER_KINDS and record.level > alarm.level + 1:
+            raise ValueError(f"escalation on alarm {alarm.id} skips a level")
+        entry = EscalationEntry(
+            record.kind, record.level, record.at, frozenset(record.targets), record.attempt
+        )
+        return dataclasses.replace(
+            alarm,
+            escalations=(*alarm.escalations, entry),
+            targets=alarm.targets | entry.targets,
+        )
+    if isinstance(record, CentreConfirmation):
+        if alarm.centre_confirmed_at is not None:
+            return alarm
+        return dataclasses.replace(
+            alarm, centre_confirmed_at=record.at, centre_reference=record.reference
+        )
+    if isinstance(record, OwnerChanged):
+        if alarm.state == "closed" or not alarm.reached(Hop.ACCEPTED):
+            raise ValueError(f"owner change on alarm {alarm.id} that is closed or unaccepted")
+        owned = alarm.owner is not None
+        if owned == (record.kind is HandoverKind.ACCEPTED):
+            # One owner at a time: only an ownerless alarm is accepted again, and only an
+            # owned one is forwarded, taken over or handed back.
+            raise ValueError(f"{record.kind} on alarm {alarm.id} owned by {alarm.owner}")
+        handover = Handover(record.kind, record.at, record.actor, record.owner)
+        extra = frozenset({record.owner}) if record.owner else frozenset()
+        return dataclasses.replace(
+            alarm, handovers=(*alarm.handovers, handover), targets=alarm.targets | extra
+        )
+    if isinstance(record, RefAttached):
+        attached = AttachedRef(record.device_id, record.ref, record.type, record.at)
+        return dataclasses.replace(alarm, attached=(*alarm.attached, attached))
+    raise ValueError(f"alarm {alarm.id} is already open")  # a second AlarmOpened
+
+
+def _add_hop(alarm: Alarm, record: HopAdded) -> Alarm:
+    if alarm.hops and HOP_ORDER[record.hop] <= HOP_ORDER[alarm.last_hop]:
+        # Hops only move forward. A record that does not is a bug upstream; keep the
+        # chain intact rather than rewrite history.
+        raise ValueError(
+            f"hop {record.hop} after {alarm.last_hop} on alarm {alarm.id}: out of order"
+        )
+    changes: dict[str, object] = {
+        "hops": (*alarm.hops, HopEntry(record.hop, record.at, record.actor)),
+    }
+    if record.hop is Hop.ROUTED:
+        changes["targets"] = frozenset(record.targets)
+    elif record.hop is Hop.CLOSED:
+        changes["cause"] = record.cause
+        changes["note"] = record.note
+    return dataclasses.replace(alarm, **changes)  # type: ignore[arg-type]

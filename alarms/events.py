@@ -65,5 +65,56 @@ class TechnicalCleared:
     note: str
 
 
-StaffEvent: TypeAlias = ReceiptConfirmed | AcceptRequested | OnSiteRequested | CloseRequested
-Event: TypeAlias = AlarmReceived | TechnicalCleared | StaffEvent
+@dataclass(frozen=True, slots=True)
+class ForwardRequested:
+    """The owner passes the alarm to a named colleague (vidarebefordra)."""
+
+    alarm_id: str
+    staff_id: str
+    to_staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandBackRequested:
+    """The owner gives the alarm back to the team: nobody owns it and escalation resumes."""
+
+    alarm_id: str
+    staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TakeOverRequested:
+    """A colleague (or the team lead) takes the alarm from its owner."""
+
+    alarm_id: str
+    staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CentreConfirmed:
+    """The external alarm centre confirmed it received the alarm (the adapter's receipt)."""
+
+    alarm_id: str
+    attempt: int
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The clock: do whatever every deadline up to ``now`` calls for.
+
+    The gateway feeds one when ``AlarmCore.next_deadline()`` has passed (and may feed one
+    at start, after replay, to catch up on deadlines that passed while it was down).
+    """
+
+
+StaffEvent: TypeAlias = (
+    ReceiptConfirmed
+    | AcceptRequested
+    | OnSiteRequested
+    | CloseRequested
+    | ForwardRequested
+    | HandBackRequested
+    | TakeOverRequested
+)
+Event: TypeAlias = AlarmReceived | TechnicalCleared | StaffEvent | CentreConfirmed | Tick

@@ -203,4 +203,6 @@ class Alarm:
     @property
     def centre_attempts(self) -> int:
         """How many times the alarm was sent to the external alarm centre."""
-        return sum(1 for e in self.escalations if e.kind is EscalationKind.CENTRE)
+        return sum(
+            1 for e in self.escalations if e.kind is EscalationKind.CENTRE and e.attempt > 0
+        )

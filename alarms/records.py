@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from alarms.model import AlarmType, Hop
+from alarms.model import AlarmType, EscalationKind, HandoverKind, Hop
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,56 @@ class HopAdded:
     note: str | None = None
 
 
-Record: TypeAlias = AlarmOpened | HopAdded
+@dataclass(frozen=True, slots=True)
+class Escalated:
+    """An escalation entry: beside the chain of hops, never one of them.
+
+    ``attempt`` > 0 marks a delivery attempt to the alarm centre (kind CENTRE).
+    """
+
+    alarm_id: str
+    kind: EscalationKind
+    level: int
+    at: float
+    targets: tuple[str, ...] = ()
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CentreConfirmation:
+    """The alarm centre confirmed delivery attempt ``attempt``: retries stop."""
+
+    alarm_id: str
+    at: float
+    attempt: int
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerChanged:
+    """Ownership moved after the first acceptance: forwarded, taken over, handed back."""
+
+    alarm_id: str
+    kind: HandoverKind
+    at: float
+    actor: str
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefAttached:
+    """A further alarm from the same recipient, attached to their open alarm."""
+
+    alarm_id: str
+    device_id: str
+    ref: str
+    type: AlarmType
+    at: float
+
+
+Record: TypeAlias = (
+    AlarmOpened | HopAdded | Escalated | CentreConfirmation | OwnerChanged | RefAttached
+)
 
 
 class RecordError(ValueError):
@@ -66,6 +115,45 @@ def to_json(record: Record) -> str:
         }
         if record.detail is not None:
             body["detail"] = record.detail
+    elif isinstance(record, Escalated):
+        body = {
+            "kind": "escalated",
+            "alarm_id": record.alarm_id,
+            "escalation": record.kind.value,
+            "level": record.level,
+            "at": record.at,
+        }
+        if record.targets:
+            body["targets"] = list(record.targets)
+        if record.attempt:
+            body["attempt"] = record.attempt
+    elif isinstance(record, CentreConfirmation):
+        body = {
+            "kind": "centre_confirmed",
+            "alarm_id": record.alarm_id,
+            "at": record.at,
+            "attempt": record.attempt,
+        }
+        if record.reference is not None:
+            body["reference"] = record.reference
+    elif isinstance(record, OwnerChanged):
+        body = {
+            "kind": "owner",
+            "alarm_id": record.alarm_id,
+            "handover": record.kind.value,
+            "at": record.at,
+            "actor": record.actor,
+            "owner": record.owner,
+        }
+    elif isinstance(record, RefAttached):
+        body = {
+            "kind": "attached",
+            "alarm_id": record.alarm_id,
+            "device_id": record.device_id,
+            "ref": record.ref,
+            "type": record.type.value,
+            "at": record.at,
+        }
     else:
         body = {
             "kind": "hop",
@@ -111,6 +199,40 @@ def from_json(text: str) -> Record:
                 targets=tuple(str(t) for t in body.get("targets", ())),
                 cause=body.get("cause"),
                 note=body.get("note"),
+            )
+        if kind == "escalated":
+            return Escalated(
+                alarm_id=str(body["alarm_id"]),
+                kind=EscalationKind(body["escalation"]),
+                level=int(body["level"]),
+                at=float(body["at"]),
+                targets=tuple(str(t) for t in body.get("targets", ())),
+                attempt=int(body.get("attempt", 0)),
+            )
+        if kind == "centre_confirmed":
+            reference = body.get("reference")
+            return CentreConfirmation(
+                alarm_id=str(body["alarm_id"]),
+                at=float(body["at"]),
+                attempt=int(body["attempt"]),
+                reference=None if reference is None else str(reference),
+            )
+        if kind == "owner":
+            owner = body["owner"]
+            return OwnerChanged(
+                alarm_id=str(body["alarm_id"]),
+                kind=HandoverKind(body["handover"]),
+                at=float(body["at"]),
+                actor=str(body["actor"]),
+                owner=None if owner is None else str(owner),
+            )
+        if kind == "attached":
+            return RefAttached(
+                alarm_id=str(body["alarm_id"]),
+                device_id=str(body["device_id"]),
+                ref=str(body["ref"]),
+                type=AlarmType(body["type"]),
+                at=float(body["at"]),
             )
     except (ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"undecodable journal record: {exc}") from None

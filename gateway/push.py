@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -52,7 +52,10 @@ from pywebpush import WebPushException, webpush_async  # type: ignore[import-unt
 from gateway.auth import TokenError
 from gateway.org import StaffMember
 from gateway.ratelimit import LogLimiter
-from gateway.runtime import Gateway
+
+if TYPE_CHECKING:
+    # Only for annotations: the runtime may import this module to wire push in.
+    from gateway.runtime import Gateway
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -76,13 +79,16 @@ PUSH_TTL_S = 600
 PUSHED_MEMORY = 20_000
 DEFAULT_SUBJECT = "mailto:drift@trygg.invalid"
 
+# 422 by number: its starlette constant was renamed (…_ENTITY → …_CONTENT) across versions.
+_UNPROCESSABLE = 422
 _P256DH_LEN = 65  # an uncompressed P-256 point
 _AUTH_LEN = 16
 
 
 def b64url_decode(text: str) -> bytes:
     """Decode unpadded base64url (as browsers send subscription keys)."""
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    padded = (text + "=" * (-len(text) % 4)).encode()
+    return base64.b64decode(padded, altchars=b"-_", validate=True)
 
 
 def b64url_encode(data: bytes) -> str:
@@ -111,7 +117,7 @@ class VapidKeys:
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
             key.curve, ec.SECP256R1
         ):
-            raise ValueError(f"{path} does not hold a P-256 private key")
+            raise TypeError(f"{path} does not hold a P-256 private key")
         public = key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
@@ -345,7 +351,7 @@ class PushNotifier:
         self._owns_store = False
 
     @classmethod
-    def for_gateway(cls, gateway: Gateway, *, subject: str = DEFAULT_SUBJECT) -> "PushNotifier":
+    def for_gateway(cls, gateway: "Gateway", *, subject: str = DEFAULT_SUBJECT) -> "PushNotifier":
         """A notifier on the gateway's data dir (keys and subscriptions)."""
         data_dir = gateway.settings.data_dir
         notifier = cls(
@@ -533,7 +539,7 @@ def _check_endpoint(endpoint: str, allow_http: bool) -> None:
                 return
         if parts.hostname == "localhost":
             return
-    raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "endpoint must be an https URL")
+    raise HTTPException(_UNPROCESSABLE, "endpoint must be an https URL")
 
 
 def _check_keys(keys: SubscriptionKeys) -> None:
@@ -542,17 +548,17 @@ def _check_keys(keys: SubscriptionKeys) -> None:
         auth = b64url_decode(keys.auth)
     except (binascii.Error, ValueError):
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, "keys must be base64url"
+            _UNPROCESSABLE, "keys must be base64url"
         ) from None
     if len(p256dh) != _P256DH_LEN or p256dh[0] != 4 or len(auth) != _AUTH_LEN:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            _UNPROCESSABLE,
             "keys.p256dh must be an uncompressed P-256 point and keys.auth 16 bytes",
         )
 
 
 def create_push_router(
-    gateway: Gateway,
+    gateway: "Gateway",
     store: SubscriptionStore | None = None,
     *,
     allow_http_endpoints: bool | None = None,
@@ -616,17 +622,14 @@ def create_push_router(
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    worker = resources.files("dashboards") / "static" / "sw.js"
+    with resources.as_file(resources.files("dashboards") / "static" / "sw.js") as worker:
 
-    @router.get("/app/sw.js", include_in_schema=False)
-    async def service_worker() -> FileResponse:
-        # Served from /app/ (not /static/) so its scope covers the app; never cached, so
-        # a new version is picked up on the next visit.
-        with resources.as_file(worker) as path:
+        @router.get("/app/sw.js", include_in_schema=False)
+        async def service_worker() -> FileResponse:
+            # Served from /app/ (not /static/) so its scope covers the app; revalidated on
+            # every visit, so a new version is picked up at once.
             return FileResponse(
-                path,
-                media_type="text/javascript",
-                headers={"Cache-Control": "no-cache"},
+                worker, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
             )
 
     return router

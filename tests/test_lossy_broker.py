@@ -97,7 +97,8 @@ async def test_every_alarm_stored_once_despite_broker_drops(
     conn = sqlite3.connect(data_dir / "journal.sqlite3")
     rows = conn.execute(
         "SELECT json_extract(body, '$.device_id'), json_extract(body, '$.ref') "
-        "FROM journal WHERE json_extract(body, '$.kind') = 'opened'"
+        "FROM journal WHERE json_extract(body, '$.kind') = 'opened' "
+        "AND json_extract(body, '$.type') != 'technical'"
     ).fetchall()
     conn.close()
     assert len(rows) == 3000

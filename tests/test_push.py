@@ -1,0 +1,485 @@
+"""Web Push: VAPID keys, the subscription API, and the notifier against a fake push service.
+
+The fake push service is a local aiohttp server. It checks what a real one checks (the
+VAPID JWT, its signature and audience, TTL and urgency) and decrypts the payload with the
+subscriber's private key, so the tests prove the whole RFC 8291/8292 path, not a mock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import http_ece  # type: ignore[import-untyped]
+import httpx
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI
+
+from gateway.org import OrgStore
+from gateway.push import (
+    SUBSCRIPTIONS_FILE,
+    VAPID_KEY_FILE,
+    PushNotifier,
+    Subscription,
+    SubscriptionStore,
+    VapidKeys,
+    b64url_decode,
+    b64url_encode,
+    create_push_router,
+    push_payload,
+)
+from gateway.runtime import Gateway
+from tests.conftest import seed_small, settings_for
+from tests.helpers import device
+
+
+@dataclass
+class FakeBrowser:
+    """A push subscriber's keys (what the browser keeps) and its subscription JSON."""
+
+    endpoint: str
+    private_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+    auth: bytes = field(default_factory=lambda: os.urandom(16))
+
+    def subscription(self) -> dict[str, Any]:
+        public = self.private_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return {"endpoint": self.endpoint, "expirationTime": None,
+                "keys": {"p256dh": b64url_encode(public), "auth": b64url_encode(self.auth)}}
+
+    def decrypt(self, body: bytes) -> dict[str, Any]:
+        plain = http_ece.decrypt(body, private_key=self.private_key, auth_secret=self.auth,
+                                 version="aes128gcm")
+        decoded: dict[str, Any] = json.loads(plain)
+        return decoded
+
+
+@dataclass
+class Received:
+    name: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class FakePushService:
+    """``/push/{name}``: answers with the status set for ``name`` (default 201)."""
+
+    def __init__(self, vapid_public_key: str | None = None) -> None:
+        self.vapid_public_key = vapid_public_key
+        self.status: dict[str, int] = {}
+        self.received: list[Received] = []
+        self.arrived = asyncio.Event()
+        self.base = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.received.append(Received(name, headers, await request.read()))
+        self.arrived.set()
+        return web.Response(status=self.status.get(name, 201))
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.base}/push/{name}"
+
+    def check_vapid(self, received: Received) -> dict[str, Any]:
+        """Verify the VAPID header as a push service would; returns the JWT claims."""
+        scheme, _, params = received.headers["authorization"].partition(" ")
+        assert scheme == "vapid"
+        fields = dict(p.strip().split("=", 1) for p in params.split(","))
+        assert fields["k"] == self.vapid_public_key
+        public = ec.EllipticCurvePublicKey.from_encoded_point(
+            ec.SECP256R1(), b64url_decode(fields["k"])
+        )
+        claims: dict[str, Any] = jwt.decode(
+            fields["t"], public, algorithms=["ES256"], audience=self.base
+        )
+        assert claims["exp"] > time.time()
+        assert claims["sub"].startswith("mailto:")
+        return claims
+
+    async def wait_for(self, count: int, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.received) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def fake_push_service(vapid_public_key: str | None = None) -> AsyncIterator[FakePushService]:
+    """The fake push service on a free loopback port."""
+    service = FakePushService(vapid_public_key)
+    app = web.Application()
+    app.router.add_post("/push/{name}", service.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    service.base = f"http://127.0.0.1:{port}"
+    try:
+        yield service
+    finally:
+        await runner.cleanup()
+
+
+def find_push(gateway: Gateway) -> PushNotifier | None:
+    """The gateway's own push notifier, once the gateway wires one in itself."""
+    for notifier in gateway.notifiers:
+        owner = getattr(notifier, "__self__", None)
+        if isinstance(owner, PushNotifier):
+            return owner
+    return None
+
+
+@contextlib.asynccontextmanager
+async def gateway_with_push(
+    broker: tuple[str, int], data_dir: Path, prefix: str
+) -> AsyncIterator[tuple[Gateway, PushNotifier]]:
+    """A seeded gateway with Web Push wired in the way the runtime is asked to wire it.
+
+    ``make_gateway`` cannot be used: routers must be in place before the gateway starts
+    its HTTP server, and it starts it while entering.
+    """
+    org = OrgStore(data_dir / "org.sqlite3")
+    if org.is_empty():
+        seed_small(org)
+    try:
+        gw = Gateway(settings_for(data_dir, broker, prefix), org=org)
+        async with contextlib.AsyncExitStack() as stack:
+            notifier = find_push(gw)
+            if notifier is None:
+                notifier = PushNotifier.for_gateway(gw)
+                gw.routers.append(create_push_router(gw, notifier.store))
+                gw.notifiers.append(notifier.notify)
+                await stack.enter_async_context(notifier)
+            await stack.enter_async_context(gw)
+            await asyncio.wait_for(gw.wait_connected(), 10)
+            yield gw, notifier
+    finally:
+        org.close()
+
+
+def alarm_body(alarm_id: str = "a1", **changes: Any) -> dict[str, Any]:
+    """An alarm as ``views.alarm_json`` shapes it (the fields the notifier reads)."""
+    body: dict[str, Any] = {
+        "id": alarm_id, "device_id": "dev-a", "ref": "r1", "type": "fall", "priority": 2,
+        "state": "open", "stage": "routed", "test": False, "owner": None,
+        "raised_at": "2025-01-01T03:00:00.000+00:00",
+        "recipient": {"name": "Astrid A", "address": "Storgatan 1"},
+    }
+    body.update(changes)
+    return body
+
+
+# -- VAPID keys and the store ----------------------------------------------------------------
+
+
+def test_vapid_key_is_generated_once_and_private(tmp_path: Path) -> None:
+    """The key pair is created on first use, kept 0600, and the same on the next start."""
+    path = tmp_path / VAPID_KEY_FILE
+    first = VapidKeys.load_or_create(path)
+    second = VapidKeys.load_or_create(path)
+    assert first.public_key == second.public_key
+    raw = b64url_decode(first.public_key)
+    assert len(raw) == 65 and raw[0] == 4
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_store_moves_an_endpoint_to_the_latest_staff_member(tmp_path: Path) -> None:
+    """One endpoint is one phone: whoever subscribed last gets its pushes."""
+    store = SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE)
+    try:
+        store.add(Subscription("https://push.example/1", "anna", "k", "a"))
+        store.add(Subscription("https://push.example/1", "bo", "k", "a"))
+        store.add(Subscription("https://push.example/2", "anna", "k", "a"))
+        assert [s.endpoint for s in store.for_staff({"anna"})] == ["https://push.example/2"]
+        assert [s.staff_id for s in store.for_staff({"anna", "bo"})] == ["anna", "bo"]
+        assert store.for_staff(set()) == []
+        assert not store.remove("https://push.example/1", "anna")
+        assert store.remove("https://push.example/1", "bo")
+        assert store.count() == 1
+    finally:
+        store.close()
+
+
+# -- the router ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def push_api(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    """The push router on a gateway that is constructed but not started (no broker)."""
+    data_dir = tmp_path / "gw"
+    org = OrgStore(data_dir / "org.sqlite3")
+    seed_small(org)
+    gw = Gateway(settings_for(data_dir, ("127.0.0.1", 1), prefix), org=org)
+    app = FastAPI()
+    app.include_router(create_push_router(gw))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            yield client, gw
+    finally:
+        org.close()
+
+
+def _auth(gw: Gateway, staff_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gw.tokens.issue(staff_id)}"}
+
+
+async def test_router_subscribe_list_unsubscribe(
+    push_api: tuple[httpx.AsyncClient, Gateway],
+) -> None:
+    """Subscriptions are per staff member, authenticated, and persisted in the data dir."""
+    client, gw = push_api
+    key = (await client.get("/api/v1/push/vapid-public-key")).json()["public_key"]
+    assert key == VapidKeys.load_or_create(gw.settings.data_dir / VAPID_KEY_FILE).public_key
+
+    sub = FakeBrowser("https://fcm.example/send/abc").subscription()
+    assert (await client.post("/api/v1/push/subscriptions", json=sub)).status_code == 401
+    bad = {"Authorization": "Bearer nonsense"}
+    assert (await client.post("/api/v1/push/subscriptions", json=sub, headers=bad)).status_code == 401
+
+    created = await client.post("/api/v1/push/subscriptions", json=sub, headers=_auth(gw, "anna"))
+    assert created.status_code == 201, created.text
+    assert created.json() == {"endpoint": sub["endpoint"], "staff_id": "anna"}
+    mine = await client.get("/api/v1/push/subscriptions", headers=_auth(gw, "anna"))
+    assert mine.json() == [{"endpoint": sub["endpoint"]}]
+    theirs = await client.get("/api/v1/push/subscriptions", headers=_auth(gw, "bo"))
+    assert theirs.json() == []
+
+    # Persisted: a fresh store on the same file sees it.
+    store = SubscriptionStore(gw.settings.data_dir / SUBSCRIPTIONS_FILE)
+    try:
+        assert [s.staff_id for s in store.for_staff({"anna"})] == ["anna"]
+    finally:
+        store.close()
+
+    # bo cannot remove anna's subscription; anna can, once.
+    gone = {"endpoint": sub["endpoint"]}
+    response = await client.request("DELETE", "/api/v1/push/subscriptions", json=gone,
+                                    headers=_auth(gw, "bo"))
+    assert response.status_code == 404
+    response = await client.request("DELETE", "/api/v1/push/subscriptions", json=gone,
+                                    headers=_auth(gw, "anna"))
+    assert response.status_code == 204
+    response = await client.request("DELETE", "/api/v1/push/subscriptions", json=gone,
+                                    headers=_auth(gw, "anna"))
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "keys", "reason"),
+    [
+        ("http://push.example/x", None, "https"),
+        ("ftp://push.example/x", None, "https"),
+        ("http://10.0.0.1/x", None, "https"),
+        ("https://push.example/x", {"p256dh": "AAAA", "auth": "AAAA"}, "P-256"),
+        ("https://push.example/x", {"p256dh": "!!!", "auth": "AAAA"}, "base64url"),
+    ],
+)
+async def test_router_refuses_bad_subscriptions(
+    push_api: tuple[httpx.AsyncClient, Gateway],
+    endpoint: str,
+    keys: dict[str, str] | None,
+    reason: str,
+) -> None:
+    """Only https endpoints (loopback http in demo mode) and well-formed keys are stored."""
+    client, gw = push_api
+    sub = FakeBrowser(endpoint).subscription()
+    if keys is not None:
+        sub["keys"] = keys
+    response = await client.post("/api/v1/push/subscriptions", json=sub, headers=_auth(gw, "anna"))
+    assert response.status_code == 422
+    assert reason in response.json()["detail"]
+
+
+async def test_router_loopback_http_only_when_allowed(tmp_path: Path, prefix: str) -> None:
+    """Plain-http loopback endpoints (test push services) need demo mode or an explicit yes."""
+    org = OrgStore(tmp_path / "org.sqlite3")
+    seed_small(org)
+    try:
+        gw = Gateway(settings_for(tmp_path, ("127.0.0.1", 1), prefix), org=org)
+        sub = FakeBrowser("http://127.0.0.1:9/push/x").subscription()
+        for allow, expected in ((False, 422), (True, 201), (None, 201)):  # None: demo → yes
+            app = FastAPI()
+            app.include_router(create_push_router(gw, allow_http_endpoints=allow))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://gw") as client:
+                response = await client.post("/api/v1/push/subscriptions", json=sub,
+                                             headers=_auth(gw, "anna"))
+                assert response.status_code == expected, (allow, response.text)
+    finally:
+        org.close()
+
+
+async def test_router_serves_the_service_worker_in_app_scope(
+    push_api: tuple[httpx.AsyncClient, Gateway],
+) -> None:
+    """The worker must come from /app/ to control the app pages."""
+    client, _ = push_api
+    response = await client.get("/app/sw.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/javascript")
+    assert "addEventListener(\"push\"" in response.text
+
+
+# -- the notifier ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> VapidKeys:
+    return VapidKeys.load_or_create(tmp_path / VAPID_KEY_FILE)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SubscriptionStore]:
+    subscriptions = SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE)
+    yield subscriptions
+    subscriptions.close()
+
+
+def _subscribe(store: SubscriptionStore, staff_id: str, browser: FakeBrowser) -> None:
+    sub = browser.subscription()
+    store.add(Subscription(sub["endpoint"], staff_id, sub["keys"]["p256dh"], sub["keys"]["auth"]))
+
+
+async def test_notifier_sends_encrypted_vapid_signed_pushes(
+    store: SubscriptionStore, keys: VapidKeys
+) -> None:
+    """A new alarm reaches every subscription of its staff; expired ones are removed."""
+    async with fake_push_service(keys.public_key) as service:
+        anna_phone = FakeBrowser(service.endpoint("anna-phone"))
+        anna_old = FakeBrowser(service.endpoint("anna-old"))
+        bo_phone = FakeBrowser(service.endpoint("bo-phone"))
+        cleo_phone = FakeBrowser(service.endpoint("cleo-phone"))
+        for staff_id, browser in (("anna", anna_phone), ("anna", anna_old),
+                                  ("bo", bo_phone), ("cleo", cleo_phone)):
+            _subscribe(store, staff_id, browser)
+        service.status["anna-old"] = 410
+        service.status["bo-phone"] = 500
+
+        async with PushNotifier(store, keys, subject="mailto:drift@kommun.example") as notifier:
+            notifier.notify(alarm_body("a1"), frozenset({"anna", "bo"}))
+            await notifier.drain()
+
+        assert sorted(r.name for r in service.received) == ["anna-old", "anna-phone", "bo-phone"]
+        assert (notifier.stats.sent, notifier.stats.expired, notifier.stats.failed) == (1, 1, 1)
+        assert [s.endpoint for s in store.for_staff({"anna"})] == [anna_phone.endpoint]
+
+        delivered = next(r for r in service.received if r.name == "anna-phone")
+        claims = service.check_vapid(delivered)
+        assert claims["sub"] == "mailto:drift@kommun.example"
+        assert delivered.headers["ttl"] == "600"
+        assert delivered.headers["urgency"] == "high"
+        assert delivered.headers["content-encoding"] == "aes128gcm"
+        payload = anna_phone.decrypt(delivered.body)
+        assert payload == push_payload(alarm_body("a1"))
+        assert payload["alarm_id"] == "a1"
+        # Nothing that identifies the person goes into a lock-screen notification.
+        assert "Astrid" not in json.dumps(payload) and "Storgatan" not in json.dumps(payload)
+
+
+async def test_notifier_pushes_each_alarm_once_and_only_while_unhandled(
+    store: SubscriptionStore, keys: VapidKeys
+) -> None:
+    """Later changes of an alarm (receipts, accept, close) do not push again."""
+    async with fake_push_service(keys.public_key) as service:
+        _subscribe(store, "anna", FakeBrowser(service.endpoint("anna")))
+        _subscribe(store, "bo", FakeBrowser(service.endpoint("bo")))
+        async with PushNotifier(store, keys) as notifier:
+            notifier.notify(alarm_body("a1"), frozenset({"anna"}))
+            notifier.notify(alarm_body("a1", stage="delivered"), frozenset({"anna"}))
+            notifier.notify(alarm_body("a2", owner="anna"), frozenset({"anna", "bo"}))
+            notifier.notify(alarm_body("a3", state="closed"), frozenset({"anna", "bo"}))
+            # Routed on to one more person (escalation): only the newcomer is pushed.
+            notifier.notify(alarm_body("a1"), frozenset({"anna", "bo"}))
+            await notifier.drain()
+        assert sorted(r.name for r in service.received) == ["anna", "bo"]
+        assert notifier.stats.queued == 2
+        assert notifier.stats.sent == 2
+
+
+async def test_notifier_queue_is_bounded_and_drops_with_a_count(
+    store: SubscriptionStore, keys: VapidKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """notify never blocks: beyond the bound a push is dropped, counted and logged."""
+    notifier = PushNotifier(store, keys, queue_size=2)
+    for n in range(5):
+        notifier.notify(alarm_body(f"a{n}"), frozenset({"anna"}))
+    assert (notifier.stats.queued, notifier.stats.dropped) == (2, 3)
+    assert "web push queue full" in caplog.text
+
+
+async def test_notifier_lifecycle(store: SubscriptionStore, keys: VapidKeys) -> None:
+    """The sender task is owned: not re-entrant, gone after exit, reusable after."""
+    notifier = PushNotifier(store, keys)
+    async with notifier:
+        with pytest.raises(RuntimeError):
+            await notifier.__aenter__()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "web push sender"]
+    async with notifier:
+        pass
+
+
+async def test_notifier_counts_unreachable_push_services(
+    store: SubscriptionStore, keys: VapidKeys
+) -> None:
+    """A push service that refuses connections is a counted failure, not a crash."""
+    async with fake_push_service() as service:
+        dead = service.endpoint("x")
+    _subscribe(store, "anna", FakeBrowser(dead))
+    async with PushNotifier(store, keys, send_timeout_s=5) as notifier:
+        notifier.notify(alarm_body("a1"), frozenset({"anna"}))
+        await notifier.drain()
+    assert (notifier.stats.sent, notifier.stats.failed) == (0, 1)
+    assert store.count() == 1  # a network failure is not an expired subscription
+
+
+# -- through the gateway --------------------------------------------------------------------
+
+
+@pytest.mark.network
+async def test_alarm_over_mqtt_is_pushed_to_the_team(
+    mosquitto: tuple[str, int], tmp_path: Path, prefix: str
+) -> None:
+    """Device → gateway → notifier → push service, for the team's subscribed phones only."""
+    async with gateway_with_push(mosquitto, tmp_path / "gw", prefix) as (gw, notifier):
+        base = f"http://127.0.0.1:{gw.http_port}"
+        async with fake_push_service(notifier.keys.public_key) as service, \
+                httpx.AsyncClient(base_url=base) as client:
+            key = (await client.get("/api/v1/push/vapid-public-key")).json()["public_key"]
+            assert key == notifier.keys.public_key
+            phones = {sid: FakeBrowser(service.endpoint(sid)) for sid in ("anna", "bo", "cleo")}
+            for sid, phone in phones.items():
+                response = await client.post("/api/v1/push/subscriptions",
+                                             json=phone.subscription(), headers=_auth(gw, sid))
+                assert response.status_code == 201
+
+            async with device(mosquitto, prefix, "dev-a") as dev:
+                await dev.alarm("p1", "fall")
+                assert (await dev.wait_ack("p1"))["status"] == "stored"
+            await service.wait_for(2)
+            await notifier.drain()
+
+            assert sorted(r.name for r in service.received) == ["anna", "bo"]  # team-a only
+            payloads = [phones[r.name].decrypt(r.body) for r in service.received]
+            alarm_id = payloads[0]["alarm_id"]
+            assert {p["alarm_id"] for p in payloads} == {alarm_id}
+            assert gw.core.alarms[alarm_id].device_id == "dev-a"
+            assert payloads[0]["type"] == "fall"
