@@ -234,7 +234,7 @@ class AlarmCore:
                 refusal=Refusal(404, "unknown device"),
             )
         recipient_id, team_id = self.directory.team_of_device(event.device_id)
-        open_alarm = self._attachable(recipient_id, event.type)
+        open_alarm = self._attachable(recipient_id, team_id, event.type)
         if open_alarm is not None:
             return self._attach(open_alarm, event, now)
         raised_at = event.device_ts_ms / 1000.0
@@ -281,7 +281,9 @@ class AlarmCore:
             actions = (*actions, NotifyCentre(alarm_id, 1))
         return Decision(records=records, actions=actions)
 
-    def _attachable(self, recipient_id: str | None, kind: AlarmType) -> Alarm | None:
+    def _attachable(
+        self, recipient_id: str | None, team_id: str | None, kind: AlarmType
+    ) -> Alarm | None:
         """The open alarm of this recipient a new alarm of ``kind`` attaches to, if any.
 
         Only person alarms attach: technical alarms are about devices, and a test alarm must
@@ -289,6 +291,8 @@ class AlarmCore:
         alarm, since it changes who must come and how fast.
         """
         if recipient_id is None or kind in (AlarmType.TECHNICAL, AlarmType.TEST):
+            return None
+        if not self.directory.policy(team_id).attach_repeats:
             return None
         for alarm_id in reversed(self._open):
             alarm = self.alarms[alarm_id]

@@ -72,6 +72,10 @@ class TeamPolicy:
     centre_immediately: frozenset[AlarmType] = frozenset()
     # Leave staff who already own an open alarm out of first routing (when others exist).
     busy_excludes: bool = False
+    # Attach a further alarm from a recipient who has one open (flapping, pressing again)
+    # instead of opening another. Off in the bare default so a plain ``Directory()`` keeps
+    # one alarm per (device, ref) as before; the gateway runs with ``RECOMMENDED_POLICY``.
+    attach_repeats: bool = False
     presence_deadline_s: float = PRESENCE_DEADLINE_S
     # Once the ladder is exhausted, or the lead was told, repeat every this often. Five
     # minutes: often enough that an unanswered alarm cannot be forgotten, rarely enough that
@@ -103,6 +107,9 @@ class TeamPolicy:
 
 
 DEFAULT_POLICY = TeamPolicy()
+
+# What a gateway should run with unless a team is configured otherwise.
+RECOMMENDED_POLICY = TeamPolicy(attach_repeats=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from alarms.events import (
     StaffEvent,
 )
 from gateway import __version__
+from gateway.audit import AuditKind
 from gateway.auth import TokenError, verify_password
 from gateway.org import StaffMember
 from gateway.runtime import Gateway, RefusedError, UnavailableError
@@ -88,11 +89,14 @@ def create_app(gateway: Gateway) -> FastAPI:
             verify_password, member.password_hash, form.password
         )
         if not ok or member is None:
+            gateway.audit.record(AuditKind.LOGIN_FAILED, actor=form.username[:64],
+                                 subject="staff-api")
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 "wrong username or password",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        gateway.audit.record(AuditKind.LOGIN, actor=member.id, subject="staff-api")
         return TokenOut(
             access_token=gateway.tokens.issue(member.id),
             expires_in=gateway.settings.token_ttl_s,
@@ -124,7 +128,10 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/api/v1/alarms/{alarm_id}", tags=["alarms"])
     async def get_alarm(alarm_id: str, member: Me) -> dict[str, Any]:
-        return visible(member, alarm_id)
+        body = visible(member, alarm_id)
+        gateway.audit.record(AuditKind.ALARM_VIEW, actor=member.id, subject=alarm_id,
+                             detail={"recipient_id": body["recipient_id"]})
+        return body
 
     async def act(member: StaffMember, event: StaffEvent) -> dict[str, Any]:
         visible(member, event.alarm_id)

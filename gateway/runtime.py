@@ -47,6 +47,8 @@ from devices.contract import (
     topic,
 )
 from gateway import __version__
+from gateway.audit import AUDIT_FILENAME
+from gateway.auditor import Auditor
 from gateway.auth import TokenIssuer
 from gateway.config import Settings
 from gateway.hub import StaffHub
@@ -144,6 +146,7 @@ class Gateway:
                 InfluxSink(url=influx.url, token=influx.token, org=influx.org, bucket=influx.bucket)
             )
         self.hub = StaffHub()
+        self.audit = Auditor(data_dir / AUDIT_FILENAME)
         # Further notification channels (Web Push, ...): called with the alarm's JSON and the
         # staff it is for, after the hub. They must not block: queue and return.
         self.notifiers: list[Callable[[dict[str, Any], frozenset[str]], None]] = []
@@ -182,6 +185,7 @@ class Gateway:
         self._stack = contextlib.AsyncExitStack()
         await self._stack.__aenter__()
         try:
+            await self._stack.enter_async_context(self.audit)
             await self._stack.enter_async_context(self.journal)
             for sink in self.sinks:
                 await self._stack.enter_async_context(sink)
@@ -497,6 +501,7 @@ class Gateway:
                 if self.journal_failed_since is not None:
                     self._journal_up()
                 self.core.apply_all(pending.decision.records)
+                self.audit.record_journal(pending.decision.records)
                 self._carry_out(pending.decision.actions, ack=pending.ack)
                 if pending.done is not None and not pending.done.done():
                     pending.done.set_result(None)

@@ -474,9 +474,7 @@ class SerialLink:
         except Exception:
             # Not stored: NAK so the receiver resends, and keep serving the other devices.
             self.stats.handler_errors += 1
-            _LOGGER.exception(
-                "serial handler failed for %s/%s", message.device_id, message.ref
-            )
+            _LOGGER.exception("serial handler failed for %s/%s", message.device_id, message.ref)
             return nak(NakReason.NOT_STORED)
         if not isinstance(verdict, Verdict):
             self.stats.handler_errors += 1

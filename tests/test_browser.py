@@ -101,7 +101,8 @@ async def log_in(page: Page, username: str, screenshot: str | None = None) -> No
 
 async def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"staff-app-{name}.png"), full_page=True)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=str(ARTIFACTS / f"staff-app-{name}.png"))
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10) -> None:

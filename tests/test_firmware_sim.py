@@ -20,6 +20,21 @@ from typing import Self
 
 import aiomqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devices.contract import (
+    AlarmMessage,
+    HeartbeatMessage,
+    Reason,
+    Rejected,
+    StatusMessage,
+    TelemetryMessage,
+    decode,
+    encode_ack,
+    encode_command,
+    topic,
+)
 from firmware_sim import (
     ALL_FAULTS,
     MODELS,
@@ -37,21 +52,6 @@ from firmware_sim import (
 from firmware_sim.cli import main
 from firmware_sim.device import SimDevice
 from firmware_sim.models import Person, kind_of
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from devices.contract import (
-    AlarmMessage,
-    HeartbeatMessage,
-    Reason,
-    Rejected,
-    StatusMessage,
-    TelemetryMessage,
-    decode,
-    encode_ack,
-    encode_command,
-    topic,
-)
 
 pytestmark = pytest.mark.network
 

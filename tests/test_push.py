@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -126,16 +127,15 @@ async def fake_push_service(vapid_public_key: str | None = None) -> AsyncIterato
     app.router.add_post("/push/{name}", service.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    service.base = f"http://127.0.0.1:{port}"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    service.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    await web.SockSite(runner, sock).start()
     try:
         yield service
     finally:
         await runner.cleanup()
+        sock.close()
 
 
 def find_push(gateway: Gateway) -> PushNotifier | None:

@@ -29,8 +29,9 @@ def epoch(iso_time: str) -> float:
     return datetime.fromisoformat(iso_time).timestamp()
 
 
-async def next_message(ws: websockets.ClientConnection, kind: str,
-                       match: Any = None, timeout: float = 10) -> dict[str, Any]:
+async def next_message(
+    ws: websockets.ClientConnection, kind: str, match: Any = None, timeout: float = 10
+) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
             message = json.loads(await ws.recv())
@@ -42,9 +43,13 @@ async def next_message(ws: websockets.ClientConnection, kind: str,
 def technical(ref_prefix: str, state: str = "open", device_id: str | None = None) -> Any:
     def match(message: dict[str, Any]) -> bool:
         alarm = message["alarm"]
-        return bool(alarm["type"] == "technical" and alarm["ref"].startswith(ref_prefix)
-                    and alarm["state"] == state
-                    and (device_id is None or alarm["device_id"] == device_id))
+        return bool(
+            alarm["type"] == "technical"
+            and alarm["ref"].startswith(ref_prefix)
+            and alarm["state"] == state
+            and (device_id is None or alarm["device_id"] == device_id)
+        )
+
     return match
 
 
@@ -58,15 +63,18 @@ async def test_silent_device_is_offline_within_a_second_of_its_deadline(
             await dev.publish("heartbeat", {"ref": "h1", "ts": int(time.time() * 1000)})
             last = time.time()
             # hb-1 heartbeats every 1.0 s with 50 % grace: its deadline is ~1.5 s after `last`.
-            message = await next_message(ws, "alarm", technical("offline.", device_id="hb-1"), timeout=10)
+            message = await next_message(
+                ws, "alarm", technical("offline.", device_id="hb-1"), timeout=10
+            )
             alarm = message["alarm"]
             detected = epoch(alarm["hops"][1]["at"])  # the `stored` hop
             assert alarm["device_id"] == "hb-1"
             assert detected >= last + 1.5 - 0.05, "reported before the deadline"
             assert detected <= last + 1.5 + 1.0, "detection more than 1 s after the deadline"
             # A safety alarm: the care team and the technician both get it.
-            assert (await next_message(tech, "alarm", technical("offline.", device_id="hb-1")))["alarm"]["id"] == \
-                alarm["id"]
+            assert (await next_message(tech, "alarm", technical("offline.", device_id="hb-1")))[
+                "alarm"
+            ]["id"] == alarm["id"]
 
             await dev.publish("heartbeat", {"ref": "h2", "ts": int(time.time() * 1000)})
             closed = await next_message(ws, "alarm", technical("offline.", "closed", "hb-1"))
@@ -88,10 +96,13 @@ async def test_sensor_offline_goes_to_technicians_only(
         async with tove.socket() as tech:
             await dev.publish("heartbeat", {"ref": "h1", "ts": int(time.time() * 1000)})
             message = await next_message(
-                tech, "alarm",
-                lambda m: m["alarm"]["device_id"] == "hb-2" and m["alarm"]["type"] == "technical")
-        assert message["alarm"]["id"] not in {a["id"] for a in (await anna.get("/alarms")).json()
-                                              if a["device_id"] == "hb-2"}
+                tech,
+                "alarm",
+                lambda m: m["alarm"]["device_id"] == "hb-2" and m["alarm"]["type"] == "technical",
+            )
+        assert message["alarm"]["id"] not in {
+            a["id"] for a in (await anna.get("/alarms")).json() if a["device_id"] == "hb-2"
+        }
         assert "anna" not in json.dumps(message["alarm"]["hops"])
         for staff in (anna, tove):
             await staff.http.aclose()
@@ -184,26 +195,32 @@ async def test_broker_restart_raises_and_clears_link_alarm_and_loses_nothing(
     prefix: str, make_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     port = free_port()
-    async with private_mosquitto(port, tmp_path) as broker:
-        async with make_gateway(("127.0.0.1", port)) as gw:
-            tove = await login(f"http://127.0.0.1:{gw.http_port}", "tove")
-            specs = specs_from_devices([{"id": f"sim-{n:03d}", "type": "alarm_unit"}
-                                        for n in range(10)])
-            fleet = Fleet(specs, port=port, prefix=prefix, telemetry=False,
-                          resend=Backoff(0.2, 1.0), reconnect=Backoff(0.2, 1.0))
-            async with fleet, tove.socket() as tech:
-                refs = [fleet.raise_alarm(d) for d in fleet.device_ids[:5]]
-                assert await fleet.wait_all_acked(10)
-                broker.stop()
-                down = await next_message(tech, "alarm", technical("mqtt."))
-                # Alarms raised while the broker is away are resent until acked.
-                refs += [fleet.raise_alarm(d) for d in fleet.device_ids[5:]]
-                await asyncio.sleep(0.5)
-                await broker.start()
-                up = await next_message(tech, "alarm", technical("mqtt.", "closed"), timeout=20)
-                assert up["alarm"]["id"] == down["alarm"]["id"]
-                assert await fleet.wait_all_acked(20)
-            alarms = (await tove.get("/alarms?state=all")).json()
-            stored = sorted(a["ref"] for a in alarms if a["type"] == "manual")
-            assert stored == sorted(refs)
-            await tove.http.aclose()
+    async with private_mosquitto(port, tmp_path) as broker, make_gateway(("127.0.0.1", port)) as gw:
+        tove = await login(f"http://127.0.0.1:{gw.http_port}", "tove")
+        specs = specs_from_devices(
+            [{"id": f"sim-{n:03d}", "type": "alarm_unit"} for n in range(10)]
+        )
+        fleet = Fleet(
+            specs,
+            port=port,
+            prefix=prefix,
+            telemetry=False,
+            resend=Backoff(0.2, 1.0),
+            reconnect=Backoff(0.2, 1.0),
+        )
+        async with fleet, tove.socket() as tech:
+            refs = [fleet.raise_alarm(d) for d in fleet.device_ids[:5]]
+            assert await fleet.wait_all_acked(10)
+            broker.stop()
+            down = await next_message(tech, "alarm", technical("mqtt."))
+            # Alarms raised while the broker is away are resent until acked.
+            refs += [fleet.raise_alarm(d) for d in fleet.device_ids[5:]]
+            await asyncio.sleep(0.5)
+            await broker.start()
+            up = await next_message(tech, "alarm", technical("mqtt.", "closed"), timeout=20)
+            assert up["alarm"]["id"] == down["alarm"]["id"]
+            assert await fleet.wait_all_acked(20)
+        alarms = (await tove.get("/alarms?state=all")).json()
+        stored = sorted(a["ref"] for a in alarms if a["type"] == "manual")
+        assert stored == sorted(refs)
+        await tove.http.aclose()
