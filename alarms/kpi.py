@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 
 from alarms.escalation import PRESENCE_DEADLINE_S
@@ -53,8 +54,6 @@ class ResponseTimes:
 
 def period_key(local_date_iso: str, period: Period) -> str:
     """``2026-03-29`` as the key of its day, ISO week (``2026-W13``) or month (``2026-03``)."""
-    from datetime import date  # local: only needed here
-
     day = date.fromisoformat(local_date_iso)
     if period is Period.DAY:
         return day.isoformat()
@@ -127,8 +126,9 @@ class KpiRow:
     accepted: Stats
     on_site: Stats
     closed: Stats
-    # Alarms with staff on site within the target, and their share of all alarms in the
-    # group (an alarm never reached on site counts as missed, not as absent).
+    # Alarms with staff on site within the target, and their share of the alarms that
+    # could be judged: an alarm never reached on site counts as missed once the target time
+    # has passed, and is left out while it still has time.
     on_site_within_target: int
     on_site_share: float | None
 
@@ -143,8 +143,12 @@ def summarize(
     times: ShiftTimes | None = None,
     target_s: float = PRESENCE_DEADLINE_S,
     exclude: frozenset[AlarmType] = EXCLUDED_TYPES,
+    now: float | None = None,
 ) -> list[KpiRow]:
-    """KPIs grouped by any of ``team``, ``shift``, ``period``; stored in [start, end)."""
+    """KPIs grouped by any of ``team``, ``shift``, ``period``; stored in [start, end).
+
+    ``now`` keeps alarms that still have time to reach the target out of the share.
+    """
     unknown = by - {"team", "shift", "period"}
     if unknown:
         raise ValueError(f"cannot group by {sorted(unknown)}")
@@ -153,7 +157,8 @@ def summarize(
         if alarm.type in exclude or not alarm.hops:
             continue
         rt = response_times(alarm, times, period)
-        if (start is not None and rt.stored_at < start) or (end is not None and rt.stored_at >= end):
+        too_early = start is not None and rt.stored_at < start
+        if too_early or (end is not None and rt.stored_at >= end):
             continue
         key = (
             rt.team_id if "team" in by else None,
@@ -164,6 +169,11 @@ def summarize(
     rows = []
     for (team_id, shift, key_period), members in groups.items():
         within = sum(1 for m in members if m.to_on_site is not None and m.to_on_site <= target_s)
+        judged = sum(
+            1
+            for m in members
+            if m.to_on_site is not None or now is None or now - m.stored_at > target_s
+        )
         rows.append(
             KpiRow(
                 team_id=team_id,
@@ -175,7 +185,7 @@ def summarize(
                 on_site=Stats.of(m.to_on_site for m in members if m.to_on_site is not None),
                 closed=Stats.of(m.to_closed for m in members if m.to_closed is not None),
                 on_site_within_target=within,
-                on_site_share=within / len(members),
+                on_site_share=within / judged if judged else None,
             )
         )
     rows.sort(key=lambda r: (r.team_id or "", r.shift or "", r.period or ""))

@@ -136,7 +136,7 @@ async def test_journal_failure_stops_acks_tells_staff_and_recovers(
     async with make_gateway(mosquitto) as gw, device(mosquitto, prefix, "dev-a") as dev:
         anna = await login(f"http://127.0.0.1:{gw.http_port}", "anna")
         failing = True
-        gw.journal.fail_writes = lambda: failing  # type: ignore[attr-defined]
+        gw.journal.fail_writes = lambda: failing
         async with anna.socket() as ws:
             await dev.alarm("during-outage")
             notice = await next_message(ws, "notice")
