@@ -101,9 +101,11 @@ async def measure(prefix: str, alarms: int, rate: int, staff_port: int | None) -
     acked: dict[str, asyncio.Future[None]] = {}
     # The load runs in its own process so that it does not compete with the measuring
     # clients for this event loop.
-    load = subprocess.Popen([sys.executable, __file__, "--load", prefix, str(BROKER[1]), str(rate)],
-                            stdout=subprocess.PIPE)
-    assert load.stdout is not None
+    duration = 3.0 + alarms * 0.08
+    load = subprocess.Popen(
+        [sys.executable, __file__, "--load", prefix, str(BROKER[1]), str(rate), str(duration)],
+        stdout=subprocess.PIPE,
+    )
     staff_task = None
     if staff_port is not None:
         staff_task = asyncio.create_task(staff_client(staff_port, sent_at, staff_lat),
@@ -122,7 +124,7 @@ async def measure(prefix: str, alarms: int, rate: int, staff_port: int | None) -
 
         listener = asyncio.create_task(listen(), name="ack listener")
         await asyncio.sleep(1.0)  # let the load settle
-        for n in range(alarms):
+        for n in range(alarms):  # ~0.06 s each: inside the load's duration
             ref = f"bench-{uuid.uuid4().hex[:8]}-{n}"
             acked[ref] = asyncio.get_running_loop().create_future()
             body = json.dumps({"ref": ref, "ts": int(time.time() * 1000), "type": "manual"})
@@ -134,10 +136,8 @@ async def measure(prefix: str, alarms: int, rate: int, staff_port: int | None) -
                 pass
             await asyncio.sleep(0.05)
         listener.cancel()
-    await asyncio.sleep(0.5)
-    load.send_signal(signal.SIGINT)
-    telemetry_sent = int(load.stdout.read().strip() or 0)
-    load.wait()
+    out, _ = await asyncio.to_thread(load.communicate)
+    telemetry_sent = int(out.strip() or 0)
     if staff_task is not None:
         staff_task.cancel()
         await asyncio.gather(staff_task, return_exceptions=True)
@@ -286,21 +286,19 @@ def table(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--load":
+    if len(sys.argv) == 6 and sys.argv[1] == "--load":
         BROKER = ("127.0.0.1", int(sys.argv[3]))
-        main_task: list[asyncio.Task[int]] = []
 
         async def _load() -> int:
-            task = asyncio.create_task(telemetry_load(sys.argv[2], int(sys.argv[4])))
-            main_task.append(task)
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, task.cancel)
-            return await task
+            # A fixed duration, then exit: no signal handling inside an MQTT client.
+            try:
+                async with asyncio.timeout(float(sys.argv[5])):
+                    await telemetry_load(sys.argv[2], int(sys.argv[4]))
+            except TimeoutError:
+                pass
+            return _LOAD_SENT[0]
 
-        try:
-            asyncio.run(_load())
-        except asyncio.CancelledError:
-            pass
-        print(_LOAD_SENT[0], flush=True)
+        print(asyncio.run(_load()), flush=True)
         sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[1] == "--echo":
         BROKER = ("127.0.0.1", int(sys.argv[3]))

@@ -3,7 +3,7 @@
 Older base stations and radio receivers hang on an RS-232/USB serial line, and one line
 carries many devices. Each record is one framed, checksummed ASCII line::
 
-    STX  1|A|dev-17|b3f0-42|1712345678901|type=fall;battery=0.82  *  C3A1  ETX  [CR LF]
+    STX  1|A|dev-17|b3f0-42|1712345678901|type=fall;battery=0.82  *  65BB  ETX  [CR LF]
          ^ ^ ^      ^       ^             ^                          ^
          | | device ref     device ms     payload (key=value;...)    CRC-16/CCITT-FALSE
          | kind: A alarm, H heartbeat, T telemetry, S status, K ack, N nak

@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
     demo.add_argument("--mqtt-port", type=int, default=1883)
     demo.add_argument("--http-port", type=int, default=8080)
-    demo.add_argument("--fleet", type=int, default=20, help="simulated devices (0 = none)")
+    demo.add_argument(
+        "--fleet", type=int, default=None,
+        help="simulated devices sending traffic (default: every provisioned device; 0 = none)",
+    )
     demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
 
     run = commands.add_parser("run", help="run the gateway against an external broker")
@@ -159,7 +162,8 @@ async def _demo(args: argparse.Namespace) -> int:
             demo_json.write_text(json.dumps(info, indent=2, ensure_ascii=False))
             print(print_summary(info), flush=True)
             print(f"\n  Written to {demo_json}", flush=True)
-            async with _fleet(args.fleet, info):
+            size = len(info["devices"]) if args.fleet is None else args.fleet
+            async with _fleet(size, info):
                 await _wait(stop, args.duration, gateway)
     finally:
         org.close()

@@ -29,9 +29,9 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -175,17 +175,23 @@ CREATE INDEX IF NOT EXISTS subscriptions_staff ON subscriptions (staff_id);
 class SubscriptionStore:
     """Push subscriptions in SQLite. Every call is short; callers on the loop use a thread.
 
-    No in-memory copy: the router and the notifier may each open the file, and both then
-    see the same rows.
+    A connection per call and no in-memory copy: the router and the notifier may each hold
+    a store on the same file, both see the same rows, and there is nothing to close.
+    Subscribing is rare and lookups are one indexed query per alarm.
     """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._mutex = threading.Lock()
-        with self._mutex:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
+        self.path = path
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            yield conn
 
     def add(self, subscription: Subscription) -> None:
         """Store a subscription; an endpoint registered before moves to the new staff member.
@@ -193,8 +199,8 @@ class SubscriptionStore:
         One endpoint is one browser; when a shared phone is logged in by someone else,
         pushes for the previous user must stop reaching it.
         """
-        with self._mutex:
-            self._conn.execute(
+        with self._connect() as conn:
+            conn.execute(
                 "INSERT INTO subscriptions (endpoint, staff_id, p256dh, auth, created_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET "
                 "staff_id = excluded.staff_id, p256dh = excluded.p256dh, "
@@ -210,13 +216,11 @@ class SubscriptionStore:
 
     def remove(self, endpoint: str, staff_id: str | None = None) -> bool:
         """Forget a subscription (only ``staff_id``'s, if given); whether one was removed."""
-        with self._mutex:
+        with self._connect() as conn:
             if staff_id is None:
-                cursor = self._conn.execute(
-                    "DELETE FROM subscriptions WHERE endpoint = ?", (endpoint,)
-                )
+                cursor = conn.execute("DELETE FROM subscriptions WHERE endpoint = ?", (endpoint,))
             else:
-                cursor = self._conn.execute(
+                cursor = conn.execute(
                     "DELETE FROM subscriptions WHERE endpoint = ? AND staff_id = ?",
                     (endpoint, staff_id),
                 )
@@ -228,8 +232,8 @@ class SubscriptionStore:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        with self._mutex:
-            rows = self._conn.execute(
+        with self._connect() as conn:
+            rows = conn.execute(
                 "SELECT endpoint, staff_id, p256dh, auth FROM subscriptions "
                 f"WHERE staff_id IN ({marks}) ORDER BY staff_id, created_at",
                 ids,
@@ -238,14 +242,9 @@ class SubscriptionStore:
 
     def count(self) -> int:
         """Stored subscriptions."""
-        with self._mutex:
-            (n,) = self._conn.execute("SELECT COUNT(*) FROM subscriptions").fetchone()
+        with self._connect() as conn:
+            (n,) = conn.execute("SELECT COUNT(*) FROM subscriptions").fetchone()
         return int(n)
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._mutex:
-            self._conn.close()
 
 
 # -- the notifier -----------------------------------------------------------------------------
@@ -348,19 +347,16 @@ class PushNotifier:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._log_limiter = LogLimiter(interval_s=60.0)
         self._runner: asyncio.Task[None] | None = None
-        self._owns_store = False
 
     @classmethod
     def for_gateway(cls, gateway: "Gateway", *, subject: str = DEFAULT_SUBJECT) -> "PushNotifier":
         """A notifier on the gateway's data dir (keys and subscriptions)."""
         data_dir = gateway.settings.data_dir
-        notifier = cls(
+        return cls(
             SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE),
             VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE),
             subject=subject,
         )
-        notifier._owns_store = True
-        return notifier
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -381,8 +377,6 @@ class PushNotifier:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-        if self._owns_store:
-            self.store.close()
 
     # -- the hook ----------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from gateway.journal import Journal, JournalError, SqliteJournal
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
+from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
 from gateway.tsdb import InfluxSink, Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json, iso
@@ -152,6 +153,9 @@ class Gateway:
         self.notifiers: list[Callable[[dict[str, Any], frozenset[str]], None]] = []
         # Extra API routers (push subscriptions, technician console, ...), mounted by the app.
         self.routers: list[Any] = []
+        self.push = PushNotifier.for_gateway(self)
+        self.routers.append(create_push_router(self, self.push.store))
+        self.notifiers.append(self.push.notify)
         self.tokens = TokenIssuer(settings.secret_key, settings.token_ttl_s)
         self.devices: dict[str, DeviceSeen] = {}
         self.watch = DeviceWatch(
@@ -186,6 +190,7 @@ class Gateway:
         await self._stack.__aenter__()
         try:
             await self._stack.enter_async_context(self.audit)
+            await self._stack.enter_async_context(self.push)
             await self._stack.enter_async_context(self.journal)
             for sink in self.sinks:
                 await self._stack.enter_async_context(sink)

@@ -254,6 +254,7 @@ async def test_network_drop_reconnects_and_resyncs_without_duplicates(
     assert second.id not in await list_ids(page)  # still offline: nothing got through
     assert first.id in await list_ids(page)
 
+    open_now = {a.id for a in gw.visible_alarms("anna", "open")}
     synced_before = await page.evaluate("document.documentElement.dataset.synced")
     await context.set_offline(False)
     await expect(banner).to_be_hidden()
@@ -264,8 +265,9 @@ async def test_network_drop_reconnects_and_resyncs_without_duplicates(
     ids = await list_ids(page)
     assert len(ids) == len(set(ids)), ids  # no duplicates
     assert first.id not in ids  # closed meanwhile: dropped on resync
-    # Exactly the server's open alarms for anna (others may exist, e.g. technical ones).
-    assert set(ids) == {a.id for a in gw.visible_alarms("anna", "open")}
+    # Every alarm the server had open for anna is there (supervision may add technical
+    # alarms of its own at any moment, so only a superset can be asserted race-free).
+    assert open_now <= set(ids), (open_now, ids)
     # The new alarm was confirmed by the reconnected app.
     await until(lambda: ("delivered", "anna") in hops(alarm_of(gw, "dev-a", "d2")))
 

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,18 +204,15 @@ def test_vapid_key_is_generated_once_and_private(tmp_path: Path) -> None:
 def test_store_moves_an_endpoint_to_the_latest_staff_member(tmp_path: Path) -> None:
     """One endpoint is one phone: whoever subscribed last gets its pushes."""
     store = SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE)
-    try:
-        store.add(Subscription("https://push.example/1", "anna", "k", "a"))
-        store.add(Subscription("https://push.example/1", "bo", "k", "a"))
-        store.add(Subscription("https://push.example/2", "anna", "k", "a"))
-        assert [s.endpoint for s in store.for_staff({"anna"})] == ["https://push.example/2"]
-        assert [s.staff_id for s in store.for_staff({"anna", "bo"})] == ["anna", "bo"]
-        assert store.for_staff(set()) == []
-        assert not store.remove("https://push.example/1", "anna")
-        assert store.remove("https://push.example/1", "bo")
-        assert store.count() == 1
-    finally:
-        store.close()
+    store.add(Subscription("https://push.example/1", "anna", "k", "a"))
+    store.add(Subscription("https://push.example/1", "bo", "k", "a"))
+    store.add(Subscription("https://push.example/2", "anna", "k", "a"))
+    assert [s.endpoint for s in store.for_staff({"anna"})] == ["https://push.example/2"]
+    assert [s.staff_id for s in store.for_staff({"anna", "bo"})] == ["anna", "bo"]
+    assert store.for_staff(set()) == []
+    assert not store.remove("https://push.example/1", "anna")
+    assert store.remove("https://push.example/1", "bo")
+    assert store.count() == 1
 
 
 # -- the router ------------------------------------------------------------------------------
@@ -265,10 +262,7 @@ async def test_router_subscribe_list_unsubscribe(
 
     # Persisted: a fresh store on the same file sees it.
     store = SubscriptionStore(gw.settings.data_dir / SUBSCRIPTIONS_FILE)
-    try:
-        assert [s.staff_id for s in store.for_staff({"anna"})] == ["anna"]
-    finally:
-        store.close()
+    assert [s.staff_id for s in store.for_staff({"anna"})] == ["anna"]
 
     # bo cannot remove anna's subscription; anna can, once.
     gone = {"endpoint": sub["endpoint"]}
@@ -348,10 +342,8 @@ def keys(tmp_path: Path) -> VapidKeys:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SubscriptionStore]:
-    subscriptions = SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE)
-    yield subscriptions
-    subscriptions.close()
+def store(tmp_path: Path) -> SubscriptionStore:
+    return SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE)
 
 
 def _subscribe(store: SubscriptionStore, staff_id: str, browser: FakeBrowser) -> None:

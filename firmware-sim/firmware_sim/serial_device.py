@@ -241,6 +241,8 @@ class SerialReceiverSim:
     ) -> SerialAlarm:
         """Raise an alarm: sent now and resent until the gateway answers it for good."""
         self._check(device_id)
+        if self._tg is None:
+            raise RuntimeError("the receiver is not running")
         kind = AlarmType(alarm_type)
         ref = self._next_ref("a")
         message = AlarmMessage(device_id, ref, _now_ms(), kind, battery)
@@ -248,8 +250,6 @@ class SerialReceiverSim:
         self.alarms.append(alarm)
         self._pending[(device_id, ref)] = alarm
         self.stats.sent["AlarmMessage"] += 1
-        if self._tg is None:
-            raise RuntimeError("the receiver is not running")
         self._tg.create_task(self._deliver(alarm), name=f"serial sim alarm {device_id}/{ref}")
         return alarm
 
