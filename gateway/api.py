@@ -19,9 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from alarms.events import (
     AcceptRequested,
     CloseRequested,
+    ForwardRequested,
+    HandBackRequested,
     OnSiteRequested,
     ReceiptConfirmed,
     StaffEvent,
+    TakeOverRequested,
 )
 from gateway import __version__
 from gateway.audit import AuditKind
@@ -41,6 +44,14 @@ class TokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_in: int
+
+
+class ForwardIn(BaseModel):
+    """Body of ``POST /alarms/{id}/forward``: the colleague's staff id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=64)
 
 
 class CloseIn(BaseModel):
@@ -162,6 +173,34 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def close(alarm_id: str, body: CloseIn, member: Me) -> dict[str, Any]:
         return await act(member, CloseRequested(alarm_id, member.id, body.cause, body.note))
 
+    @app.post("/api/v1/alarms/{alarm_id}/forward", tags=["alarms"])
+    async def forward(alarm_id: str, body: ForwardIn, member: Me) -> dict[str, Any]:
+        return await act(member, ForwardRequested(alarm_id, member.id, body.to))
+
+    @app.post("/api/v1/alarms/{alarm_id}/hand-back", tags=["alarms"])
+    async def hand_back(alarm_id: str, member: Me) -> dict[str, Any]:
+        return await act(member, HandBackRequested(alarm_id, member.id))
+
+    @app.post("/api/v1/alarms/{alarm_id}/take-over", tags=["alarms"])
+    async def take_over(alarm_id: str, member: Me) -> dict[str, Any]:
+        return await act(member, TakeOverRequested(alarm_id, member.id))
+
+    @app.get("/api/v1/alarms/{alarm_id}/causes", tags=["alarms"])
+    async def causes(alarm_id: str, member: Me) -> list[str]:
+        visible(member, alarm_id)
+        return list(gateway.core.allowed_causes(gateway.core.alarms[alarm_id]))
+
+    @app.get("/api/v1/reports/response-times", tags=["reports"])
+    async def response_report(
+        member: Me,
+        period: Literal["day", "week", "month"] = "week",
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> dict[str, Any]:
+        if member.role not in ("lead", "admin"):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "reports are for team leads")
+        return gateway.response_report(member, period, start_ms, end_ms)
+
     @app.get("/api/v1/devices/{device_id}/series", tags=["telemetry"])
     async def series(
         device_id: str,
@@ -219,6 +258,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         # Attach before the snapshot: an update racing the snapshot then arrives twice
         # (the client keeps the newest by id) rather than not at all.
         connection = gateway.hub.attach(staff_id)
+        gateway.core.staff_connected(staff_id)
         try:
             await websocket.send_json({"type": "hello", "staff_id": staff_id})
             snapshot = gateway.visible_alarms(staff_id, "open")
@@ -238,6 +278,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             _LOGGER.debug("staff %s socket closed", staff_id)
         finally:
             gateway.hub.detach(connection)
+            gateway.core.staff_disconnected(staff_id)
 
     async def _read(websocket: WebSocket, staff_id: str) -> None:
         while True:

@@ -65,6 +65,28 @@ class InfluxSettings(BaseModel):
     bucket: str = "trygg"
 
 
+class EscalationSettings(BaseModel):
+    """The escalation ladder (docs/routing.md). Seconds count from when the alarm was stored
+    (or handed back) without anybody accepting it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    team_s: float = Field(default=60.0, gt=0)
+    next_level_s: float = Field(default=180.0, gt=0)
+    centre_s: float = Field(default=300.0, gt=0)
+    presence_deadline_s: float = Field(default=30 * 60.0, gt=0)
+    reminder_s: float = Field(default=300.0, gt=0)
+    centre_retry_s: float = Field(default=30.0, gt=0)
+    # The external alarm centre (larmcentral): JSON POSTed here; a 2xx answer confirms it.
+    centre_url: str | None = None
+
+    @model_validator(mode="after")
+    def _increasing(self) -> EscalationSettings:
+        if not self.team_s < self.next_level_s < self.centre_s:
+            raise ValueError("escalation times must increase: team_s < next_level_s < centre_s")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
@@ -83,6 +105,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
     influx: InfluxSettings | None = None
+    escalation: EscalationSettings = EscalationSettings()
 
     @classmethod
     def settings_customise_sources(

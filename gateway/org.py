@@ -7,13 +7,17 @@ for the alarm core.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from alarms.directory import Directory, Recipient, Staff
+from alarms.escalation import RECOMMENDED_POLICY, EscalationStep, TeamPolicy
+from alarms.model import EscalationKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,17 @@ CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, recipient_id TEXT REFERENCES recipients(id),
     model TEXT NOT NULL DEFAULT '', serial TEXT NOT NULL DEFAULT '', heartbeat_s REAL);
 """
+
+
+class EscalationTimes(Protocol):
+    """The ladder settings (gateway.config.EscalationSettings)."""
+
+    team_s: float
+    next_level_s: float
+    centre_s: float
+    presence_deadline_s: float
+    reminder_s: float
+    centre_retry_s: float
 
 
 class OrgStore:
@@ -184,9 +199,35 @@ class OrgStore:
                 return member
         return None
 
-    def directory(self) -> Directory:
+    def directory(self, escalation: EscalationTimes | None = None) -> Directory:
         """The routing view of the organisation for the alarm core."""
+        base = RECOMMENDED_POLICY
+        if escalation is not None:
+            base = dataclasses.replace(
+                base,
+                ladder=(
+                    EscalationStep(EscalationKind.TEAM, escalation.team_s),
+                    EscalationStep(EscalationKind.NEXT_LEVEL, escalation.next_level_s),
+                    EscalationStep(EscalationKind.CENTRE, escalation.centre_s),
+                ),
+                presence_deadline_s=escalation.presence_deadline_s,
+                reminder_s=escalation.reminder_s,
+                centre_retry_s=escalation.centre_retry_s,
+            )
+        policies: dict[str, TeamPolicy] = {}
+        for team in self.teams.values():
+            leads = sorted(
+                s.id for s in self.staff.values() if s.role == "lead" and team.id in s.team_ids
+            )
+            # Until rosters name them, every other team is the next level: a neighbour is
+            # better than nobody.
+            others = tuple(sorted(t for t in self.teams if t != team.id))
+            policies[team.id] = dataclasses.replace(
+                base, lead_id=leads[0] if leads else None, next_level_teams=others
+            )
         return Directory(
+            default_policy=base,
+            policies=policies,
             device_recipient={
                 d.id: d.recipient_id for d in self.devices.values() if d.recipient_id
             },

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import socket
 import time
@@ -30,9 +32,18 @@ from typing import Any, Self
 
 import uvicorn
 
-from alarms.actions import AckDevice, Action, Notify
+from alarms import kpi
+from alarms.actions import AckDevice, Action, Notify, NotifyCentre
 from alarms.core import AlarmCore, Decision, Refusal
-from alarms.events import AlarmReceived, Event, StaffEvent, TechnicalCleared
+from alarms.escalation import PRESENCE_DEADLINE_S
+from alarms.events import (
+    AlarmReceived,
+    CentreConfirmed,
+    Event,
+    StaffEvent,
+    TechnicalCleared,
+    Tick,
+)
 from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType
 from alarms.supervision import DeviceOffline, DeviceOnline
 from devices.contract import (
@@ -50,6 +61,7 @@ from gateway import __version__
 from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
 from gateway.auth import TokenIssuer
+from gateway.centre import CentreAdapter
 from gateway.config import Settings
 from gateway.hub import StaffHub
 from gateway.journal import Journal, JournalError, SqliteJournal
@@ -134,7 +146,7 @@ class Gateway:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.org = org if org is not None else OrgStore(data_dir / "org.sqlite3")
         self._owns_org = org is None
-        self.core = AlarmCore(self.org.directory())
+        self.core = AlarmCore(self.org.directory(settings.escalation), track_presence=True)
         self.metrics = Metrics(self._alarm_counts)
         self.journal: Journal = journal or SqliteJournal(
             data_dir / "journal.sqlite3", on_commit=self._observe_commit
@@ -164,6 +176,8 @@ class Gateway:
             on_online=self._device_online,
         )
         self.journal_failed_since: float | None = None
+        self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
+        self._deadlines_changed = asyncio.Event()
         self._link_was_up = False
         self._shedding = False
         self._link_events: asyncio.Queue[bool] = asyncio.Queue()
@@ -191,6 +205,7 @@ class Gateway:
         try:
             await self._stack.enter_async_context(self.audit)
             await self._stack.enter_async_context(self.push)
+            await self._stack.enter_async_context(self.centre)
             await self._stack.enter_async_context(self.journal)
             for sink in self.sinks:
                 await self._stack.enter_async_context(sink)
@@ -288,6 +303,7 @@ class Gateway:
             group.create_task(self._follow_commits(), name="commit follower")
             group.create_task(self._watch_link(), name="link supervision")
             group.create_task(self._status_heartbeat(), name="gateway heartbeat")
+            group.create_task(self._escalation_timer(), name="escalation timer")
             self._http_task = group.create_task(self._serve_http(), name="http server")
 
     async def _serve_http(self) -> None:
@@ -403,7 +419,7 @@ class Gateway:
 
     def refresh_directory(self) -> None:
         """Hand the core a new routing view after the organisation changed."""
-        self.core.directory = self.org.directory()
+        self.core.directory = self.org.directory(self.settings.escalation)
 
     # -- device ingest -----------------------------------------------------------------------
 
@@ -506,6 +522,7 @@ class Gateway:
                 if self.journal_failed_since is not None:
                     self._journal_up()
                 self.core.apply_all(pending.decision.records)
+                self._deadlines_changed.set()
                 self.audit.record_journal(pending.decision.records)
                 self._carry_out(pending.decision.actions, ack=pending.ack)
                 if pending.done is not None and not pending.done.done():
@@ -549,6 +566,16 @@ class Gateway:
                     self._ack(action)
             elif isinstance(action, Notify):
                 self._notify(action)
+            elif isinstance(action, NotifyCentre):
+                alarm = self.core.alarms.get(action.alarm_id)
+                if alarm is not None:
+                    body = alarm_json(alarm, self.org)
+                    self.centre.send(body, action.attempt)
+                    if self.link is not None:
+                        self.link.publish_nowait(Outbound(
+                            f"{self.settings.mqtt.prefix}/centre/alarm",
+                            json.dumps({"alarm": body, "attempt": action.attempt}).encode(),
+                        ))
 
     def _ack(self, action: AckDevice) -> None:
         self.metrics.acks.labels(action.status).inc()
@@ -578,6 +605,52 @@ class Gateway:
         owner = alarm.owner
         return alarm.targets | admins | (frozenset((owner,)) if owner else frozenset())
 
+    # -- escalation -----------------------------------------------------------------------
+
+    async def _escalation_timer(self) -> None:
+        """ONE timer for every alarm's next deadline (escalation steps, reminders, retries).
+
+        Deadlines are epoch seconds, derived from journaled records, so the first pass after
+        a restart catches up on whatever fell due while the gateway was down.
+        """
+        while True:
+            self._deadlines_changed.clear()
+            deadline = self.core.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deadlines_changed.wait(), timeout)
+            deadline = self.core.next_deadline()
+            if deadline is not None and deadline <= time.time():
+                await self._decide_locked(Tick())
+                if self.core.next_deadline() == deadline:
+                    # A deadline the tick did not move would spin this loop; it is a bug in
+                    # the core if it happens, so say so, and do not burn the CPU meanwhile.
+                    _LOGGER.error("deadline %.3f did not move after a tick", deadline)
+                    await asyncio.sleep(1.0)
+
+    async def _centre_confirmed(self, alarm_id: str, attempt: int, reference: str | None) -> None:
+        await self._decide_locked(CentreConfirmed(alarm_id, attempt, reference))
+
+    async def _decide_locked(self, event: Event) -> None:
+        """Decide and durably apply an event that must not interleave with staff actions.
+
+        Awaited inside the lock: a second tick must see the first one's records applied, or
+        it would decide the same escalation step again.
+        """
+        async with self._staff_lock:
+            decision = self.core.decide(event, time.time())
+            if decision.refusal is not None:
+                _LOGGER.warning("%s refused: %s", type(event).__name__, decision.refusal.reason)
+                return
+            if not decision.records:
+                self._carry_out(decision.actions, ack=False)
+                return
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            commit = self.journal.submit(decision.records)
+            await self._pipeline.put(_Pending(decision, commit, done=done, ack=False))
+            with contextlib.suppress(UnavailableError):
+                await done
+
     # -- staff actions -----------------------------------------------------------------------
 
     async def act(self, event: StaffEvent) -> Alarm:
@@ -599,6 +672,27 @@ class Gateway:
                     raise
             self.metrics.staff_actions.labels(action, "ok").inc()
             return self.core.alarms[event.alarm_id]
+
+    def response_report(
+        self, member: Any, period: str, start_ms: int | None, end_ms: int | None
+    ) -> dict[str, Any]:
+        """Response-time KPIs per team, shift and period, for a lead's teams (admins: all)."""
+        alarms = [
+            a for a in self.core.alarms.values()
+            if member.role == "admin" or a.team_id in member.team_ids
+        ]
+        rows = kpi.summarize(
+            alarms,
+            by=frozenset({"team", "shift", "period"}),
+            period=kpi.Period(period),
+            start=None if start_ms is None else start_ms / 1000,
+            end=None if end_ms is None else end_ms / 1000,
+            now=time.time(),
+        )
+        return {
+            "target_s": PRESENCE_DEADLINE_S,
+            "rows": [dataclasses.asdict(row) for row in rows],
+        }
 
     def visible_alarms(self, staff_id: str, state: str = "open") -> list[Alarm]:
         """The alarms a staff member may see, filtered by ``open``/``closed``/``all``."""

@@ -34,6 +34,20 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
         "detail": alarm.detail,
         "cause": alarm.cause,
         "note": alarm.note,
+        "level": alarm.level,
+        "escalations": [
+            {"kind": e.kind.value, "level": e.level, "at": iso(e.at),
+             "targets": sorted(e.targets), "attempt": e.attempt}
+            for e in alarm.escalations
+        ],
+        "attached": [
+            {"device_id": r.device_id, "ref": r.ref, "type": r.type.value, "at": iso(r.at)}
+            for r in alarm.attached
+        ],
+        "centre_confirmed_at": (
+            None if alarm.centre_confirmed_at is None else iso(alarm.centre_confirmed_at)
+        ),
+        "centre_reference": alarm.centre_reference,
         "hops": [
             {"hop": entry.hop.value, "at": iso(entry.at), "actor": entry.actor}
             for entry in alarm.hops

@@ -94,9 +94,6 @@ def seed_small(org: OrgStore) -> None:
     org.put_recipient(RecipientInfo("r-b", "Bengt B", "Kyrkvägen 2", "team-b"))
     org.put_device(DeviceInfo("dev-a", "alarm_unit", "r-a"))
     org.put_device(DeviceInfo("dev-b", "alarm_unit", "r-b"))
-    # Heartbeat every second: supervision tests see a deadline pass within seconds.
-    org.put_device(DeviceInfo("hb-1", "alarm_unit", "r-a", heartbeat_s=1.0))
-    org.put_device(DeviceInfo("hb-2", "temperature", "r-a", heartbeat_s=1.0))
     for n in range(100):
         org.put_device(DeviceInfo(f"sim-{n:03d}", "alarm_unit", "r-a" if n % 2 else "r-b"))
 

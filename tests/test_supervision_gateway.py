@@ -19,10 +19,21 @@ import pytest
 import websockets
 
 from firmware_sim import Backoff, Fleet, specs_from_devices
-from tests.conftest import GatewayFactory, free_port
+from gateway.org import DeviceInfo, OrgStore
+from tests.conftest import GatewayFactory, free_port, seed_small
 from tests.helpers import device, login
 
 pytestmark = pytest.mark.network
+
+
+@pytest.fixture(autouse=True)
+def _fast_heartbeat_devices(tmp_path: Path) -> None:
+    """Two devices that heartbeat every second, so deadlines pass within seconds."""
+    org = OrgStore(tmp_path / "gw" / "org.sqlite3")
+    seed_small(org)
+    org.put_device(DeviceInfo("hb-1", "alarm_unit", "r-a", heartbeat_s=1.0))
+    org.put_device(DeviceInfo("hb-2", "temperature", "r-a", heartbeat_s=1.0))
+    org.close()
 
 
 def epoch(iso_time: str) -> float:

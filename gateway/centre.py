@@ -1,0 +1,105 @@
+"""The outbound adapter to the external alarm centre (larmcentral).
+
+Each ``NotifyCentre`` action becomes one HTTP POST of the alarm (JSON) to the configured
+URL and one MQTT message on ``{prefix}/centre/alarm``. A 2xx answer from the HTTP endpoint
+is the centre's receipt: it goes back into the core as ``CentreConfirmed`` and is journaled.
+Retries are not this adapter's business: until the receipt is journaled, the core asks
+again on its own schedule (30 s, doubling), so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+_LOGGER = logging.getLogger(__name__)
+
+# Deliveries waiting for the sender. Each open alarm asks at most every 30 s, so this only
+# fills if the centre is unreachable for a long time with very many alarms — and then the
+# core asks again anyway.
+MAX_PENDING = 1000
+TIMEOUT_S = 10.0
+
+Confirm = Callable[[str, int, str | None], Awaitable[None]]
+
+
+class CentreAdapter:
+    """Sends alarms to the alarm centre; confirms them through ``confirm``."""
+
+    def __init__(self, url: str | None, confirm: Confirm) -> None:
+        self.url = url
+        self._confirm = confirm
+        self._queue: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue(MAX_PENDING)
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="alarm centre sender")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def send(self, alarm: dict[str, Any], attempt: int) -> None:
+        """Queue one delivery attempt (never blocks)."""
+        if self.url is None:
+            _LOGGER.warning(
+                "alarm %s escalated to the alarm centre, but no centre_url is configured",
+                alarm["id"],
+            )
+            return
+        try:
+            self._queue.put_nowait((alarm, attempt))
+        except asyncio.QueueFull:
+            self.dropped += 1  # the core asks again; counted so monitoring sees it
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+            while True:
+                alarm, attempt = await self._queue.get()
+                await self._deliver(client, alarm, attempt)
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, alarm: dict[str, Any], attempt: int
+    ) -> None:
+        assert self.url is not None
+        try:
+            response = await client.post(
+                self.url,
+                json={"alarm": alarm, "attempt": attempt},
+                headers={"Idempotency-Key": f"{alarm['id']}"},
+            )
+        except httpx.HTTPError as exc:
+            self.failed += 1
+            _LOGGER.warning("alarm centre unreachable for alarm %s (attempt %d): %s",
+                            alarm["id"], attempt, exc)
+            return
+        if not response.is_success:
+            self.failed += 1
+            _LOGGER.warning("alarm centre refused alarm %s (attempt %d): HTTP %d",
+                            alarm["id"], attempt, response.status_code)
+            return
+        self.sent += 1
+        reference = None
+        with contextlib.suppress(ValueError):
+            body = response.json()
+            if isinstance(body, dict) and isinstance(body.get("reference"), str):
+                reference = body["reference"][:64]
+        await self._confirm(alarm["id"], attempt, reference)
