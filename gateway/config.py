@@ -87,6 +87,40 @@ class EscalationSettings(BaseModel):
         return self
 
 
+class ScaipSettings(BaseModel):
+    """The SCAIP (SS 91100) receiver: SIP MESSAGE over UDP and TCP (docs/scaip.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5060, ge=0, le=65535)
+    udp: bool = True
+    tcp: bool = True
+    # Controllers that expect the <mrs> in the 200 OK body instead of a MESSAGE of its own.
+    mrs_in_response: list[str] = []
+
+
+class SerialLineSettings(BaseModel):
+    """One serial line with a receiver and its devices behind it (docs/serial.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    url: str
+    baudrate: int = Field(default=9600, gt=0)
+    framing: str = "8N1"
+    rtscts: bool = False
+    max_concurrent: int = Field(default=16, ge=1)
+
+    @field_validator("framing")
+    @classmethod
+    def _framing(cls, value: str) -> str:
+        from gateway.serial import parse_framing
+
+        parse_framing(value)
+        return value
+
+
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
@@ -106,6 +140,8 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     influx: InfluxSettings | None = None
     escalation: EscalationSettings = EscalationSettings()
+    scaip: ScaipSettings | None = None
+    serial: list[SerialLineSettings] = []
 
     @classmethod
     def settings_customise_sources(

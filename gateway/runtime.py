@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import socket
@@ -48,6 +49,7 @@ from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType
 from alarms.supervision import DeviceOffline, DeviceOnline
 from devices.contract import (
     AlarmMessage,
+    DeviceMessage,
     HeartbeatMessage,
     Reason,
     Rejected,
@@ -56,7 +58,11 @@ from devices.contract import (
     decode,
     encode_ack,
     topic,
+    valid_id,
 )
+from devices.scaip import EventKind, ScaipRequest, Snu, classify
+from devices.serial import NakReason
+from devices.sip import SipRequest
 from gateway import __version__
 from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
@@ -70,6 +76,8 @@ from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
 from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
+from gateway.serial import ACK, SerialLink, Verdict, nak
+from gateway.sip import ScaipListener
 from gateway.tsdb import InfluxSink, Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json, iso
 from gateway.watch import DeviceWatch
@@ -126,6 +134,11 @@ class DeviceSeen:
     counts: Counter[str] = field(default_factory=Counter)
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def new_alarm_id() -> str:
     """A fresh, time-ordered alarm id."""
     return f"{int(time.time() * 1000):013x}-{uuid.uuid4().hex[:12]}"
@@ -176,15 +189,19 @@ class Gateway:
             on_online=self._device_online,
         )
         self.journal_failed_since: float | None = None
+        self.scaip: ScaipListener | None = None
+        self.serial_links: dict[str, SerialLink] = {}
         self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
         self._deadlines_changed = asyncio.Event()
-        self._link_was_up = False
         self._shedding = False
-        self._link_events: asyncio.Queue[bool] = asyncio.Queue()
+        self._link_events: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._links_up_once: set[str] = set()
+        self._stopping = False
         self.link: MqttLink | None = None
         self.http_port: int = 0
         self._pipeline: asyncio.Queue[_Pending] = asyncio.Queue(PIPELINE_DEPTH)
-        self._in_flight: set[tuple[str, str]] = set()
+        # Alarms being committed, by (device, ref): a resend waits for the first copy.
+        self._in_flight: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._staff_lock = asyncio.Lock()
         self._log_limiter = LogLimiter(interval_s=60.0)
         self._runner: asyncio.Task[None] | None = None
@@ -206,6 +223,20 @@ class Gateway:
             await self._stack.enter_async_context(self.audit)
             await self._stack.enter_async_context(self.push)
             await self._stack.enter_async_context(self.centre)
+            scaip = self.settings.scaip
+            if scaip is not None:
+                self.scaip = await self._stack.enter_async_context(ScaipListener(
+                    self._on_scaip, host=scaip.host, port=scaip.port, udp=scaip.udp,
+                    tcp=scaip.tcp, mrs_in_response=frozenset(scaip.mrs_in_response)))
+            for line in self.settings.serial:
+                self.serial_links[line.name] = await self._stack.enter_async_context(
+                    SerialLink(
+                        self._on_serial, url=line.url, baudrate=line.baudrate,
+                        framing=line.framing, rtscts=line.rtscts,
+                        max_concurrent=line.max_concurrent,
+                        on_state=functools.partial(self._on_serial_state, line.name),
+                    )
+                )
             await self._stack.enter_async_context(self.journal)
             for sink in self.sinks:
                 await self._stack.enter_async_context(sink)
@@ -239,6 +270,7 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._stopping = True
         try:
             if self._server is not None and self._http_task is not None:
                 # Let uvicorn close its connections itself before anything is cancelled: a
@@ -336,24 +368,41 @@ class Gateway:
 
     def _on_link_state(self, up: bool) -> None:
         self.metrics.mqtt_connected.set(1 if up else 0)
-        self._link_events.put_nowait(up)
+        self._link_events.put_nowait(("mqtt", up))
+
+    def _on_serial_state(self, name: str, up: bool) -> None:
+        self._link_events.put_nowait((f"serial-{name}", up))
 
     async def _watch_link(self) -> None:
-        """Raise a technical alarm when the broker link drops; close it when it is back."""
+        """Raise a technical alarm when a link drops; close it when it is back.
+
+        The broker link counts as down only after it was up once (at start the gateway may
+        simply be waiting for the broker); a serial port missing at start is already a fault.
+        """
         while True:
-            up = await self._link_events.get()
+            name, up = await self._link_events.get()
+            prefix = f"{name}."
             if up:
-                for alarm in self._open_technical("mqtt."):
+                self._links_up_once.add(name)
+                for alarm in self._open_technical(prefix):
                     down_for = time.time() - alarm.hops[0].at
                     await self.submit_internal(
                         TechnicalCleared(GATEWAY_DEVICE, alarm.ref, f"outage {down_for:.0f} s")
                     )
-                self._link_was_up = True
-            elif self._link_was_up and not self._open_technical("mqtt."):
-                now = time.time()
-                await self.submit_internal(self._technical(
-                    GATEWAY_DEVICE, f"mqtt.{int(now * 1000)}",
-                    "MQTT-mäklaren kan inte nås / MQTT broker unreachable", now))
+                continue
+            if self._stopping or self._open_technical(prefix):
+                continue
+            if name == "mqtt" and name not in self._links_up_once:
+                continue
+            now = time.time()
+            detail = (
+                "MQTT-mäklaren kan inte nås / MQTT broker unreachable"
+                if name == "mqtt"
+                else f"Seriell linje {name} nere / serial line {name} down"
+            )
+            await self.submit_internal(
+                self._technical(GATEWAY_DEVICE, f"{prefix}{int(now * 1000)}", detail, now)
+            )
 
     async def _status_heartbeat(self) -> None:
         """Re-publish the retained status periodically: upstream monitors see a live time."""
@@ -471,12 +520,21 @@ class Gateway:
         elif isinstance(message, AlarmMessage) and message.battery is not None:
             seen.battery = message.battery
 
-    async def _on_alarm(self, message: AlarmMessage, now: float) -> None:
+    async def _on_alarm(
+        self, message: AlarmMessage, now: float, *, ack: bool = True
+    ) -> asyncio.Future[None] | None:
+        """Decide an alarm and queue its commit; returns what resolves once it is durable.
+
+        MQTT does not wait (the ack is published by the commit follower); transports that
+        answer in-band (SCAIP, serial) await the returned future before answering. None
+        means nothing needs storing (a resend of a stored alarm): answer OK at once.
+        """
         key = (message.device_id, message.ref)
-        if key in self._in_flight:
+        in_flight = self._in_flight.get(key)
+        if in_flight is not None:
             # The first copy is being committed; its ack answers this resend too.
             self.metrics.duplicates.inc()
-            return
+            return in_flight
         event = AlarmReceived(
             device_id=message.device_id,
             ref=message.ref,
@@ -489,11 +547,78 @@ class Gateway:
         if not decision.records:
             if self.core.find(*key) is not None:
                 self.metrics.duplicates.inc()
-            self._carry_out(decision.actions)
-            return
-        self._in_flight.add(key)
+            self._carry_out(decision.actions, ack=ack)
+            return None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved here so that an MQTT alarm whose commit failed (nobody awaits it; the
+        # device resends) is not reported as a "never retrieved" exception.
+        done.add_done_callback(_retrieve)
+        self._in_flight[key] = done
         commit = self.journal.submit(decision.records)
-        await self._pipeline.put(_Pending(decision, commit, key=key))
+        await self._pipeline.put(_Pending(decision, commit, done=done, key=key, ack=ack))
+        return done
+
+    async def _on_scaip(self, request: ScaipRequest, sip: SipRequest) -> int:
+        """A SCAIP <mrq>: answered OK (snu 0) only once it is durably stored."""
+        device_id = request.cid
+        if not valid_id(device_id):
+            return Snu.WRONG_CONTENT
+        ts_ms = int(time.time() * 1000)
+        meaning = classify(request)
+        message: DeviceMessage
+        if meaning.kind is EventKind.ALARM:
+            message = AlarmMessage(
+                device_id, request.ref, ts_ms, meaning.alarm_type or AlarmType.MANUAL, None
+            )
+        elif meaning.kind is EventKind.HEARTBEAT:
+            message = HeartbeatMessage(device_id, request.ref, ts_ms, None, None)
+        else:
+            message = StatusMessage(device_id, request.ref, ts_ms, meaning.kind.value, None)
+        outcome = await self.store_message(message)
+        if outcome is None:
+            return Snu.OK
+        # Unknown controllers are refused for good; a journal that cannot store says busy,
+        # and the controller retries.
+        return Snu.WRONG_CONTENT if outcome == "unknown_device" else Snu.BUSY
+
+    async def _on_serial(self, message: DeviceMessage) -> Verdict:
+        """A serial record: ACK only once stored; NAK says why."""
+        outcome = await self.store_message(message)
+        if outcome is None:
+            return ACK
+        return nak(
+            NakReason.UNKNOWN_DEVICE if outcome == "unknown_device" else NakReason.NOT_STORED
+        )
+
+    async def store_message(self, message: DeviceMessage) -> str | None:
+        """Take one message from an in-band transport (SCAIP, serial) and wait until stored.
+
+        Returns None when it is stored (or needed no storing), else the refusal reason:
+        ``unknown_device`` (final) or ``unavailable`` (the journal failed: retry later).
+        """
+        now = time.time()
+        if not self.core.directory.knows_device(message.device_id):
+            self._reject(Rejected(Reason.UNKNOWN_DEVICE, "device is not provisioned",
+                                  message.device_id, message.ref))
+            return "unknown_device"
+        self.metrics.ingest.labels(type(message).__name__.removesuffix("Message").lower()).inc()
+        self._saw(message, now)
+        self.watch.seen(message.device_id, now)
+        if isinstance(message, TelemetryMessage):
+            sample = Sample.from_message(message, int(now * 1000))
+            for sink in self.sinks:
+                sink.offer(sample)
+            return None
+        if not isinstance(message, AlarmMessage):
+            return None
+        done = await self._on_alarm(message, now, ack=False)
+        if done is None:
+            return None
+        try:
+            await asyncio.shield(done)
+        except UnavailableError:
+            return "unavailable"
+        return None
 
     def _reject(self, rejected: Rejected) -> None:
         self.metrics.rejects.labels(rejected.reason.value).inc()
@@ -529,7 +654,7 @@ class Gateway:
                     pending.done.set_result(None)
             finally:
                 if pending.key is not None:
-                    self._in_flight.discard(pending.key)
+                    self._in_flight.pop(pending.key, None)
 
     def _journal_down(self, reason: str) -> None:
         """The journal refused a write: tell every channel that still works, at once.
