@@ -176,6 +176,8 @@ class Gateway:
         # Further notification channels (Web Push, ...): called with the alarm's JSON and the
         # staff it is for, after the hub. They must not block: queue and return.
         self.notifiers: list[Callable[[dict[str, Any], frozenset[str]], None]] = []
+        # Called with every valid StatusMessage (camera awake/standby, firmware reports).
+        self.status_listeners: list[Callable[[StatusMessage], None]] = []
         # Extra API routers (push subscriptions, technician console, ...), mounted by the app.
         self.routers: list[Any] = []
         self.push = PushNotifier.for_gateway(self)
@@ -517,6 +519,8 @@ class Gateway:
         elif isinstance(message, StatusMessage):
             seen.state = message.state
             seen.firmware = message.firmware or seen.firmware
+            for listener in self.status_listeners:
+                listener(message)
         elif isinstance(message, AlarmMessage) and message.battery is not None:
             seen.battery = message.battery
 
