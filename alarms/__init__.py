@@ -30,6 +30,7 @@ from alarms.events import (
     StaffEvent,
     TakeOverRequested,
     TechnicalCleared,
+    TestCompleted,
     Tick,
 )
 from alarms.model import (
@@ -105,5 +106,6 @@ __all__ = [
     "TakeOverRequested",
     "TeamPolicy",
     "TechnicalCleared",
+    "TestCompleted",
     "Tick",
 ]

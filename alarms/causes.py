@@ -20,6 +20,8 @@ DEFAULT_CLOSE_CAUSES: tuple[str, ...] = (
 # Written by the gateway when the fault behind a technical alarm is gone (TechnicalCleared),
 # and allowed for staff closing a technical alarm by hand.
 RESTORED_CAUSE = "återställd / restored"
+# The gateway closes a test alarm (provlarm) that passed every hop with this cause.
+TEST_PASSED_CAUSE = "provlarm genomfört / test passed"
 
 _DASHES = re.compile(r"\s*[-‐‑‒–—]\s*")  # hyphen-minus, hyphens, figure/en/em dash
 _SPACE = re.compile(r"\s+")

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
-from alarms.causes import RESTORED_CAUSE, match_cause
+from alarms.causes import RESTORED_CAUSE, TEST_PASSED_CAUSE, match_cause
 from alarms.directory import Directory
 from alarms.escalation import Due, due
 from alarms.events import (
@@ -29,6 +29,7 @@ from alarms.events import (
     ReceiptConfirmed,
     TakeOverRequested,
     TechnicalCleared,
+    TestCompleted,
     Tick,
 )
 from alarms.model import (
@@ -189,6 +190,8 @@ class AlarmCore:
             return Decision(refusal=Refusal(404, f"no alarm {event.alarm_id!r}"))
         if isinstance(event, CentreConfirmed):
             return self._decide_centre_confirmed(alarm, event, now)
+        if isinstance(event, TestCompleted):
+            return self._decide_test_completed(alarm, event, now)
         if not self._may_act(event.staff_id, alarm):
             return Decision(refusal=Refusal(403, "alarm belongs to another team"))
         if isinstance(event, ReceiptConfirmed):
@@ -424,6 +427,15 @@ class AlarmCore:
         record = HopAdded(
             alarm.id, Hop.CLOSED, now, "gateway", cause="återställd / restored", note=event.note
         )
+        return self._notify(alarm, (record,))
+
+    def _decide_test_completed(self, alarm: Alarm, event: TestCompleted, now: float) -> Decision:
+        if alarm.type is not AlarmType.TEST:
+            return Decision(refusal=Refusal(409, "only a test alarm is closed by the gateway"))
+        if alarm.state == "closed":
+            return Decision()
+        record = HopAdded(alarm.id, Hop.CLOSED, now, "gateway", cause=TEST_PASSED_CAUSE,
+                          note=event.note)
         return self._notify(alarm, (record,))
 
     def _decide_receipt(self, alarm: Alarm, staff_id: str, now: float) -> Decision:

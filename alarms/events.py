@@ -66,6 +66,16 @@ class TechnicalCleared:
 
 
 @dataclass(frozen=True, slots=True)
+class TestCompleted:
+    """A test alarm (provlarm) passed the whole chain: the gateway closes it itself."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    alarm_id: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardRequested:
     """The owner passes the alarm to a named colleague (vidarebefordra)."""
 
@@ -117,4 +127,6 @@ StaffEvent: TypeAlias = (
     | HandBackRequested
     | TakeOverRequested
 )
-Event: TypeAlias = AlarmReceived | TechnicalCleared | StaffEvent | CentreConfirmed | Tick
+Event: TypeAlias = (
+    AlarmReceived | TechnicalCleared | TestCompleted | StaffEvent | CentreConfirmed | Tick
+)

@@ -121,6 +121,21 @@ class SerialLineSettings(BaseModel):
         return value
 
 
+class ProvlarmSettings(BaseModel):
+    """Daily end-to-end test alarms of safety devices (gateway/provlarm.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    at: str = Field(default="03:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    # Devices are spread over this window after ``at`` so the fleet does not fire at once.
+    spread_s: float = Field(default=2 * 3600.0, ge=1)
+    # The device must get its test alarm stored within this (it resends with back-off) ...
+    store_timeout_s: float = Field(default=120.0, gt=0)
+    # ... and a staff client must confirm it within this after it was stored.
+    delivery_timeout_s: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
@@ -140,6 +155,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     influx: InfluxSettings | None = None
     escalation: EscalationSettings = EscalationSettings()
+    provlarm: ProvlarmSettings = ProvlarmSettings()
     scaip: ScaipSettings | None = None
     serial: list[SerialLineSettings] = []
 

@@ -74,6 +74,7 @@ from gateway.journal import Journal, JournalError, SqliteJournal
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
+from gateway.provlarm import Provlarm, create_provlarm_router
 from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
 from gateway.serial import ACK, SerialLink, Verdict, nak
@@ -193,6 +194,9 @@ class Gateway:
         self.journal_failed_since: float | None = None
         self.scaip: ScaipListener | None = None
         self.serial_links: dict[str, SerialLink] = {}
+        self.provlarm = Provlarm(self, settings.provlarm, data_dir / "supervision.sqlite3")
+        self.alarm_listeners: list[Callable[[Alarm], None]] = [self.provlarm.on_alarm]
+        self.routers.append(create_provlarm_router(self))
         self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
         self._deadlines_changed = asyncio.Event()
         self._shedding = False
@@ -225,6 +229,7 @@ class Gateway:
             await self._stack.enter_async_context(self.audit)
             await self._stack.enter_async_context(self.push)
             await self._stack.enter_async_context(self.centre)
+            await self._stack.enter_async_context(self.provlarm)
             scaip = self.settings.scaip
             if scaip is not None:
                 self.scaip = await self._stack.enter_async_context(ScaipListener(
@@ -727,6 +732,8 @@ class Gateway:
         self.hub.send(audience, {"type": "alarm", "alarm": body})
         for notifier in self.notifiers:
             notifier(body, audience)
+        for listener in self.alarm_listeners:
+            listener(alarm)
 
     def audience(self, alarm: Alarm) -> frozenset[str]:
         """Staff whose clients show this alarm: its targets, its owner and administrators."""

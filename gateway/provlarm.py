@@ -1,0 +1,310 @@
+"""Scheduled end-to-end test alarms (provlarm): proof, every day, that the whole chain works.
+
+Each safety device is commanded (``cmd: test_alarm``) once a day at the configured local
+time plus a per-device offset, so a fleet of thousands does not fire at once. The device's
+test alarm must then pass the chain like any alarm: ``stored`` (it reached the journal),
+``routed``, and ``delivered`` — a staff client confirmed it (the app shows test alarms
+quietly). The gateway then closes it with "provlarm genomfört". A hop not reached in time
+raises a technical alarm that names it. The verdict reads the alarm's own chain, so a test
+that arrived is never reported failed (a known failure mode of deployed systems).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.security import OAuth2PasswordBearer
+
+from alarms.events import AlarmReceived, TestCompleted
+from alarms.model import SAFETY_DEVICE_TYPES, Alarm, AlarmType, Hop
+from devices.contract import encode_command, topic
+from gateway.auth import TokenError
+from gateway.mqtt import Outbound
+from gateway.views import iso
+
+if TYPE_CHECKING:
+    from gateway.config import ProvlarmSettings
+    from gateway.runtime import Gateway
+
+_LOGGER = logging.getLogger(__name__)
+_ZONE = ZoneInfo("Europe/Stockholm")
+
+
+@dataclass(slots=True)
+class _Run:
+    device_id: str
+    started: float
+    alarm_id: str | None = None
+    stored_at: float | None = None
+
+
+def daily_offset_s(device_id: str, spread_s: float) -> float:
+    """A stable per-device offset in [0, spread_s): the same device, the same minute."""
+    digest = int(hashlib.sha256(device_id.encode()).hexdigest()[:12], 16)
+    return float(digest % max(1, int(spread_s)))
+
+
+def next_slot(device_id: str, now: float, at: str, spread_s: float) -> float:
+    """The device's next daily test time after ``now`` (local time, DST-correct)."""
+    hour, minute = (int(part) for part in at.split(":"))
+    local = datetime.fromtimestamp(now, _ZONE)
+    offset = daily_offset_s(device_id, spread_s)
+    for day in range(3):
+        date = (local + timedelta(days=day)).date()
+        start = datetime(date.year, date.month, date.day, hour, minute, tzinfo=_ZONE)
+        slot = start.timestamp() + offset
+        if slot > now:
+            return slot
+    raise AssertionError("unreachable: a slot exists within three days")
+
+
+class Provlarm:
+    """Schedules, commands and judges test alarms. One timer task for the whole fleet."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        settings: ProvlarmSettings,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._gateway = gateway
+        self.settings = settings
+        self.path = path
+        self._clock = clock
+        self._schedule: list[tuple[float, str]] = []
+        self._runs: dict[str, _Run] = {}
+        self._closing: list[tuple[str, str, str]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.passed = 0
+        self.failed = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await asyncio.to_thread(self._init_db)
+        now = self._clock()
+        if self.settings.enabled:
+            for device in self._gateway.org.devices.values():
+                if device.type in SAFETY_DEVICE_TYPES:
+                    slot = next_slot(device.id, now, self.settings.at, self.settings.spread_s)
+                    heapq.heappush(self._schedule, (slot, device.id))
+        self._task = asyncio.create_task(self._timer(), name="provlarm timer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS provlarm (device_id TEXT PRIMARY KEY, last_at REAL,"
+            " last_result TEXT, last_ok REAL, failed_hop TEXT)"
+        )
+        return conn
+
+    def _init_db(self) -> None:
+        self._connect().close()
+
+    # -- running tests ---------------------------------------------------------------------
+
+    def run_now(self, device_id: str) -> bool:
+        """Command one device to send a test alarm now. False if one is already running."""
+        if device_id in self._runs:
+            return False
+        link = self._gateway.link
+        now = self._clock()
+        self._runs[device_id] = _Run(device_id, now)
+        if link is not None:
+            ref = f"provlarm-{int(now * 1000)}"
+            link.publish_nowait(Outbound(
+                topic(self._gateway.settings.mqtt.prefix, device_id, "cmd"),
+                encode_command(ref, "test_alarm"),
+            ))
+        self._wake.set()
+        return True
+
+    def on_alarm(self, alarm: Alarm) -> None:
+        """Every alarm change (a gateway notifier): follow the test alarms of running tests."""
+        if alarm.type is not AlarmType.TEST:
+            return
+        run = self._runs.get(alarm.device_id)
+        if run is None or alarm.hops[0].at < run.started - 1.0:
+            return
+        run.alarm_id = alarm.id
+        stored = alarm.at(Hop.STORED)
+        if stored is not None and run.stored_at is None:
+            run.stored_at = stored
+            self._wake.set()
+        if alarm.reached(Hop.DELIVERED) and alarm.state == "open":
+            del self._runs[alarm.device_id]
+            self.passed += 1
+            delivered = alarm.at(Hop.DELIVERED) or self._clock()
+            note = f"hela kedjan på {delivered - run.started:.1f} s / whole chain in " \
+                   f"{delivered - run.started:.1f} s"
+            self._queue_close(alarm.device_id, alarm.id, note)
+
+    def _queue_close(self, device_id: str, alarm_id: str, note: str) -> None:
+        # on_alarm runs synchronously inside the commit follower; the close is journaled
+        # (and the result written) from the timer task instead, so the follower neither
+        # waits on its own pipeline nor blocks the loop on a database write.
+        self._closing.append((device_id, alarm_id, note))
+        self._wake.set()
+
+    async def _timer(self) -> None:
+        while True:
+            self._wake.clear()
+            closing, self._closing = self._closing, []
+            for device_id, alarm_id, note in closing:
+                await asyncio.to_thread(self._record, device_id, "passed", None)
+                await self._gateway.submit_internal(TestCompleted(alarm_id, note))
+            now = self._clock()
+            while self._schedule and self._schedule[0][0] <= now:
+                _, device_id = heapq.heappop(self._schedule)
+                self.run_now(device_id)
+                heapq.heappush(self._schedule, (
+                    next_slot(device_id, now, self.settings.at, self.settings.spread_s),
+                    device_id,
+                ))
+            for run in list(self._runs.values()):
+                hop = self._overdue(run, now)
+                if hop is not None:
+                    await self._fail(run, hop, now)
+            deadline = self._next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _overdue(self, run: _Run, now: float) -> str | None:
+        if run.stored_at is None:
+            if now >= run.started + self.settings.store_timeout_s:
+                return Hop.STORED.value
+            return None
+        if now >= run.stored_at + self.settings.delivery_timeout_s:
+            return Hop.DELIVERED.value
+        return None
+
+    def _next_deadline(self) -> float | None:
+        times = [self._schedule[0][0]] if self._schedule else []
+        for run in self._runs.values():
+            if run.stored_at is None:
+                times.append(run.started + self.settings.store_timeout_s)
+            else:
+                times.append(run.stored_at + self.settings.delivery_timeout_s)
+        return min(times, default=None)
+
+    async def _fail(self, run: _Run, hop: str, now: float) -> None:
+        del self._runs[run.device_id]
+        self.failed += 1
+        await asyncio.to_thread(self._record, run.device_id, "failed", hop)
+        _LOGGER.warning("test alarm of %s failed at hop %s", run.device_id, hop)
+        detail = f"Provlarm misslyckades vid '{hop}' / test alarm failed at hop '{hop}'"
+        await self._gateway.submit_internal(AlarmReceived(
+            run.device_id, f"test.{int(now * 1000)}", AlarmType.TECHNICAL, int(now * 1000),
+            _new_id(), detail=detail,
+        ))
+
+    def _record(self, device_id: str, result: str, failed_hop: str | None) -> None:
+        now = self._clock()
+        conn = self._connect()
+        try:
+            with conn:
+                conn.execute(
+                    "INSERT INTO provlarm VALUES (?, ?, ?, ?, ?) ON CONFLICT(device_id) DO UPDATE"
+                    " SET last_at = excluded.last_at, last_result = excluded.last_result,"
+                    " failed_hop = excluded.failed_hop,"
+                    " last_ok = COALESCE(excluded.last_ok, provlarm.last_ok)",
+                    (device_id, now, result, now if result == "passed" else None, failed_hop),
+                )
+        finally:
+            conn.close()
+
+    def status(self, device_id: str) -> dict[str, Any]:
+        """The device's last test and whether one is running now."""
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                "SELECT last_at, last_result, last_ok, failed_hop FROM provlarm"
+                " WHERE device_id = ?", (device_id,),
+            ).fetchone()
+        finally:
+            conn.close()
+        run = self._runs.get(device_id)
+        next_at = next((t for t, d in self._schedule if d == device_id), None)
+        return {
+            "device_id": device_id,
+            "running": run is not None,
+            "last_at": None if row is None or row[0] is None else iso(row[0]),
+            "last_result": None if row is None else row[1],
+            "last_ok": None if row is None or row[2] is None else iso(row[2]),
+            "failed_hop": None if row is None else row[3],
+            "next_at": None if next_at is None else iso(next_at),
+        }
+
+
+def _new_id() -> str:
+    from gateway.runtime import new_alarm_id
+
+    return new_alarm_id()
+
+
+_oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
+
+
+def create_provlarm_router(gateway: Gateway) -> APIRouter:
+    """``GET``/``POST /api/v1/devices/{id}/e2e-test``: the last end-to-end test; run one now."""
+    router = APIRouter(tags=["devices"])
+
+    def technician(token: str = Depends(_oauth2)) -> str:
+        try:
+            staff_id = gateway.tokens.check(token)
+        except TokenError:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or expired token",
+                                headers={"WWW-Authenticate": "Bearer"}) from None
+        member = gateway.org.staff.get(staff_id)
+        if member is None or member.role not in ("technician", "admin", "lead"):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "for technicians")
+        return staff_id
+
+    def device(device_id: str) -> str:
+        if device_id not in gateway.org.devices:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
+        return device_id
+
+    @router.get("/api/v1/devices/{device_id}/e2e-test")
+    async def test_status(device_id: str, staff_id: str = Depends(technician)) -> dict[str, Any]:
+        return await asyncio.to_thread(gateway.provlarm.status, device(device_id))
+
+    @router.post("/api/v1/devices/{device_id}/e2e-test", status_code=202)
+    async def run_test(device_id: str, staff_id: str = Depends(technician)) -> dict[str, Any]:
+        if not gateway.provlarm.run_now(device(device_id)):
+            raise HTTPException(status.HTTP_409_CONFLICT, "a test of this device is running")
+        gateway.audit.record("provisioning", actor=staff_id, subject=device_id,
+                             detail={"action": "e2e_test"})
+        return await asyncio.to_thread(gateway.provlarm.status, device_id)
+
+    return router
