@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     influx: InfluxSettings | None = None
     escalation: EscalationSettings = EscalationSettings()
     provlarm: ProvlarmSettings = ProvlarmSettings()
+    # An alarm no staff client has confirmed within this raises a technical alarm.
+    delivery_timeout_s: float = Field(default=15.0, gt=0)
     scaip: ScaipSettings | None = None
     serial: list[SerialLineSettings] = []
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,11 +43,15 @@ class StaffHub:
 
     def __init__(self) -> None:
         self._by_staff: defaultdict[str, set[Connection]] = defaultdict(set)
+        # Told whenever a client connects or disconnects (staff presence supervision).
+        self.on_change: Callable[[], None] | None = None
 
     def attach(self, staff_id: str) -> Connection:
         """Register a new connection for ``staff_id``."""
         connection = Connection(staff_id)
         self._by_staff[staff_id].add(connection)
+        if self.on_change is not None:
+            self.on_change()
         return connection
 
     def detach(self, connection: Connection) -> None:
@@ -56,6 +61,8 @@ class StaffHub:
             connections.discard(connection)
             if not connections:
                 del self._by_staff[connection.staff_id]
+        if self.on_change is not None:
+            self.on_change()
 
     def connected_staff(self) -> frozenset[str]:
         """Staff with at least one open connection."""

@@ -79,6 +79,7 @@ from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
 from gateway.serial import ACK, SerialLink, Verdict, nak
 from gateway.sip import ScaipListener
+from gateway.staffwatch import StaffWatch
 from gateway.tsdb import InfluxSink, Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json, iso
 from gateway.watch import DeviceWatch
@@ -195,7 +196,12 @@ class Gateway:
         self.scaip: ScaipListener | None = None
         self.serial_links: dict[str, SerialLink] = {}
         self.provlarm = Provlarm(self, settings.provlarm, data_dir / "supervision.sqlite3")
-        self.alarm_listeners: list[Callable[[Alarm], None]] = [self.provlarm.on_alarm]
+        self.staff_watch = StaffWatch(self, settings.delivery_timeout_s)
+        self.alarm_listeners: list[Callable[[Alarm], None]] = [
+            self.provlarm.on_alarm,
+            self.staff_watch.on_alarm,
+        ]
+        self.hub.on_change = self.staff_watch.on_presence
         self.routers.append(create_provlarm_router(self))
         self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
         self._deadlines_changed = asyncio.Event()
@@ -230,6 +236,7 @@ class Gateway:
             await self._stack.enter_async_context(self.push)
             await self._stack.enter_async_context(self.centre)
             await self._stack.enter_async_context(self.provlarm)
+            await self._stack.enter_async_context(self.staff_watch)
             scaip = self.settings.scaip
             if scaip is not None:
                 self.scaip = await self._stack.enter_async_context(ScaipListener(
@@ -436,6 +443,10 @@ class Gateway:
                     TechnicalCleared(GATEWAY_DEVICE, alarm.ref, "telemetry flows again"))
 
     # -- supervision -------------------------------------------------------------------------
+
+    def open_technical(self, ref_prefix: str) -> list[Alarm]:
+        """Open technical alarms whose ref starts with ``ref_prefix``."""
+        return self._open_technical(ref_prefix)
 
     def _open_technical(self, ref_prefix: str) -> list[Alarm]:
         return [
