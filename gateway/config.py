@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
     influx: InfluxSettings | None = None
+    # The journal on PostgreSQL (docs/postgres.md) instead of SQLite in data_dir.
+    journal_dsn: str | None = None
     escalation: EscalationSettings = EscalationSettings()
     provlarm: ProvlarmSettings = ProvlarmSettings()
     # An alarm no staff client has confirmed within this raises a technical alarm.

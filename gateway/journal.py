@@ -32,6 +32,22 @@ class JournalError(Exception):
     """The journal could not durably store a batch. Nothing of that batch may be acked."""
 
 
+class DuplicateAlarmError(JournalError):
+    """The batch claims a (device, ref) that another alarm already holds: nothing stored.
+
+    Raised when another gateway (or an earlier batch) stored the same device message first.
+    The device's alarm *is* stored, as ``alarm_id``: the caller acks it as stored.
+    """
+
+    def __init__(self, device_id: str, ref: str, alarm_id: str | None) -> None:
+        super().__init__(
+            f"({device_id!r}, {ref!r}) is already stored as alarm {alarm_id or '?'}"
+        )
+        self.device_id = device_id
+        self.ref = ref
+        self.alarm_id = alarm_id
+
+
 class Journal(Protocol):
     """The journal port (SQLite here; PostgreSQL implements the same contract)."""
 

@@ -67,10 +67,11 @@ from gateway import __version__
 from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
 from gateway.auth import TokenIssuer
+from gateway.cameras import CameraService
 from gateway.centre import CentreAdapter
 from gateway.config import Settings
 from gateway.hub import StaffHub
-from gateway.journal import Journal, JournalError, SqliteJournal
+from gateway.journal import DuplicateAlarmError, Journal, JournalError, SqliteJournal
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
@@ -163,9 +164,19 @@ class Gateway:
         self._owns_org = org is None
         self.core = AlarmCore(self.org.directory(settings.escalation), track_presence=True)
         self.metrics = Metrics(self._alarm_counts)
-        self.journal: Journal = journal or SqliteJournal(
-            data_dir / "journal.sqlite3", on_commit=self._observe_commit
-        )
+        if journal is not None:
+            self.journal: Journal = journal
+        elif settings.journal_dsn is not None:
+            from gateway.journal_pg import PostgresJournal
+
+            self.journal = PostgresJournal(
+                settings.journal_dsn, gateway_id=settings.gateway_id,
+                on_commit=self._observe_commit,
+            )
+        else:
+            self.journal = SqliteJournal(
+                data_dir / "journal.sqlite3", on_commit=self._observe_commit
+            )
         self.telemetry = SqliteSink(data_dir / "telemetry.sqlite3")
         self.sinks: list[TelemetrySink] = [self.telemetry]
         if settings.influx is not None:
@@ -202,6 +213,9 @@ class Gateway:
             self.staff_watch.on_alarm,
         ]
         self.hub.on_change = self.staff_watch.on_presence
+        self.cameras = CameraService(self)
+        self.routers.append(self.cameras.router)
+        self.status_listeners.append(self.cameras.on_status)
         self.routers.append(create_provlarm_router(self))
         self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
         self._deadlines_changed = asyncio.Event()
@@ -237,6 +251,7 @@ class Gateway:
             await self._stack.enter_async_context(self.centre)
             await self._stack.enter_async_context(self.provlarm)
             await self._stack.enter_async_context(self.staff_watch)
+            await self._stack.enter_async_context(self.cameras)
             scaip = self.settings.scaip
             if scaip is not None:
                 self.scaip = await self._stack.enter_async_context(ScaipListener(
@@ -658,6 +673,16 @@ class Gateway:
             pending = await self._pipeline.get()
             try:
                 await pending.commit
+            except DuplicateAlarmError:
+                # Another gateway stored this device message first (shared journal): it is
+                # stored, so the device is acked as such; this gateway applies nothing.
+                self.metrics.duplicates.inc()
+                self._carry_out(
+                    tuple(a for a in pending.decision.actions if isinstance(a, AckDevice)),
+                    ack=pending.ack,
+                )
+                if pending.done is not None and not pending.done.done():
+                    pending.done.set_result(None)
             except JournalError as exc:
                 self.metrics.journal_failures.inc()
                 self._journal_down(str(exc))

@@ -1,0 +1,873 @@
+"""Night camera supervision (digital nattillsyn): the service and its API.
+
+The rules live in ``alarms.nattillsyn`` (pure); this module carries them out:
+
+- consents and schedules, kept in ``DIR/nattillsyn.json`` and changed through the API
+  (each change audit-logged as ``config_change``);
+- a look: access decided → ``cmd`` ``wake`` to the camera → its status ``awake@<stream
+  ref>`` awaited (bounded) → a look token for that viewer, recipient and window, valid for
+  the look's maximum duration → the camera's stream relayed to the token's holder only →
+  end (outcome) or timeout → ``cmd`` ``standby``, and the camera must confirm it;
+- a timer that ends looks at their expiry, checks standby confirmations and turns missed
+  looks into a reminder and then a visit alarm.
+
+Privacy is enforced here, not left to the client: frames pass through memory chunk by
+chunk on their way to the one viewer and are never written (no files, no logs of content,
+``Cache-Control: no-store`` so the browser does not keep them either). The audit log gets
+time, duration, viewer and outcome of every allowed look and the reason of every refusal.
+
+Wiring (the gateway does this): ``service = CameraService(gateway)``;
+``gateway.routers.append(service.router)`` before the HTTP server starts;
+``gateway.status_listeners.append(service.on_status)``; ``async with service`` in the
+gateway's stack.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime.
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+import aiohttp
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from fastapi.responses import StreamingResponse
+from fastapi.security import OAuth2PasswordBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from alarms.events import AlarmReceived, Event, TechnicalCleared
+from alarms.model import AlarmType
+from alarms.nattillsyn import (
+    DEFAULT_MAX_LOOK_S,
+    DEFAULT_RETRY_S,
+    DEFAULT_TOLERANCE_S,
+    AdHoc,
+    Allowed,
+    Consent,
+    ConsentBook,
+    ConsentScope,
+    EndedBy,
+    EscalateVisit,
+    Look,
+    LookError,
+    LookState,
+    MissedLooks,
+    Outcome,
+    RefusalCode,
+    Refused,
+    Remind,
+    Schedule,
+    Viewer,
+    Window,
+    decide_access,
+    parse_hhmm,
+)
+from devices.contract import StatusMessage, encode_command, topic
+from gateway.audit import AuditKind
+from gateway.auth import TokenError
+from gateway.mqtt import Outbound
+from gateway.org import StaffMember
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+_LOGGER = logging.getLogger(__name__)
+
+STORE_FILE = "nattillsyn.json"
+# How long the camera has to answer a wake with its stream reference. A camera on the home
+# network answers in well under a second; a few seconds cover a slow Wi-Fi. Past this, the
+# look is impossible and a visit is needed at once (the viewer must not wait longer).
+WAKE_TIMEOUT_S = 8.0
+# How long the camera has to confirm standby before it is a technical alarm: a camera that
+# stays awake is a privacy fault.
+STANDBY_TIMEOUT_S = 10.0
+# Connecting to the camera's stream (on the home network or loopback).
+STREAM_CONNECT_S = 3.0
+# The timer never sleeps less than this, whatever the deadlines say (guards against a
+# deadline that a bug fails to consume spinning the loop).
+MIN_TIMER_SLEEP_S = 0.05
+# Content types a camera stream may have; anything else is not relayed.
+_STREAM_TYPES = ("multipart/x-mixed-replace", "image/jpeg")
+_UNPROCESSABLE = 422
+
+
+def _alarm_id() -> str:
+    # The same time-ordered shape as gateway.runtime.new_alarm_id (not imported: the
+    # runtime may import this module).
+    return f"{int(time.time() * 1000):013x}-{uuid.uuid4().hex[:12]}"
+
+
+def is_camera(device_type: str) -> bool:
+    """Whether a provisioned device type is a night camera."""
+    return "camera" in device_type.lower() or device_type.lower().startswith("cam")
+
+
+def parse_stream_ref(state: str) -> str | None:
+    """``awake@host:port/path`` -> ``http://host:port/path``; None if absent or unsafe.
+
+    The gateway connects to whatever a camera names, so only IP literals on loopback or a
+    private network are accepted: a device cannot aim the gateway at the internet.
+    """
+    _, sep, ref = state.partition("@")
+    if not sep or not ref:
+        return None
+    hostport, slash, path = ref.partition("/")
+    host, colon, port = hostport.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if not (address.is_loopback or address.is_private):
+        return None
+    return f"http://{hostport}{slash}{path}"
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+class NattillsynStore:
+    """Consents (with history) and schedules in one JSON file, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.consents = ConsentBook()
+        self.schedules: dict[str, Schedule] = {}
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        self.consents = ConsentBook(Consent.from_json(c) for c in body.get("consents", []))
+        self.schedules = {
+            s["recipient_id"]: Schedule.from_json(s) for s in body.get("schedules", [])
+        }
+
+    def snapshot(self) -> str:
+        """The file's content for the current state."""
+        return json.dumps({
+            "consents": [c.to_json() for c in self.consents.all()],
+            "schedules": [s.to_json() for s in self.schedules.values()],
+        }, ensure_ascii=False, indent=1)
+
+    def write(self, text: str) -> None:
+        """Replace the file with ``text`` (blocking: run it in a thread)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".nattillsyn-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+# -- the service -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Active:
+    """A look the service is carrying out (the look itself is an immutable ``Look``)."""
+
+    look: Look
+    token: str
+    stream_url: str | None = None
+    relays: set[aiohttp.ClientResponse] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    """A reminder sent for a missed window (kept for the UI and tests)."""
+
+    window: Window
+    at: float
+    staff_ids: frozenset[str]
+
+
+class CameraService:
+    """Night camera looks for one gateway. ``async with`` runs its one timer task."""
+
+    def __init__(
+        self,
+        gateway: "Gateway",
+        clock: Callable[[], float] = time.time,
+        *,
+        max_look_s: float = DEFAULT_MAX_LOOK_S,
+        retry_s: float = DEFAULT_RETRY_S,
+        wake_timeout_s: float = WAKE_TIMEOUT_S,
+        standby_timeout_s: float = STANDBY_TIMEOUT_S,
+    ) -> None:
+        self.gateway = gateway
+        self._clock = clock
+        self.max_look_s = max_look_s
+        self.wake_timeout_s = wake_timeout_s
+        self.standby_timeout_s = standby_timeout_s
+        self.store = NattillsynStore(gateway.settings.data_dir / STORE_FILE)
+        self.missed = MissedLooks(start=clock(), retry_s=retry_s)
+        self.looks: dict[str, Look] = {}  # every look of this run, by id (metadata only)
+        self.reminders: list[Reminder] = []
+        self.standby_confirmed: set[str] = set()  # look ids
+        self.standby_failed: set[str] = set()  # look ids
+        self._active: dict[str, _Active] = {}  # by look id
+        self._waking: dict[str, asyncio.Future[str | None]] = {}  # by device id
+        self._standby_due: dict[str, tuple[str, float]] = {}  # device -> (look id, deadline)
+        self._standby_alarm: dict[str, str] = {}  # device -> ref of its open standby alarm
+        self._events: list[Event] = []  # raised from sync code, journaled by the timer
+        self._wakeup = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._save_lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self.router = self._create_router()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._timer is not None:
+            raise RuntimeError("CameraService is already running")
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=STREAM_CONNECT_S)
+        )
+        self._timer = asyncio.create_task(self._run_timer(), name="nattillsyn timer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        for active in self._active.values():
+            self._close_relays(active)
+        for waiter in self._waking.values():
+            waiter.cancel()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run_timer(self) -> None:
+        while True:
+            self._wakeup.clear()
+            await self.check()
+            deadline = self.next_deadline()
+            timeout = None if deadline is None else max(
+                MIN_TIMER_SLEEP_S, deadline - self._clock()
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _poke(self) -> None:
+        self._wakeup.set()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds after some state change (callers bound it)."""
+        while not predicate():
+            await self._changed.wait()
+
+    def next_deadline(self) -> float | None:
+        """The earliest thing the timer must do."""
+        now = self._clock()
+        candidates = [
+            a.look.expires_at for a in self._active.values() if a.look.expires_at is not None
+        ]
+        candidates += [deadline for _, deadline in self._standby_due.values()]
+        planned = self.missed.next_deadline(self.store.schedules.values(), now)
+        if planned is not None:
+            candidates.append(planned)
+        if self._events:
+            candidates.append(now)
+        return min(candidates, default=None)
+
+    async def check(self) -> None:
+        """Do everything due at the clock's ``now``: expiries, standby checks, missed looks."""
+        now = self._clock()
+        for active in list(self._active.values()):
+            expires = active.look.expires_at
+            if expires is not None and expires <= now:
+                self._end(active, now, EndedBy.TIMEOUT)
+        for device_id, (look_id, deadline) in list(self._standby_due.items()):
+            if deadline <= now:
+                del self._standby_due[device_id]
+                self.standby_failed.add(look_id)
+                ref = f"camstandby.{look_id}"
+                self._standby_alarm[device_id] = ref
+                _LOGGER.warning("camera %s did not confirm standby after look %s",
+                                device_id, look_id)
+                self._events.append(self._technical(
+                    device_id, ref, now,
+                    "Kameran bekräftade inte viloläge / camera did not confirm standby"))
+        for action in self.missed.tick(self.store.schedules.values(), now):
+            if isinstance(action, Remind):
+                self._remind(action.window, now)
+            elif isinstance(action, EscalateVisit):
+                window = action.window
+                self._visit(window.recipient_id, now, f"missed.{int(window.planned_at)}",
+                            f"Nattillsyn {window.local} ej gjord – besök / "
+                            "camera look missed, visit needed")
+        self.missed.prune(now)
+        events, self._events = self._events, []
+        for event in events:
+            await self.gateway.submit_internal(event)
+        self._poke_changed()
+
+    def _poke_changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- device status -----------------------------------------------------------------------
+
+    def on_status(self, message: StatusMessage) -> None:
+        """A ``Gateway.status_listeners`` hook: camera awake/standby reports."""
+        state = message.state
+        device_id = message.device_id
+        if state == "awake" or state.startswith("awake@"):
+            waiter = self._waking.get(device_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(parse_stream_ref(state))
+        elif state == "standby":
+            due = self._standby_due.pop(device_id, None)
+            if due is not None:
+                self.standby_confirmed.add(due[0])
+            ref = self._standby_alarm.pop(device_id, None)
+            if ref is not None:
+                self._events.append(TechnicalCleared(device_id, ref, "standby confirmed"))
+            self._poke()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def camera_of(self, recipient_id: str) -> str | None:
+        """The recipient's night camera, if one is provisioned."""
+        cameras = sorted(
+            d.id for d in self.gateway.org.devices.values()
+            if d.recipient_id == recipient_id and is_camera(d.type)
+        )
+        return cameras[0] if cameras else None
+
+    def _visit_device(self, recipient_id: str) -> str | None:
+        camera = self.camera_of(recipient_id)
+        if camera is not None:
+            return camera
+        devices = sorted(
+            d.id for d in self.gateway.org.devices.values() if d.recipient_id == recipient_id
+        )
+        return devices[0] if devices else None
+
+    def _open_alarm_ids(self, recipient_id: str) -> frozenset[str]:
+        return frozenset(
+            a.id for a in self.gateway.core.open_alarms()
+            if a.recipient_id == recipient_id
+            and a.type not in (AlarmType.TECHNICAL, AlarmType.TEST)
+        )
+
+    def _camera_offline(self, device_id: str) -> bool:
+        return any(
+            a.device_id == device_id and a.type is AlarmType.TECHNICAL
+            and a.ref.startswith("offline.")
+            for a in self.gateway.core.open_alarms()
+        )
+
+    @staticmethod
+    def _technical(device_id: str, ref: str, now: float, detail: str) -> AlarmReceived:
+        return AlarmReceived(device_id, ref, AlarmType.TECHNICAL, int(now * 1000), _alarm_id(),
+                             detail=detail)
+
+    def _visit(self, recipient_id: str, now: float, tag: str, detail: str) -> None:
+        """Queue a visit alarm for the recipient through the normal chain.
+
+        Type ``inactivity``: "nobody has seen that this person is all right" is what it
+        means, it routes to the recipient's care team (the night patrol at night) with the
+        on-site deadline, and it attaches to an alarm already open for the person.
+        """
+        device_id = self._visit_device(recipient_id)
+        if device_id is None:
+            _LOGGER.error("no device for recipient %s: cannot raise the visit alarm (%s)",
+                          recipient_id, detail)
+            return
+        self._events.append(AlarmReceived(
+            device_id, f"nattillsyn.{tag}", AlarmType.INACTIVITY, int(now * 1000), _alarm_id(),
+            detail=detail,
+        ))
+        self._wakeup.set()
+
+    def _remind(self, window: Window, now: float) -> None:
+        staff = frozenset(
+            s.id for s in self.gateway.org.staff.values() if window.team_id in s.team_ids
+        )
+        self.reminders.append(Reminder(window, now, staff))
+        self.gateway.hub.send(staff, {
+            "type": "notice", "code": "nattillsyn_reminder", "level": "warning",
+            "recipient_id": window.recipient_id, "window": window.local,
+            "text": f"Nattillsyn {window.local} ej gjord / camera look not done",
+            "at": now,
+        })
+
+    def _command(self, device_id: str, command: str, **args: str | int | float | bool) -> bool:
+        link = self.gateway.link
+        if link is None:
+            return False
+        prefix = self.gateway.settings.mqtt.prefix
+        ref = f"cam-{uuid.uuid4().hex[:12]}"
+        return link.publish_nowait(
+            Outbound(topic(prefix, device_id, "cmd"), encode_command(ref, command, **args))
+        )
+
+    def _audit(self, actor: str, subject: str, detail: dict[str, Any]) -> None:
+        self.gateway.audit.record(AuditKind.CAMERA_VIEW, actor=actor, subject=subject,
+                                  detail=detail)
+
+    def _refuse(self, viewer: str, recipient_id: str, refusal: Refused, now: float,
+                http_status: int, **extra: Any) -> HTTPException:
+        self._audit(viewer, recipient_id, {
+            "event": "refused", "code": refusal.code.value, "reason": refusal.reason,
+            "at": now, **extra,
+        })
+        return HTTPException(http_status, {"code": refusal.code.value, "reason": refusal.reason})
+
+    def _close_relays(self, active: _Active) -> None:
+        for response in list(active.relays):
+            response.close()
+        active.relays.clear()
+
+    def _end(self, active: _Active, now: float, by: EndedBy,
+             outcome: Outcome | None = None) -> Look:
+        """End a look: stop the relay, command standby, audit, act on the outcome."""
+        look = active.look.ended(now, by, outcome)
+        self._active.pop(look.id, None)
+        self.looks[look.id] = look
+        self._close_relays(active)
+        if by is not EndedBy.CAMERA_FAILED:
+            self._standby_due[look.device_id] = (look.id, now + self.standby_timeout_s)
+            self._command(look.device_id, "standby")
+        self._audit(look.viewer_id, look.recipient_id, {"event": "ended", **look.audit_detail()})
+        if outcome is not None:
+            self._outcome(look, now)
+        self._poke()
+        return look
+
+    def _outcome(self, look: Look, now: float) -> None:
+        assert look.outcome is not None
+        if look.window_key is not None:
+            self.missed.done(look.window_key)
+        if look.outcome.needs_visit:
+            self._visit(look.recipient_id, now, f"look.{look.id}",
+                        f"Nattillsyn: {look.outcome.value} – besök / camera look: visit needed")
+
+    # -- operations (the router calls these) -------------------------------------------------
+
+    async def request_look(
+        self, member: StaffMember, recipient_id: str, *, reason: str | None = None,
+        alarm_id: str | None = None, duration_s: float | None = None,
+    ) -> tuple[Look, str]:
+        """Decide, wake the camera and wait for it; the look and its token, or HTTPException."""
+        now = self._clock()
+        recipient = self.gateway.org.recipients.get(recipient_id)
+        if recipient is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown recipient")
+        device_id = self.camera_of(recipient_id)
+        if device_id is None:
+            raise self._refuse(member.id, recipient_id, Refused(
+                RefusalCode.NO_CAMERA, "ingen kamera hos brukaren / no camera"), now,
+                status.HTTP_409_CONFLICT)
+        ad_hoc = AdHoc(reason or "", alarm_id) if reason or alarm_id else None
+        decision = decide_access(
+            viewer=Viewer(member.id, frozenset(member.team_ids)),
+            recipient_id=recipient_id,
+            recipient_team_id=recipient.team_id,
+            consent=self.store.consents.current(recipient_id),
+            schedule=self.store.schedules.get(recipient_id),
+            now=now,
+            ad_hoc=ad_hoc,
+            open_alarm_ids=self._open_alarm_ids(recipient_id),
+            done_windows=self.missed.done_windows,
+            look_active=any(a.look.recipient_id == recipient_id for a in self._active.values())
+            or device_id in self._waking,
+            duration_s=duration_s,
+            max_look_s=self.max_look_s,
+        )
+        if isinstance(decision, Refused):
+            raise self._refuse(member.id, recipient_id, decision, now, status.HTTP_403_FORBIDDEN,
+                               device_id=device_id, ad_hoc=ad_hoc is not None)
+        return await self._wake(member, recipient_id, device_id, decision, now)
+
+    async def _wake(self, member: StaffMember, recipient_id: str, device_id: str,
+                    allowed: Allowed, now: float) -> tuple[Look, str]:
+        look = Look(
+            id=uuid.uuid4().hex[:16], recipient_id=recipient_id, device_id=device_id,
+            viewer_id=member.id, requested_at=now, max_s=allowed.duration_s,
+            window_key=None if allowed.window is None else allowed.window.key,
+            ad_hoc=allowed.ad_hoc, reason=allowed.reason,
+        )
+        self.looks[look.id] = look
+        self._audit(member.id, recipient_id, {
+            "event": "allowed", "flagged": allowed.flagged, **look.audit_detail()})
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waking[device_id] = waiter
+        stream_url: str | None = None
+        failure = "kameran svarar inte / camera does not answer"
+        try:
+            if self._camera_offline(device_id):
+                failure = "kameran är offline / camera is offline"
+            elif self._command(device_id, "wake", duration_s=int(allowed.duration_s) + 5,
+                               look=look.id):
+                with contextlib.suppress(TimeoutError):
+                    stream_url = await asyncio.wait_for(waiter, self.wake_timeout_s)
+                    if stream_url is None:
+                        failure = "kameran gav ingen ström / camera gave no stream"
+            else:
+                failure = "kan inte nå kameran (MQTT) / cannot reach the camera"
+        finally:
+            self._waking.pop(device_id, None)
+        now = self._clock()
+        active = _Active(look, secrets.token_urlsafe(32))
+        if stream_url is None:
+            self._camera_failed(active, now, failure)
+            raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, {
+                "code": "camera_failed", "reason": failure, "look_id": look.id,
+                "visit": "besök beställt / visit requested"})
+        active.look = look.woken(now)
+        active.stream_url = stream_url
+        self._active[look.id] = active
+        self.looks[look.id] = active.look
+        self._poke()
+        return active.look, active.token
+
+    def _camera_failed(self, active: _Active, now: float, failure: str) -> None:
+        """Technical alarm and a visit, both at once: nobody saw the person."""
+        look = active.look
+        _LOGGER.warning("night camera %s failed to wake for look %s: %s",
+                        look.device_id, look.id, failure)
+        self._events.append(self._technical(
+            look.device_id, f"camwake.{look.id}", now, f"Nattkamera: {failure}"))
+        self._end(active, now, EndedBy.CAMERA_FAILED, Outcome.COULD_NOT_SEE)
+
+    def check_token(self, member: StaffMember, look_id: str, token: str | None) -> _Active:
+        """The active look a token opens, or an audited refusal."""
+        now = self._clock()
+        active = self._active.get(look_id)
+        ended = self.looks.get(look_id)
+        subject = ended.recipient_id if ended is not None else "?"
+        if active is None:
+            code = RefusalCode.LOOK_ENDED if ended is not None else RefusalCode.TOKEN_INVALID
+            raise self._refuse(member.id, subject, Refused(code, "ingen pågående titt / no "
+                               "look in progress"), now, status.HTTP_403_FORBIDDEN,
+                               look_id=look_id)
+        if token is None or not hmac.compare_digest(token.encode(), active.token.encode()):
+            raise self._refuse(member.id, subject, Refused(
+                RefusalCode.TOKEN_INVALID, "ogiltig titt-token / invalid look token"), now,
+                status.HTTP_403_FORBIDDEN, look_id=look_id)
+        if member.id != active.look.viewer_id:
+            raise self._refuse(member.id, subject, Refused(
+                RefusalCode.WRONG_VIEWER, "titten är någon annans / another viewer's look"),
+                now, status.HTTP_403_FORBIDDEN, look_id=look_id)
+        expires = active.look.expires_at
+        if expires is None or now >= expires:
+            raise self._refuse(member.id, subject, Refused(
+                RefusalCode.TOKEN_EXPIRED, "titten har gått ut / look expired"), now,
+                status.HTTP_403_FORBIDDEN, look_id=look_id)
+        return active
+
+    async def open_stream(self, active: _Active) -> StreamingResponse:
+        """Connect to the camera and relay its stream; frames stay in memory, chunk by chunk."""
+        assert self._session is not None
+        assert active.stream_url is not None
+        try:
+            upstream = await self._session.get(active.stream_url)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HTTPException(status.HTTP_502_BAD_GATEWAY,
+                                f"camera stream unreachable: {type(exc).__name__}") from None
+        content_type = upstream.headers.get("Content-Type", "")
+        if upstream.status != status.HTTP_200_OK or not content_type.startswith(_STREAM_TYPES):
+            upstream.close()
+            raise HTTPException(status.HTTP_502_BAD_GATEWAY, "camera stream refused")
+        active.relays.add(upstream)
+        active.look = active.look.streaming(self._clock())
+        self.looks[active.look.id] = active.look
+        self._poke()
+        return StreamingResponse(
+            self._relay(active, upstream),
+            media_type=content_type,
+            headers={"Cache-Control": "no-store, no-cache, must-revalidate, private",
+                     "Pragma": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def _relay(self, active: _Active, upstream: aiohttp.ClientResponse
+                     ) -> AsyncIterator[bytes]:
+        try:
+            while active.look.state is not LookState.ENDED:
+                expires = active.look.expires_at
+                remaining = 0.0 if expires is None else expires - self._clock()
+                if remaining <= 0:
+                    break
+                try:
+                    chunk = await asyncio.wait_for(upstream.content.readany(), remaining)
+                except (TimeoutError, aiohttp.ClientError):
+                    break
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            active.relays.discard(upstream)
+            upstream.close()
+
+    async def end_look(self, member: StaffMember, look_id: str, outcome: Outcome) -> Look:
+        """The viewer ends a look (or gives the outcome of one that timed out)."""
+        now = self._clock()
+        active = self._active.get(look_id)
+        if active is not None:
+            if active.look.viewer_id != member.id:
+                raise HTTPException(status.HTTP_403_FORBIDDEN, "another viewer's look")
+            return self._end(active, now, EndedBy.VIEWER, outcome)
+        look = self.looks.get(look_id)
+        if look is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such look")
+        if look.viewer_id != member.id:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "another viewer's look")
+        try:
+            look = look.with_outcome(now, outcome)
+        except LookError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        self.looks[look.id] = look
+        self._audit(member.id, look.recipient_id, {"event": "outcome", **look.audit_detail()})
+        self._outcome(look, now)
+        self._poke()
+        return look
+
+    async def register_consent(self, member: StaffMember, recipient_id: str,
+                               given_by: str, scope: frozenset[ConsentScope],
+                               consented_at: float | None) -> Consent:
+        """Register a consent (replacing the current one)."""
+        now = self._clock()
+        consent = Consent(recipient_id, given_by, now if consented_at is None else consented_at,
+                          scope, member.id, now)
+        self.store.consents.register(consent)
+        await self._save()
+        self.gateway.audit.record(AuditKind.CONFIG_CHANGE, actor=member.id,
+                                  subject=f"nattillsyn.consent:{recipient_id}",
+                                  detail={"action": "consent_registered", **consent.to_json()})
+        return consent
+
+    async def withdraw_consent(self, member: StaffMember, recipient_id: str) -> Consent:
+        """Withdraw consent at once: any look in progress ends now."""
+        now = self._clock()
+        withdrawn = self.store.consents.withdraw(recipient_id, by=member.id, now=now)
+        if withdrawn is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no consent in force")
+        for active in [a for a in self._active.values() if a.look.recipient_id == recipient_id]:
+            self._end(active, now, EndedBy.CONSENT_WITHDRAWN)
+        await self._save()
+        self.gateway.audit.record(AuditKind.CONFIG_CHANGE, actor=member.id,
+                                  subject=f"nattillsyn.consent:{recipient_id}",
+                                  detail={"action": "consent_withdrawn", **withdrawn.to_json()})
+        return withdrawn
+
+    async def set_schedule(self, member: StaffMember, schedule: Schedule | None,
+                           recipient_id: str) -> None:
+        """Set (or with None, remove) a recipient's schedule."""
+        if schedule is None:
+            removed = self.store.schedules.pop(recipient_id, None)
+            if removed is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, "no schedule")
+        else:
+            self.store.schedules[recipient_id] = schedule
+        await self._save()
+        self.gateway.audit.record(
+            AuditKind.CONFIG_CHANGE, actor=member.id,
+            subject=f"nattillsyn.schedule:{recipient_id}",
+            detail={"action": "schedule_removed" if schedule is None else "schedule_set",
+                    **({} if schedule is None else schedule.to_json())})
+        self._poke()
+
+    async def _save(self) -> None:
+        async with self._save_lock:
+            await asyncio.to_thread(self.store.write, self.store.snapshot())
+
+    # -- the HTTP API ------------------------------------------------------------------------
+
+    def _create_router(self) -> APIRouter:
+        return create_camera_router(self)
+
+
+# -- API models -------------------------------------------------------------------------------
+
+
+class ConsentIn(BaseModel):
+    """Body of ``PUT /cameras/consents/{recipient_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    given_by: str = Field(min_length=1, max_length=200)
+    scope: list[ConsentScope] = Field(default=[ConsentScope.SCHEDULED], min_length=1)
+    consented_at: float | None = None
+
+
+class ScheduleIn(BaseModel):
+    """Body of ``PUT /cameras/schedules/{recipient_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    team_id: str = Field(min_length=1, max_length=64)
+    times: list[str] = Field(min_length=1, max_length=12)
+    tolerance_min: float = Field(default=DEFAULT_TOLERANCE_S / 60, gt=0, le=60)
+
+
+class LookIn(BaseModel):
+    """Body of ``POST /cameras/looks``. ``reason`` and ``alarm_id`` make it an ad hoc look."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient_id: str = Field(min_length=1, max_length=64)
+    reason: str | None = Field(default=None, max_length=500)
+    alarm_id: str | None = Field(default=None, max_length=64)
+    duration_s: float | None = None
+
+
+class EndIn(BaseModel):
+    """Body of ``POST /cameras/looks/{look_id}/end``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Outcome
+
+
+def _look_json(look: Look) -> dict[str, Any]:
+    return {"id": look.id, "viewer": look.viewer_id, **look.audit_detail(),
+            "expires_at": look.expires_at}
+
+
+def create_camera_router(service: CameraService) -> APIRouter:
+    """The night camera API (``/api/v1/cameras/...``)."""
+    gateway = service.gateway
+    oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
+    router = APIRouter()
+
+    def current_staff(token: Annotated[str, Depends(oauth2)]) -> StaffMember:
+        try:
+            staff_id = gateway.tokens.check(token)
+        except TokenError:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "invalid or expired token",
+                headers={"WWW-Authenticate": "Bearer"},
+            ) from None
+        member = gateway.org.staff.get(staff_id)
+        if member is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown staff member")
+        return member
+
+    Me = Annotated[StaffMember, Depends(current_staff)]
+
+    def require_manager(member: StaffMember, recipient_id: str) -> None:
+        # Consents and schedules are care decisions: an administrator, or a team lead of
+        # the recipient's team.
+        recipient = gateway.org.recipients.get(recipient_id)
+        if recipient is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown recipient")
+        if member.role == "admin":
+            return
+        if member.role == "lead" and recipient.team_id in member.team_ids:
+            return
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            "only an administrator or the team's lead may do this")
+
+    @router.get("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
+    async def get_consents(recipient_id: str, member: Me) -> list[dict[str, object]]:
+        require_manager(member, recipient_id)
+        return [c.to_json() for c in service.store.consents.history(recipient_id)]
+
+    @router.put("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
+    async def put_consent(recipient_id: str, body: ConsentIn, member: Me) -> dict[str, object]:
+        require_manager(member, recipient_id)
+        consent = await service.register_consent(
+            member, recipient_id, body.given_by, frozenset(body.scope), body.consented_at)
+        return consent.to_json()
+
+    @router.delete("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
+    async def withdraw_consent(recipient_id: str, member: Me) -> dict[str, object]:
+        # Anyone in the recipient's team may register a withdrawal: the recipient says it
+        # to whoever is there, and it must take effect at once.
+        recipient = gateway.org.recipients.get(recipient_id)
+        if recipient is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown recipient")
+        if member.role != "admin" and recipient.team_id not in member.team_ids:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "recipient of another team")
+        return (await service.withdraw_consent(member, recipient_id)).to_json()
+
+    @router.get("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"])
+    async def get_schedule(recipient_id: str, member: Me) -> dict[str, object]:
+        require_manager(member, recipient_id)
+        schedule = service.store.schedules.get(recipient_id)
+        if schedule is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no schedule")
+        return schedule.to_json()
+
+    @router.put("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"])
+    async def put_schedule(recipient_id: str, body: ScheduleIn, member: Me) -> dict[str, object]:
+        require_manager(member, recipient_id)
+        if body.team_id not in gateway.org.teams:
+            raise HTTPException(_UNPROCESSABLE, "unknown team")
+        try:
+            times = tuple(sorted({parse_hhmm(t) for t in body.times}))
+        except ValueError as exc:
+            raise HTTPException(_UNPROCESSABLE, str(exc)) from None
+        schedule = Schedule(recipient_id, body.team_id, times, body.tolerance_min * 60)
+        await service.set_schedule(member, schedule, recipient_id)
+        return schedule.to_json()
+
+    @router.delete("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"],
+                   status_code=status.HTTP_204_NO_CONTENT)
+    async def delete_schedule(recipient_id: str, member: Me) -> None:
+        require_manager(member, recipient_id)
+        await service.set_schedule(member, None, recipient_id)
+
+    @router.post("/api/v1/cameras/looks", tags=["cameras"],
+                 status_code=status.HTTP_201_CREATED)
+    async def request_look(body: LookIn, member: Me) -> dict[str, Any]:
+        look, token = await service.request_look(
+            member, body.recipient_id, reason=body.reason, alarm_id=body.alarm_id,
+            duration_s=body.duration_s)
+        return {**_look_json(look), "token": token,
+                "stream_url": f"/api/v1/cameras/looks/{look.id}/stream"}
+
+    @router.get("/api/v1/cameras/looks/{look_id}", tags=["cameras"])
+    async def get_look(look_id: str, member: Me) -> dict[str, Any]:
+        look = service.looks.get(look_id)
+        if look is None or (look.viewer_id != member.id and member.role != "admin"):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such look")
+        return _look_json(look)
+
+    @router.get("/api/v1/cameras/looks/{look_id}/stream", tags=["cameras"])
+    async def stream(
+        look_id: str, member: Me,
+        token: Annotated[str | None, Query(max_length=200)] = None,
+        x_look_token: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> StreamingResponse:
+        active = service.check_token(member, look_id, x_look_token or token)
+        return await service.open_stream(active)
+
+    @router.post("/api/v1/cameras/looks/{look_id}/end", tags=["cameras"])
+    async def end_look(look_id: str, body: EndIn, member: Me) -> dict[str, Any]:
+        return _look_json(await service.end_look(member, look_id, body.outcome))
+
+    return router

@@ -1,0 +1,570 @@
+"""The alarm journal in PostgreSQL, for several gateways sharing one database.
+
+``PostgresJournal`` implements the ``Journal`` port of ``gateway.journal`` with psycopg 3
+(async) and a small connection pool. It keeps the SQLite adapter's promises:
+
+- **Group commit.** One writer task takes every batch queued since its last commit and
+  writes them in one transaction; ``submit`` returns a future that resolves after COMMIT.
+- **Commit order.** Every commit first takes a transaction-scoped advisory lock, so commits
+  from all gateways are serialised and ``seq`` (a sequence) grows in commit order. ``load``
+  returns records by ``seq``. [1]
+- **Append-only.** Triggers refuse UPDATE, DELETE and TRUNCATE on the journal tables;
+  retention is done by detaching and archiving whole monthly partitions.
+- **Partitioned by month** on ``written_at``. Partitions are created ahead (see
+  ``PARTITION_MONTHS_AHEAD``) when the journal opens and again by the writer when the last
+  partition comes within ``PARTITION_REFRESH_S`` of now. There is no default partition. [2]
+- **Dedupe across gateways.** Every (device_id, ref) stored as or attached to an alarm is
+  claimed in ``trygg_alarm_refs`` with the primary key (device_id, ref, generation). A new
+  generation is allowed only when the previous alarm of that pair is closed and older than
+  ``alarms.core.DEDUP_WINDOW_S``, exactly the core's rule; otherwise the batch fails with
+  ``DuplicateAlarmError`` and the other batches of the same group still commit. [3]
+
+[1] With several writers a plain sequence is allocation order, not commit order: a reader
+    could see seq 11 before seq 10 commits and skip 10 for good. The lock makes the two
+    the same at the price of serialising commits across gateways; group commit keeps the
+    number of commits small.
+[2] A default partition would catch rows outside every range, but a later CREATE of the
+    matching month then fails. Creating months ahead is simpler and fails loudly
+    (``JournalError``) rather than silently if maintenance ever lapses for months.
+[3] A unique index on a partitioned table must include the partition key, so "one alarm
+    per (device, ref)" cannot live on the journal itself; it lives in an unpartitioned,
+    equally append-only side table written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from alarms.core import DEDUP_WINDOW_S
+from alarms.model import Hop
+from alarms.records import (
+    AlarmOpened,
+    CentreConfirmation,
+    Escalated,
+    HopAdded,
+    OwnerChanged,
+    Record,
+    RefAttached,
+    from_json,
+    to_json,
+)
+from gateway.journal import MAX_GROUP, CommitObserver, DuplicateAlarmError, JournalError
+
+__all__ = [
+    "MIGRATIONS",
+    "DuplicateAlarmError",
+    "PostgresJournal",
+    "ensure_partitions",
+    "migrate",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+# Months of partitions kept ready beyond the current one. Three months means the gateway
+# can run a quarter without ever creating a table, and a forgotten maintenance step shows
+# up long before inserts fail.
+PARTITION_MONTHS_AHEAD = 3
+# The writer re-runs partition maintenance when the last partition ends within this long.
+PARTITION_REFRESH_S = 40 * 24 * 3600.0
+
+# How long ``__aenter__`` waits for a first connection before giving up.
+CONNECT_TIMEOUT_S = 10.0
+# Writer plus one concurrent ``load``: the journal needs no more connections than that.
+POOL_MAX = 2
+
+
+def _lock_key(name: str) -> int:
+    """A stable 63-bit advisory lock key for a name (CRC32 keeps it readable in pg_locks)."""
+    return zlib.crc32(f"trygg:{name}".encode())
+
+
+# Serialises schema changes (migrations, partition creation) across gateways.
+MIGRATION_LOCK = _lock_key("migrate")
+# Serialises journal commits across gateways, so that seq order is commit order.
+COMMIT_LOCK = _lock_key("journal-commit")
+
+_APPEND_ONLY_FUNCTION = """
+CREATE OR REPLACE FUNCTION trygg_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'trygg: % on % refused: the table is append-only', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$
+"""
+
+
+def _append_only(table: str) -> list[str]:
+    return [
+        f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}"
+        " FOR EACH ROW EXECUTE FUNCTION trygg_append_only()",
+        f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
+        " FOR EACH STATEMENT EXECUTE FUNCTION trygg_append_only()",
+    ]
+
+
+# Versioned, forward-only migrations per component. Never edit a released version: append.
+MIGRATIONS: dict[str, list[list[str]]] = {
+    "journal": [
+        # 1: the partitioned journal, the dedupe claims, closed alarms, append-only guards.
+        [
+            "CREATE SEQUENCE trygg_journal_seq AS bigint",
+            "CREATE TABLE trygg_journal ("
+            " seq bigint NOT NULL DEFAULT nextval('trygg_journal_seq'),"
+            " written_at timestamptz NOT NULL DEFAULT now(),"
+            " gateway_id text NOT NULL,"
+            " alarm_id text NOT NULL,"
+            " kind text NOT NULL,"
+            " body text NOT NULL,"
+            " PRIMARY KEY (seq, written_at)"
+            ") PARTITION BY RANGE (written_at)",
+            "ALTER SEQUENCE trygg_journal_seq OWNED BY trygg_journal.seq",
+            "CREATE INDEX trygg_journal_alarm ON trygg_journal (alarm_id)",
+            "CREATE TABLE trygg_alarm_refs ("
+            " device_id text NOT NULL,"
+            " ref text NOT NULL,"
+            " generation integer NOT NULL CHECK (generation >= 0),"
+            " alarm_id text NOT NULL,"
+            " kind text NOT NULL CHECK (kind IN ('opened', 'attached')),"
+            " alarm_opened_at double precision NOT NULL,"
+            " gateway_id text NOT NULL,"
+            " written_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (device_id, ref, generation)"
+            ")",
+            "CREATE INDEX trygg_alarm_refs_alarm ON trygg_alarm_refs (alarm_id)",
+            "CREATE TABLE trygg_alarm_closed ("
+            " alarm_id text PRIMARY KEY,"
+            " closed_at double precision NOT NULL,"
+            " written_at timestamptz NOT NULL DEFAULT now()"
+            ")",
+            _APPEND_ONLY_FUNCTION,
+            *_append_only("trygg_journal"),
+            *_append_only("trygg_alarm_refs"),
+            *_append_only("trygg_alarm_closed"),
+        ],
+    ],
+    "leases": [
+        # 1: one row per lease name; rows are updated in place (leases are not an audit log).
+        [
+            "CREATE TABLE trygg_leases ("
+            " name text PRIMARY KEY,"
+            " owner text,"
+            " token bigint NOT NULL DEFAULT 0,"
+            " acquired_at timestamptz,"
+            " expires_at timestamptz NOT NULL DEFAULT '-infinity'"
+            ")",
+        ],
+    ],
+}
+
+
+class SchemaError(JournalError):
+    """The database schema is newer than this code, or a migration failed."""
+
+
+async def migrate(
+    conn: psycopg.AsyncConnection[Any], component: str, *, applied_by: str = ""
+) -> list[int]:
+    """Bring ``component``'s schema up to date; returns the versions applied now.
+
+    Idempotent and safe when several gateways start at once: everything runs in one
+    transaction under a transaction-scoped advisory lock, so a second migrator waits and
+    then finds nothing to do. ``conn`` must be in autocommit mode (no open transaction).
+    """
+    steps = MIGRATIONS[component]
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS trygg_schema ("
+            " component text NOT NULL,"
+            " version integer NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
+            " applied_by text NOT NULL DEFAULT '',"
+            " PRIMARY KEY (component, version))"
+        )
+        cur = await conn.execute(
+            "SELECT coalesce(max(version), 0) FROM trygg_schema WHERE component = %s",
+            (component,),
+        )
+        row = await cur.fetchone()
+        current = int(row[0]) if row is not None else 0
+        if current > len(steps):
+            raise SchemaError(
+                f"database schema {component!r} is at version {current}, newer than this "
+                f"gateway's {len(steps)}: upgrade the gateway"
+            )
+        for version in range(current + 1, len(steps) + 1):
+            for statement in steps[version - 1]:
+                await conn.execute(statement.encode())
+            await conn.execute(
+                "INSERT INTO trygg_schema (component, version, applied_by) VALUES (%s, %s, %s)",
+                (component, version, applied_by),
+            )
+            applied.append(version)
+    if applied:
+        _LOGGER.info("migrated %s schema to version %d", component, applied[-1])
+    return applied
+
+
+def _month_start(year: int, month: int) -> datetime:
+    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+def partition_name(start: datetime) -> str:
+    """The partition holding the month that begins at ``start``: ``trygg_journal_YYYYMM``."""
+    return f"trygg_journal_{start.year:04d}{start.month:02d}"
+
+
+async def ensure_partitions(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    at: datetime | None = None,
+    months_ahead: int = PARTITION_MONTHS_AHEAD,
+) -> datetime:
+    """Create the monthly partitions from ``at``'s month (default: the server's now) on.
+
+    Idempotent and safe concurrently (same advisory lock as migrations). Returns the end of
+    the last partition, i.e. the first instant no partition covers yet.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        if at is None:
+            cur = await conn.execute("SELECT now()")
+            row = await cur.fetchone()
+            assert row is not None
+            at = row[0]
+        assert at is not None
+        at = at.astimezone(UTC)
+        end = _month_start(at.year, at.month)
+        for offset in range(months_ahead + 1):
+            start = _month_start(at.year, at.month + offset)
+            end = _month_start(at.year, at.month + offset + 1)
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF trygg_journal"
+                    " FOR VALUES FROM ({}) TO ({})"
+                ).format(sql.Identifier(partition_name(start)), start, end)
+            )
+    return end
+
+
+# The ``kind`` column: the same names as the JSON codec's, for queries and partition stats.
+_KIND: dict[type[Any], str] = {
+    AlarmOpened: "opened",
+    HopAdded: "hop",
+    Escalated: "escalated",
+    CentreConfirmation: "centre_confirmed",
+    OwnerChanged: "owner",
+    RefAttached: "attached",
+}
+
+_INSERT_RECORD = (
+    "INSERT INTO trygg_journal (gateway_id, alarm_id, kind, body) VALUES (%s, %s, %s, %s)"
+)
+_LATEST_CLAIM = (
+    "SELECT r.generation, r.alarm_id, r.alarm_opened_at, c.alarm_id IS NOT NULL"
+    " FROM trygg_alarm_refs r LEFT JOIN trygg_alarm_closed c ON c.alarm_id = r.alarm_id"
+    " WHERE r.device_id = %s AND r.ref = %s ORDER BY r.generation DESC LIMIT 1"
+)
+_OPENED_AT = (
+    "SELECT alarm_opened_at FROM trygg_alarm_refs WHERE alarm_id = %s AND kind = 'opened'"
+    " LIMIT 1"
+)
+_INSERT_CLAIM = (
+    "INSERT INTO trygg_alarm_refs"
+    " (device_id, ref, generation, alarm_id, kind, alarm_opened_at, gateway_id)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+_INSERT_CLOSED = (
+    "INSERT INTO trygg_alarm_closed (alarm_id, closed_at) VALUES (%s, %s)"
+    " ON CONFLICT (alarm_id) DO NOTHING"
+)
+
+PgConnection: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+@dataclass(slots=True)
+class _Item:
+    records: Sequence[Record]
+    future: asyncio.Future[None]
+
+
+_STOP = object()
+
+
+class PostgresJournal:
+    """The journal in PostgreSQL, shared by gateways. Reusable, not re-entrant.
+
+    ``gateway_id`` is written on every row (who stored it). ``on_commit`` is called on the
+    event loop after each commit with (seconds taken, batches folded in).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        gateway_id: str,
+        on_commit: CommitObserver | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.gateway_id = gateway_id
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[_Item | object] = asyncio.Queue()
+        self._pool: AsyncConnectionPool[PgConnection] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        # Epoch seconds up to which partitions exist (as far as this process knows).
+        self._partitions_until = 0.0
+        # Set by tests: simulate a database that refuses writes (full disk, read-only
+        # standby) without touching the server.
+        self.fail_writes: Callable[[], bool] | None = None
+
+    async def __aenter__(self) -> Self:
+        if self._lock.locked():
+            raise RuntimeError("PostgresJournal is not re-entrant")
+        await self._lock.acquire()
+        try:
+            pool: AsyncConnectionPool[PgConnection] = AsyncConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=POOL_MAX,
+                open=False,
+                kwargs={"autocommit": True},
+                name=f"journal {self.gateway_id}",
+                timeout=CONNECT_TIMEOUT_S,
+            )
+            try:
+                await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+                async with pool.connection() as conn:
+                    await migrate(conn, "journal", applied_by=self.gateway_id)
+                    until = await ensure_partitions(conn)
+            except BaseException:
+                await pool.close()
+                raise
+        except (psycopg.Error, PoolTimeout) as exc:
+            self._lock.release()
+            raise JournalError(f"cannot open the PostgreSQL journal: {exc}") from exc
+        except BaseException:
+            self._lock.release()
+            raise
+        self._pool = pool
+        self._partitions_until = until.timestamp()
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(
+            self._write_loop(pool), name=f"journal writer {self.gateway_id}"
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._writer is not None:
+                self._queue.put_nowait(_STOP)
+                # The writer drains what was queued before the stop marker, then ends.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._writer)
+                self._writer = None
+            # Submitted after the stop marker: never written, so refused, never left hanging.
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if isinstance(item, _Item):
+                    _settle(item.future, JournalError("journal closed before the commit"))
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+        finally:
+            self._lock.release()
+
+    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Queue records for the next group commit; the future resolves once durable.
+
+        It fails with ``DuplicateAlarmError`` when the batch opens or attaches a
+        (device, ref) already stored, and with ``JournalError`` when the commit failed.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._writer is None or self._writer.done():
+            future.set_exception(JournalError("journal is not open"))
+            return future
+        self._queue.put_nowait(_Item(records, future))
+        return future
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Durably append records, in order, as one unit."""
+        await self.submit(records)
+
+    async def load(self) -> list[Record]:
+        """Every record, in commit order (``seq``), from every gateway."""
+        query = "SELECT body FROM trygg_journal ORDER BY seq"
+        try:
+            if self._pool is not None:
+                async with self._pool.connection() as conn:
+                    rows = await (await conn.execute(query)).fetchall()
+            else:
+                async with await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_S)
+                ) as conn:
+                    rows = await (await conn.execute(query)).fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise JournalError(f"cannot read the PostgreSQL journal: {exc}") from exc
+        return [from_json(body) for (body,) in rows]
+
+    # -- the writer ------------------------------------------------------------------------
+
+    async def _write_loop(self, pool: AsyncConnectionPool[PgConnection]) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is _STOP:
+                return
+            assert isinstance(first, _Item)
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                assert isinstance(item, _Item)
+                group.append(item)
+            try:
+                await self._commit(pool, group)
+            except asyncio.CancelledError:
+                for item in group:
+                    _settle(item.future, JournalError("journal closed during commit"))
+                raise
+            if stop:
+                return
+
+    async def _commit(
+        self, pool: AsyncConnectionPool[PgConnection], group: list[_Item]
+    ) -> None:
+        started = time.perf_counter()
+        outcomes: list[JournalError | None] = [None] * len(group)
+        try:
+            async with pool.connection() as conn:
+                if time.time() > self._partitions_until - PARTITION_REFRESH_S:
+                    until = await ensure_partitions(conn)
+                    self._partitions_until = until.timestamp()
+                async with conn.transaction():
+                    if self.fail_writes is not None and self.fail_writes():
+                        raise psycopg.errors.DiskFull(
+                            "could not extend file: No space left on device (simulated)"
+                        )
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_LOCK,))
+                    now = time.time()
+                    for index, item in enumerate(group):
+                        outcomes[index] = await self._write_batch(conn, item.records, now)
+        except (psycopg.Error, PoolTimeout) as exc:
+            _LOGGER.error("journal commit of %d batch(es) failed: %s", len(group), exc)
+            error = JournalError(f"journal write failed: {exc}")
+            for item in group:
+                _settle(item.future, error)
+            return
+        if self._on_commit is not None:
+            try:
+                self._on_commit(time.perf_counter() - started, len(group))
+            except Exception:  # a metrics hook must not stop the writer
+                _LOGGER.exception("journal commit observer failed")
+        for item, outcome in zip(group, outcomes, strict=True):
+            _settle(item.future, outcome)
+
+    async def _write_batch(
+        self, conn: PgConnection, records: Sequence[Record], now: float
+    ) -> JournalError | None:
+        """Write one batch; a batch that claims refs gets a savepoint of its own."""
+        if not any(isinstance(r, AlarmOpened | RefAttached) for r in records):
+            await self._insert(conn, records, now)
+            return None
+        try:
+            async with conn.transaction():
+                await self._insert(conn, records, now)
+        except DuplicateAlarmError as exc:
+            return exc
+        return None
+
+    async def _insert(self, conn: PgConnection, records: Sequence[Record], now: float) -> None:
+        raised = {
+            r.alarm_id: r.at for r in records if isinstance(r, HopAdded) and r.hop is Hop.RAISED
+        }
+        for record in records:
+            if isinstance(record, AlarmOpened):
+                await self._claim(
+                    conn, record.device_id, record.ref, record.alarm_id, "opened",
+                    raised.get(record.alarm_id, now), now,
+                )
+            elif isinstance(record, RefAttached):
+                cur = await conn.execute(_OPENED_AT, (record.alarm_id,))
+                row = await cur.fetchone()
+                opened_at = float(row[0]) if row is not None else record.at
+                await self._claim(
+                    conn, record.device_id, record.ref, record.alarm_id, "attached",
+                    opened_at, now,
+                )
+            elif isinstance(record, HopAdded) and record.hop is Hop.CLOSED:
+                await conn.execute(_INSERT_CLOSED, (record.alarm_id, record.at))
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                _INSERT_RECORD,
+                [
+                    (self.gateway_id, r.alarm_id, _KIND[type(r)], to_json(r))
+                    for r in records
+                ],
+            )
+
+    async def _claim(
+        self,
+        conn: PgConnection,
+        device_id: str,
+        ref: str,
+        alarm_id: str,
+        kind: str,
+        opened_at: float,
+        now: float,
+    ) -> None:
+        """Claim (device, ref) for ``alarm_id`` under the core's dedupe rule, or raise."""
+        cur = await conn.execute(_LATEST_CLAIM, (device_id, ref))
+        row = await cur.fetchone()
+        generation = 0
+        if row is not None:
+            previous, holder, holder_opened_at, closed = row
+            if not (closed and now - float(holder_opened_at) >= DEDUP_WINDOW_S):
+                raise DuplicateAlarmError(device_id, ref, str(holder))
+            generation = int(previous) + 1
+        try:
+            await conn.execute(
+                _INSERT_CLAIM,
+                (device_id, ref, generation, alarm_id, kind, opened_at, self.gateway_id),
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            # Only a writer that bypassed the commit lock can race us to a generation; the
+            # primary key still guarantees one alarm per (device, ref, generation).
+            raise DuplicateAlarmError(device_id, ref, None) from exc
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,484 @@
+"""One contract for the Journal port, run against every adapter (cf. eventsourcing).
+
+``JournalContract`` holds the behaviour every journal must have; ``TestSqliteJournal`` and
+``TestPostgresJournal`` only say how to build one. PostgreSQL-only behaviour (migrations,
+partitions, the append-only guard, dedupe across gateways) follows at the end. Each
+PostgreSQL test gets a database of its own on 127.0.0.1:5432, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+import pytest
+
+from alarms.core import DEDUP_WINDOW_S
+from alarms.model import AlarmType, EscalationKind, HandoverKind, Hop
+from alarms.records import (
+    AlarmOpened,
+    CentreConfirmation,
+    Escalated,
+    HopAdded,
+    OwnerChanged,
+    Record,
+    RefAttached,
+)
+from gateway.journal import CommitObserver, Journal, JournalError, SqliteJournal
+from gateway.journal_pg import (
+    DuplicateAlarmError,
+    PostgresJournal,
+    ensure_partitions,
+    migrate,
+    partition_name,
+)
+
+# The server to create throw-away databases on; override for a non-default setup.
+PG_ADMIN_DSN = os.environ.get("TRYGG_TEST_PG", "host=127.0.0.1 port=5432 dbname=postgres")
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """A new, empty database for one test; yields its DSN and drops it afterwards."""
+    name = f"trygg_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await psycopg.AsyncConnection.connect(PG_ADMIN_DSN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_DSN!r}: {exc}")
+    async with admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield psycopg.conninfo.make_conninfo(PG_ADMIN_DSN, dbname=name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    """The DSN of a fresh PostgreSQL database."""
+    async with fresh_database() as dsn:
+        yield dsn
+
+
+class HookedJournal(Journal, Protocol):
+    """A journal with the test hook every adapter has."""
+
+    fail_writes: Callable[[], bool] | None
+
+
+def opened(n: int, *, device: str = "dev-1", ref: str | None = None) -> AlarmOpened:
+    """An ``opened`` record with every field set; (device, ref) unique per ``n``."""
+    return AlarmOpened(
+        alarm_id=f"alarm-{n}",
+        device_id=device,
+        ref=ref or f"ref-{n}",
+        type=AlarmType.FALL,
+        priority=2,
+        recipient_id="r-a",
+        team_id="team-a",
+        device_ts_ms=1_700_000_000_123,
+        battery=0.42,
+        detail="fall detected: impact 3.1 g",
+    )
+
+
+def every_record() -> list[Record]:
+    """One of every record type, with optional fields both set and left at defaults."""
+    return [
+        opened(1),
+        AlarmOpened("alarm-2", "dev-2", "ref-2", AlarmType.MANUAL, 1, None, None, 0, None),
+        HopAdded("alarm-1", Hop.RAISED, 1_700_000_000.123, "dev-1"),
+        HopAdded(
+            "alarm-1", Hop.CLOSED, 1_700_000_900.5, "anna",
+            targets=("anna", "bo"), cause="fall", note="Hjälpte brukaren upp, ingen skada",
+        ),
+        Escalated("alarm-1", EscalationKind.TEAM, 1, 1_700_000_300.0),
+        Escalated(
+            "alarm-1", EscalationKind.CENTRE, 2, 1_700_000_600.0, targets=("centre",), attempt=3
+        ),
+        CentreConfirmation("alarm-1", 1_700_000_601.0, 3, reference="SOS-123"),
+        CentreConfirmation("alarm-1", 1_700_000_602.0, 1),
+        OwnerChanged("alarm-1", HandoverKind.FORWARDED, 1_700_000_400.0, "anna", "bo"),
+        OwnerChanged("alarm-1", HandoverKind.HANDED_BACK, 1_700_000_500.0, "bo", None),
+        RefAttached("alarm-1", "dev-1", "ref-1b", AlarmType.MANUAL, 1_700_000_100.0),
+    ]
+
+
+def hop(alarm_id: str, actor: str, at: float = 1.0) -> HopAdded:
+    """A plain hop record; ``actor`` tells records apart."""
+    return HopAdded(alarm_id, Hop.DELIVERED, at, actor)
+
+
+class JournalContract(ABC):
+    """Behaviour every Journal adapter must have."""
+
+    @abstractmethod
+    def make_journal(self, on_commit: CommitObserver | None = None) -> HookedJournal:
+        """A new journal object over this test's storage (the same storage every call)."""
+
+    async def test_round_trip_of_every_record_type(self) -> None:
+        records = every_record()
+        async with self.make_journal() as journal:
+            await journal.append(records[:3])
+            for record in records[3:]:
+                await journal.append([record])
+            assert await journal.load() == records
+
+    async def test_empty_journal_loads_nothing(self) -> None:
+        async with self.make_journal() as journal:
+            assert await journal.load() == []
+
+    async def test_order_preserved_across_concurrent_submits(self) -> None:
+        submitted: list[Record] = []
+        pending: list[asyncio.Future[None]] = []
+
+        async def writer(journal: HookedJournal, w: int) -> None:
+            for i in range(25):
+                batch = [hop(f"alarm-w{w}", f"w{w}-{i}-a"), hop(f"alarm-w{w}", f"w{w}-{i}-b")]
+                submitted.extend(batch)
+                future = journal.submit(batch)
+                if i % 4 == 0:
+                    await future
+                else:
+                    pending.append(future)
+                await asyncio.sleep(0)
+
+        async with self.make_journal() as journal:
+            await asyncio.gather(*(writer(journal, w) for w in range(5)))
+            await asyncio.gather(*pending)
+            assert await journal.load() == submitted
+
+    async def test_group_commit_folds_many_submits_into_fewer_transactions(self) -> None:
+        commits: list[int] = []
+        async with self.make_journal(lambda _s, n: commits.append(n)) as journal:
+            futures = [journal.submit([hop("alarm-g", f"g{i}")]) for i in range(64)]
+            await asyncio.gather(*futures)
+            assert sum(commits) == 64
+            assert len(commits) < 64
+            assert len(await journal.load()) == 64
+
+    async def test_durable_across_close_and_reopen(self) -> None:
+        async with self.make_journal() as journal:
+            await journal.append([opened(1), hop("alarm-1", "x")])
+        async with self.make_journal() as journal:
+            await journal.append([hop("alarm-1", "y")])
+        async with self.make_journal() as journal:
+            assert await journal.load() == [opened(1), hop("alarm-1", "x"), hop("alarm-1", "y")]
+
+    async def test_failed_batch_resolves_with_journal_error_and_later_batches_work(
+        self,
+    ) -> None:
+        commits: list[int] = []
+        async with self.make_journal(lambda _s, n: commits.append(n)) as journal:
+            await journal.append([hop("alarm-f", "before")])
+            journal.fail_writes = lambda: True
+            with pytest.raises(JournalError):
+                await journal.append([hop("alarm-f", "lost")])
+            futures = [journal.submit([hop("alarm-f", f"lost-{i}")]) for i in range(3)]
+            for outcome in await asyncio.gather(*futures, return_exceptions=True):
+                assert isinstance(outcome, JournalError)
+            journal.fail_writes = None
+            await journal.append([hop("alarm-f", "after")])
+            assert await journal.load() == [hop("alarm-f", "before"), hop("alarm-f", "after")]
+        assert sum(commits) == 2  # failed commits are not reported as commits
+
+    async def test_submit_when_not_open_fails(self) -> None:
+        journal = self.make_journal()
+        with pytest.raises(JournalError):
+            await journal.submit([hop("alarm-c", "closed")])
+        async with journal:
+            pass
+        with pytest.raises(JournalError):
+            await journal.append([hop("alarm-c", "closed")])
+
+    async def test_not_reentrant(self) -> None:
+        journal = self.make_journal()
+        async with journal:
+            with pytest.raises(RuntimeError):
+                await journal.__aenter__()
+            await journal.append([hop("alarm-r", "still works")])
+
+    async def test_reusable_after_exit(self) -> None:
+        journal = self.make_journal()
+        async with journal:
+            await journal.append([hop("alarm-u", "first")])
+        async with journal:
+            await journal.append([hop("alarm-u", "second")])
+            assert await journal.load() == [hop("alarm-u", "first"), hop("alarm-u", "second")]
+
+
+class TestSqliteJournal(JournalContract):
+    """The contract against the embedded SQLite journal."""
+
+    @pytest.fixture(autouse=True)
+    def _storage(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "journal.sqlite3"
+
+    def make_journal(self, on_commit: CommitObserver | None = None) -> HookedJournal:
+        return SqliteJournal(self.path, on_commit=on_commit)
+
+
+@pytest.mark.network
+class TestPostgresJournal(JournalContract):
+    """The contract against PostgreSQL."""
+
+    @pytest.fixture(autouse=True)
+    def _storage(self, pg_dsn: str) -> None:
+        self.dsn = pg_dsn
+
+    def make_journal(self, on_commit: CommitObserver | None = None) -> HookedJournal:
+        return PostgresJournal(self.dsn, gateway_id="gw-test", on_commit=on_commit)
+
+
+# -- PostgreSQL only ---------------------------------------------------------------------
+
+pg = pytest.mark.network
+
+
+async def _rows(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        return await (await conn.execute(query.encode(), params or None)).fetchall()
+
+
+@pg
+async def test_migrations_are_idempotent(pg_dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        assert await migrate(conn, "journal") == [1]
+        assert await migrate(conn, "journal") == []
+        assert await migrate(conn, "leases") == [1]
+    async with PostgresJournal(pg_dsn, gateway_id="gw-a"):
+        pass
+    assert await _rows(pg_dsn, "SELECT component, version FROM trygg_schema ORDER BY 1") == [
+        ("journal", 1),
+        ("leases", 1),
+    ]
+
+
+@pg
+async def test_migrations_are_safe_when_gateways_start_at_once(pg_dsn: str) -> None:
+    conns = [await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) for _ in range(6)]
+    try:
+        applied = await asyncio.gather(*(migrate(c, "journal") for c in conns))
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert sorted(applied) == [[], [], [], [], [], [1]]
+    journals = [PostgresJournal(pg_dsn, gateway_id=f"gw-{i}") for i in range(4)]
+    await asyncio.gather(*(j.__aenter__() for j in journals))
+    for journal in journals:
+        await journal.__aexit__(None, None, None)
+    assert await _rows(pg_dsn, "SELECT count(*) FROM trygg_schema") == [(1,)]
+
+
+@pg
+async def test_newer_schema_is_refused(pg_dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await migrate(conn, "journal")
+        await conn.execute("INSERT INTO trygg_schema (component, version) VALUES ('journal', 9)")
+    with pytest.raises(JournalError, match="newer"):
+        async with PostgresJournal(pg_dsn, gateway_id="gw-old"):
+            pass
+
+
+@pg
+async def test_monthly_partitions_are_created_ahead(pg_dsn: str) -> None:
+    async with PostgresJournal(pg_dsn, gateway_id="gw-a") as journal:
+        await journal.append([hop("alarm-p", "x")])
+    partitions = {
+        name
+        for (name,) in await _rows(
+            pg_dsn,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'trygg_journal'::regclass",
+        )
+    }
+    now = datetime.now(UTC)
+    months = [divmod(now.year * 12 + now.month - 1 + k, 12) for k in range(4)]
+    expected = {partition_name(datetime(y, m + 1, 1, tzinfo=UTC)) for y, m in months}
+    assert expected <= partitions
+    [(where,)] = await _rows(pg_dsn, "SELECT tableoid::regclass::text FROM trygg_journal")
+    assert where == partition_name(datetime(now.year, now.month, 1, tzinfo=UTC))
+
+    # The maintenance step is idempotent and safe concurrently; it crosses year ends.
+    conns = [await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) for _ in range(3)]
+    try:
+        ends = await asyncio.gather(
+            *(ensure_partitions(c, at=datetime(2031, 11, 20, tzinfo=UTC), months_ahead=2) for c in conns)
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert set(ends) == {datetime(2032, 2, 1, tzinfo=UTC)}
+    names = {n for (n,) in await _rows(pg_dsn, "SELECT relname FROM pg_class WHERE relname LIKE 'trygg_journal_20%%'")}
+    assert {"trygg_journal_203111", "trygg_journal_203112", "trygg_journal_203201"} <= names
+
+
+@pg
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE trygg_journal SET body = '{}'",
+        "DELETE FROM trygg_journal",
+        "TRUNCATE trygg_journal",
+        "DELETE FROM trygg_alarm_refs",
+        "UPDATE trygg_alarm_closed SET closed_at = 0",
+    ],
+)
+async def test_journal_tables_are_append_only(pg_dsn: str, statement: str) -> None:
+    async with PostgresJournal(pg_dsn, gateway_id="gw-a") as journal:
+        await journal.append([opened(1), HopAdded("alarm-1", Hop.CLOSED, 2.0, "anna", cause="x")])
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            await conn.execute(statement.encode())
+
+
+@pg
+async def test_second_gateway_opening_the_same_device_ref_gets_duplicate_error(
+    pg_dsn: str,
+) -> None:
+    async with (
+        PostgresJournal(pg_dsn, gateway_id="gw-a") as a,
+        PostgresJournal(pg_dsn, gateway_id="gw-b") as b,
+    ):
+        for k in range(10):
+            ref = f"race-{k}"
+            batches: dict[str, list[Record]] = {
+                name: [
+                    AlarmOpened(f"{name}-{k}", "dev-r", ref, AlarmType.MANUAL, 1, None, None, 0, None),
+                    HopAdded(f"{name}-{k}", Hop.RAISED, time.time(), "dev-r"),
+                ]
+                for name in ("a", "b")
+            }
+            # Alternate who submits first; both are queued before either writer runs.
+            order = [(a, "a"), (b, "b")] if k % 2 else [(b, "b"), (a, "a")]
+            futures = {name: journal.submit(batches[name]) for journal, name in order}
+            outcomes = dict(
+                zip(futures, await asyncio.gather(*futures.values(), return_exceptions=True), strict=True)
+            )
+            winners = [name for name, outcome in outcomes.items() if outcome is None]
+            assert len(winners) == 1, outcomes
+            [loser] = {"a", "b"} - set(winners)
+            error = outcomes[loser]
+            assert isinstance(error, DuplicateAlarmError)
+            assert (error.device_id, error.ref, error.alarm_id) == ("dev-r", ref, f"{winners[0]}-{k}")
+        records = await a.load()
+    opened_refs = [r.ref for r in records if isinstance(r, AlarmOpened)]
+    assert sorted(opened_refs) == sorted(f"race-{k}" for k in range(10))
+    stored_ids = {r.alarm_id for r in records if isinstance(r, AlarmOpened)}
+    # Nothing of a refused batch is stored, not even its hops.
+    assert {r.alarm_id for r in records} == stored_ids
+
+
+@pg
+async def test_duplicate_fails_only_its_own_batch_within_a_group(pg_dsn: str) -> None:
+    commits: list[int] = []
+    async with PostgresJournal(pg_dsn, gateway_id="gw-a", on_commit=lambda _s, n: commits.append(n)) as journal:
+        first = journal.submit([opened(1)])
+        again = journal.submit([AlarmOpened("other", "dev-1", "ref-1", AlarmType.FALL, 2, None, None, 0, None)])
+        later = journal.submit([hop("alarm-1", "later")])
+        outcomes = await asyncio.gather(first, again, later, return_exceptions=True)
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], DuplicateAlarmError)
+        assert commits == [3]
+        assert await journal.load() == [opened(1), hop("alarm-1", "later")]
+
+
+@pg
+async def test_dedupe_follows_the_core_window(pg_dsn: str) -> None:
+    """A ref is a new alarm only once its alarm is closed and the 24 h window has passed."""
+    now = time.time()
+    old = now - DEDUP_WINDOW_S - 60
+
+    def alarm(alarm_id: str, ref: str, raised_at: float) -> list[Record]:
+        return [
+            AlarmOpened(alarm_id, "dev-w", ref, AlarmType.MANUAL, 1, None, None, 0, None),
+            HopAdded(alarm_id, Hop.RAISED, raised_at, "dev-w"),
+        ]
+
+    def close(alarm_id: str) -> list[Record]:
+        return [HopAdded(alarm_id, Hop.CLOSED, now, "anna", cause="test")]
+
+    async with PostgresJournal(pg_dsn, gateway_id="gw-a") as journal:
+        # Closed and older than the window: the device reset its counter; a new alarm.
+        await journal.append(alarm("old-closed", "r1", old))
+        await journal.append(close("old-closed"))
+        await journal.append(alarm("reuse-1", "r1", now))
+        # ... and that one is open again, so the pair is taken once more.
+        with pytest.raises(DuplicateAlarmError):
+            await journal.append(alarm("reuse-2", "r1", now))
+        # Older than the window but still open: a resend of a stuck alarm.
+        await journal.append(alarm("old-open", "r2", old))
+        with pytest.raises(DuplicateAlarmError):
+            await journal.append(alarm("dup-2", "r2", now))
+        # Closed but within the window: still a resend.
+        await journal.append(alarm("recent-closed", "r3", now - 60))
+        await journal.append(close("recent-closed"))
+        with pytest.raises(DuplicateAlarmError):
+            await journal.append(alarm("dup-3", "r3", now))
+        # A ref attached to an open alarm is taken too.
+        await journal.append([RefAttached("old-open", "dev-w", "r4", AlarmType.MANUAL, now)])
+        with pytest.raises(DuplicateAlarmError):
+            await journal.append(alarm("dup-4", "r4", now))
+        stored = [r.alarm_id for r in await journal.load() if isinstance(r, AlarmOpened)]
+    assert stored == ["old-closed", "reuse-1", "old-open", "recent-closed"]
+    claims = await _rows(pg_dsn, "SELECT ref, generation, alarm_id FROM trygg_alarm_refs ORDER BY ref, generation")
+    assert claims == [
+        ("r1", 0, "old-closed"),
+        ("r1", 1, "reuse-1"),
+        ("r2", 0, "old-open"),
+        ("r3", 0, "recent-closed"),
+        ("r4", 0, "old-open"),
+    ]
+
+
+@pg
+async def test_commit_order_across_gateways(pg_dsn: str) -> None:
+    async with (
+        PostgresJournal(pg_dsn, gateway_id="gw-a") as a,
+        PostgresJournal(pg_dsn, gateway_id="gw-b") as b,
+    ):
+
+        async def write(journal: PostgresJournal, name: str) -> None:
+            for i in range(30):
+                await journal.append([hop(name, f"{name}-{i}")])
+
+        await asyncio.gather(write(a, "a"), write(b, "b"))
+        records = await b.load()
+    for name in ("a", "b"):
+        mine = [r for r in records if r.alarm_id == name]
+        assert mine == [hop(name, f"{name}-{i}") for i in range(30)]
+    rows = await _rows(pg_dsn, "SELECT gateway_id, seq FROM trygg_journal ORDER BY seq")
+    assert {g for g, _ in rows} == {"gw-a", "gw-b"}
+
+
+@pg
+async def test_lost_connection_fails_one_commit_then_recovers(pg_dsn: str) -> None:
+    async with PostgresJournal(pg_dsn, gateway_id="gw-a") as journal:
+        await journal.append([hop("alarm-l", "before")])
+        # A database restart or failover, as the gateway sees it: its sessions are cut.
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        outcomes = []
+        for i in range(3):
+            try:
+                await journal.append([hop("alarm-l", f"after-{i}")])
+            except JournalError:
+                outcomes.append("failed")
+            else:
+                outcomes.append("stored")
+        # At most the first commit after the cut fails; nothing is half-written.
+        assert outcomes[1:] == ["stored", "stored"]
+        stored = [h.actor for h in await journal.load() if isinstance(h, HopAdded)]
+        assert stored == ["before"] + [f"after-{i}" for i, o in enumerate(outcomes) if o == "stored"]
