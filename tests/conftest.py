@@ -94,9 +94,12 @@ def seed_small(org: OrgStore) -> None:
     org.put_recipient(RecipientInfo("r-b", "Bengt B", "Kyrkvägen 2", "team-b"))
     org.put_device(DeviceInfo("dev-a", "alarm_unit", "r-a"))
     org.put_device(DeviceInfo("dev-b", "alarm_unit", "r-b"))
+    # Simulated fleet devices, each protecting a recipient of its own (odd: team-a, even:
+    # team-b), so that a burst is many alarms rather than repeats attached to one.
     for n in range(100):
-        org.put_device(DeviceInfo(f"sim-{n:03d}", "alarm_unit", "r-a" if n % 2 else "r-b"))
-
+        team = "team-a" if n % 2 else "team-b"
+        org.put_recipient(RecipientInfo(f"r-sim-{n:03d}", f"Sim {n}", f"Simgatan {n}", team))
+        org.put_device(DeviceInfo(f"sim-{n:03d}", "alarm_unit", f"r-sim-{n:03d}"))
 
 def settings_for(
     data_dir: Path, broker: tuple[str, int], prefix: str, **overrides: Any

@@ -157,10 +157,11 @@ def journal_alarms(data_dir: Path) -> list[tuple[str, str, str]]:
         conn.close()
     opened = [json.loads(b) for (b,) in rows]
     # Technical alarms (devices of the seed that never speak go offline) are not the burst's.
+    # A further alarm of a recipient with one open is attached to it: still stored once.
     return [
         (o["alarm_id"], o["device_id"], o["ref"])
         for o in opened
-        if o["kind"] == "opened" and o["type"] != "technical"
+        if o["kind"] in ("opened", "attached") and o["type"] != "technical"
     ]
 
 
@@ -198,15 +199,17 @@ async def test_sigkill_mid_burst_loses_and_duplicates_nothing(
         assert set(acked_before_kill) <= set(keys)
 
         # The staff phones saw every alarm of their team exactly once by id after resync.
+        # (A device's further alarms while its first is open are attached to that alarm.)
+        alarm_ids = {a for a, _, _ in stored}
         async with asyncio.timeout(30):
-            while sum(len(w.seen) for w in watchers) < 1000:
+            while len(set(watchers[0].seen) | set(watchers[1].seen)) < len(alarm_ids):
                 await asyncio.sleep(0.05)
         for watch in watches:
             watch.cancel()
     anna, cleo = watchers
-    assert set(anna.seen) | set(cleo.seen) == {a for a, _, _ in stored}
+    assert set(anna.seen) | set(cleo.seen) == alarm_ids
     assert not set(anna.seen) & set(cleo.seen), "an alarm reached the wrong team"
     assert all(int(d[-3:]) % 2 == 1 for d, _ in anna.seen.values())
-    assert len(set(anna.seen.values()) | set(cleo.seen.values())) == 1000
+    assert len(alarm_ids) >= 100, "every device's first alarm is an alarm of its own"
     assert all(w.connections >= 2 for w in watchers), "the phones reconnected after the crash"
     assert total_sends >= 1000

@@ -95,9 +95,11 @@ async def test_every_alarm_stored_once_despite_broker_drops(
     assert first_pass is not None
 
     conn = sqlite3.connect(data_dir / "journal.sqlite3")
+    # Every alarm is stored exactly once: as an alarm of its own, or attached to the open
+    # alarm of the same recipient (flapping dedupe). Technical alarms are not the fleet's.
     rows = conn.execute(
         "SELECT json_extract(body, '$.device_id'), json_extract(body, '$.ref') "
-        "FROM journal WHERE json_extract(body, '$.kind') = 'opened' "
+        "FROM journal WHERE json_extract(body, '$.kind') IN ('opened', 'attached') "
         "AND json_extract(body, '$.type') != 'technical'"
     ).fetchall()
     conn.close()
