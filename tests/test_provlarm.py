@@ -79,7 +79,7 @@ async def test_test_alarm_passes_the_whole_chain(
         assert status["failed_hop"] is None
         async with asyncio.timeout(5):
             while True:
-                tests = [a for a in (await tove.get("/alarms?state=all")).json()
+                tests = [a for a in (await cleo.get("/alarms?state=all")).json()
                          if a["type"] == "test"]
                 if tests and tests[0]["state"] == "closed":
                     break
