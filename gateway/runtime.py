@@ -78,6 +78,7 @@ from gateway.org import OrgStore
 from gateway.provlarm import Provlarm, create_provlarm_router
 from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
+from gateway.sensors import SensorService, create_sensor_router
 from gateway.serial import ACK, SerialLink, Verdict, nak
 from gateway.sip import ScaipListener
 from gateway.staffwatch import StaffWatch
@@ -213,6 +214,8 @@ class Gateway:
             self.staff_watch.on_alarm,
         ]
         self.hub.on_change = self.staff_watch.on_presence
+        self.sensors = SensorService(self)
+        self.routers.append(create_sensor_router(self))
         self.cameras = CameraService(self)
         self.routers.append(self.cameras.router)
         self.status_listeners.append(self.cameras.on_status)
@@ -252,6 +255,7 @@ class Gateway:
             await self._stack.enter_async_context(self.provlarm)
             await self._stack.enter_async_context(self.staff_watch)
             await self._stack.enter_async_context(self.cameras)
+            await self._stack.enter_async_context(self.sensors)
             scaip = self.settings.scaip
             if scaip is not None:
                 self.scaip = await self._stack.enter_async_context(ScaipListener(
@@ -502,6 +506,7 @@ class Gateway:
     def refresh_directory(self) -> None:
         """Hand the core a new routing view after the organisation changed."""
         self.core.directory = self.org.directory(self.settings.escalation)
+        self.sensors.assign_all()
 
     # -- device ingest -----------------------------------------------------------------------
 
@@ -532,6 +537,7 @@ class Gateway:
             sample = Sample.from_message(message, int(now * 1000))
             for sink in self.sinks:
                 sink.offer(sample)
+            self.sensors.offer(message)
             await self._check_shedding(now)
 
     def _saw(
@@ -643,6 +649,7 @@ class Gateway:
             sample = Sample.from_message(message, int(now * 1000))
             for sink in self.sinks:
                 sink.offer(sample)
+            self.sensors.offer(message)
             return None
         if not isinstance(message, AlarmMessage):
             return None
