@@ -62,6 +62,14 @@ class Metrics:
         self.telemetry_written = Gauge(
             "trygg_telemetry_written", "Telemetry samples written", registry=r
         )
+        # Response times per hop (seconds from `stored`), the KPI of alarms.kpi as it happens.
+        self.response = Histogram(
+            "trygg_response_seconds",
+            "Time from stored to each later hop of care alarms",
+            ["hop", "team"],
+            buckets=(5, 15, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600, 7200),
+            registry=r,
+        )
         self.staff_actions = Counter(
             "trygg_staff_actions", "Staff actions by kind and outcome", ["action", "outcome"],
             registry=r,

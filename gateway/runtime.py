@@ -45,7 +45,8 @@ from alarms.events import (
     TechnicalCleared,
     Tick,
 )
-from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType
+from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType, Hop
+from alarms.records import HopAdded, Record
 from alarms.supervision import DeviceOffline, DeviceOnline
 from devices.contract import (
     AlarmMessage,
@@ -136,6 +137,9 @@ class DeviceSeen:
     firmware: str | None = None
     state: str | None = None
     counts: Counter[str] = field(default_factory=Counter)
+
+
+_RESPONSE_HOPS = frozenset({Hop.DELIVERED, Hop.ACCEPTED, Hop.ON_SITE, Hop.CLOSED})
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -699,6 +703,7 @@ class Gateway:
                 if self.journal_failed_since is not None:
                     self._journal_up()
                 self.core.apply_all(pending.decision.records)
+                self._observe_response(pending.decision.records)
                 self._deadlines_changed.set()
                 self.audit.record_journal(pending.decision.records)
                 self._carry_out(pending.decision.actions, ack=pending.ack)
@@ -707,6 +712,20 @@ class Gateway:
             finally:
                 if pending.key is not None:
                     self._in_flight.pop(pending.key, None)
+
+    def _observe_response(self, records: tuple[Record, ...]) -> None:
+        """Response-time histograms, observed live (never on replay)."""
+        for record in records:
+            if not isinstance(record, HopAdded) or record.hop not in _RESPONSE_HOPS:
+                continue
+            alarm = self.core.alarms.get(record.alarm_id)
+            if alarm is None or alarm.type in (AlarmType.TECHNICAL, AlarmType.TEST):
+                continue
+            stored = alarm.at(Hop.STORED)
+            if stored is not None:
+                self.metrics.response.labels(record.hop.value, alarm.team_id or "-").observe(
+                    max(0.0, record.at - stored)
+                )
 
     def _journal_down(self, reason: str) -> None:
         """The journal refused a write: tell every channel that still works, at once.

@@ -54,6 +54,11 @@ async def test_button_to_closed_with_seven_hops(
         assert final["state"] == "closed" and final["cause"] == "hjälp given"
         assert (await anna.get("/alarms", params={"state": "open"})).json() == []
         assert [a["id"] for a in (await anna.get("/alarms?state=closed")).json()] == [alarm["id"]]
+        # The response times are Prometheus histograms too.
+        for hop in ("delivered", "accepted", "on_site", "closed"):
+            count = gw.metrics.registry.get_sample_value(
+                "trygg_response_seconds_count", {"hop": hop, "team": "team-a"})
+            assert count == 1, hop
         await anna.http.aclose()
 
 
