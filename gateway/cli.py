@@ -43,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         "sim", help="run a simulated fleet (see `trygg sim --help`)", add_help=False
     )
 
+    org = commands.add_parser("org", help="organisation data")
+    org_cmd = org.add_subparsers(dest="org_command", required=True)
+    org_import = org_cmd.add_parser(
+        "import", help="load teams, staff, recipients, devices and rosters from a TOML file"
+    )
+    org_import.add_argument("file", type=Path)
+    org_import.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+
     audit = commands.add_parser("audit", help="audit log tools")
     audit_cmd = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_cmd.add_parser("verify", help="verify the hash chain of the audit log")
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_async(_demo(args))
     if args.command == "run":
         return _run_async(_run(args.config))
+    if args.command == "org":
+        return _org_import(args.file, args.data_dir)
     if args.command == "audit":
         return _audit_verify(args.data_dir, args.config)
     parser.error(f"unknown command {args.command}")
@@ -195,6 +205,23 @@ async def _fleet(size: int, info: dict[str, Any]) -> AsyncIterator[None]:
 
     async with demo_fleet(info, size):
         yield
+
+
+def _org_import(file: Path, data_dir: Path) -> int:
+    from gateway.org import OrgStore
+    from gateway.orgfile import OrgFileError, RosterStore, import_file
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    org = OrgStore(data_dir / "org.sqlite3")
+    try:
+        counts = import_file(file, org, RosterStore(data_dir / "rosters.sqlite3"))
+    except OrgFileError as exc:
+        print(f"import refused, nothing written: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        org.close()
+    print(json.dumps(counts))
+    return 0
 
 
 def _audit_verify(data_dir: Path | None, config: Path | None) -> int:

@@ -36,6 +36,7 @@ import uvicorn
 from alarms import kpi
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
 from alarms.core import AlarmCore, Decision, Refusal
+from alarms.directory import Directory
 from alarms.escalation import PRESENCE_DEADLINE_S
 from alarms.events import (
     AlarmReceived,
@@ -76,6 +77,7 @@ from gateway.journal import DuplicateAlarmError, Journal, JournalError, SqliteJo
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
+from gateway.orgfile import RosterStore
 from gateway.provlarm import Provlarm, create_provlarm_router
 from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
@@ -167,7 +169,8 @@ class Gateway:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.org = org if org is not None else OrgStore(data_dir / "org.sqlite3")
         self._owns_org = org is None
-        self.core = AlarmCore(self.org.directory(settings.escalation), track_presence=True)
+        self.rosters = RosterStore(data_dir / "rosters.sqlite3")
+        self.core = AlarmCore(self._directory(), track_presence=True)
         self.metrics = Metrics(self._alarm_counts)
         if journal is not None:
             self.journal: Journal = journal
@@ -509,8 +512,13 @@ class Gateway:
 
     def refresh_directory(self) -> None:
         """Hand the core a new routing view after the organisation changed."""
-        self.core.directory = self.org.directory(self.settings.escalation)
+        self.core.directory = self._directory()
         self.sensors.assign_all()
+
+    def _directory(self) -> Directory:
+        return dataclasses.replace(
+            self.org.directory(self.settings.escalation), rosters=self.rosters.rosters()
+        )
 
     # -- device ingest -----------------------------------------------------------------------
 

@@ -1,0 +1,178 @@
+"""A municipality's initial load: the organisation and its rosters from one TOML file.
+
+    [[teams]]       id, name
+    [[staff]]       id, username, name, role (staff|lead|technician|admin), teams = [...],
+                    password (hashed on import, never stored) or password_hash
+    [[recipients]]  id, name, address, team, entry_info, action_plan
+    [[devices]]     id, type, recipient, model, serial, heartbeat_s
+    [rosters.<team id>]   day / evening / night = [staff ids] every day of the week;
+                          on_call_day / on_call_evening / on_call_night likewise
+
+Every row is validated before anything is written; a bad file changes nothing and says
+which row is wrong. Rosters live in their own small table beside the organisation.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alarms.roster import Roster, RosterKey, Shift, every_day
+from gateway.auth import hash_password
+from gateway.org import DeviceInfo, OrgStore, RecipientInfo, StaffMember, Team
+
+_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeamRow(_Row):
+    id: str = Field(pattern=_ID)
+    name: str = Field(min_length=1, max_length=100)
+
+
+class StaffRow(_Row):
+    id: str = Field(pattern=_ID)
+    username: str = Field(pattern=_ID)
+    name: str = Field(min_length=1, max_length=100)
+    role: str = Field(pattern=r"^(staff|lead|technician|admin)$")
+    teams: list[str] = []
+    password: str | None = Field(default=None, min_length=12)
+    password_hash: str | None = None
+
+
+class RecipientRow(_Row):
+    id: str = Field(pattern=_ID)
+    name: str = Field(min_length=1, max_length=100)
+    address: str = Field(min_length=1, max_length=200)
+    team: str
+    entry_info: str = ""
+    action_plan: str = ""
+
+
+class DeviceRow(_Row):
+    id: str = Field(pattern=_ID)
+    type: str = Field(min_length=1, max_length=32)
+    recipient: str | None = None
+    model: str = ""
+    serial: str = ""
+    heartbeat_s: float | None = Field(default=None, gt=0)
+
+
+class RosterRow(_Row):
+    day: list[str] = []
+    evening: list[str] = []
+    night: list[str] = []
+    on_call_day: list[str] = []
+    on_call_evening: list[str] = []
+    on_call_night: list[str] = []
+
+
+class OrgFile(_Row):
+    teams: list[TeamRow] = []
+    staff: list[StaffRow] = []
+    recipients: list[RecipientRow] = []
+    devices: list[DeviceRow] = []
+    rosters: dict[str, RosterRow] = {}
+
+
+class OrgFileError(ValueError):
+    """The file is not a valid organisation; nothing was imported."""
+
+
+def parse(path: Path) -> OrgFile:
+    """Read and validate a file, including references between rows."""
+    try:
+        data = OrgFile.model_validate(tomllib.loads(path.read_text()))
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise OrgFileError(f"{path}: {exc}") from None
+    teams = {t.id for t in data.teams}
+    staff = {s.id for s in data.staff}
+    recipients = {r.id for r in data.recipients}
+    problems: list[str] = []
+    for s in data.staff:
+        problems += [f"staff {s.id}: unknown team {t!r}" for t in s.teams if t not in teams]
+        if s.password is None and s.password_hash is None:
+            problems.append(f"staff {s.id}: needs password or password_hash")
+    problems += [f"recipient {r.id}: unknown team {r.team!r}"
+                 for r in data.recipients if r.team not in teams]
+    problems += [f"device {d.id}: unknown recipient {d.recipient!r}"
+                 for d in data.devices if d.recipient is not None and d.recipient not in recipients]
+    for team_id, roster in data.rosters.items():
+        if team_id not in teams:
+            problems.append(f"rosters.{team_id}: unknown team")
+        for field, ids in roster.model_dump().items():
+            problems += [f"rosters.{team_id}.{field}: unknown staff {i!r}"
+                         for i in ids if i not in staff]
+    if problems:
+        raise OrgFileError("; ".join(problems))
+    return data
+
+
+def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, int]:
+    """Validate ``path`` completely, then write it. Returns counts per kind."""
+    data = parse(path)
+    for t in data.teams:
+        org.put_team(Team(t.id, t.name))
+    for s in data.staff:
+        secret = s.password_hash or hash_password(s.password or "")
+        org.put_staff(StaffMember(s.id, s.username, s.name, s.role, tuple(s.teams), secret))
+    for r in data.recipients:
+        org.put_recipient(RecipientInfo(r.id, r.name, r.address, r.team, r.entry_info,
+                                        r.action_plan))
+    for d in data.devices:
+        org.put_device(DeviceInfo(d.id, d.type, d.recipient, d.model, d.serial, d.heartbeat_s))
+    for team_id, roster in data.rosters.items():
+        rosters.put(team_id, roster.model_dump())
+    return {"teams": len(data.teams), "staff": len(data.staff),
+            "recipients": len(data.recipients), "devices": len(data.devices),
+            "rosters": len(data.rosters)}
+
+
+class RosterStore:
+    """Per-team rosters (who works which shift, who is on call), in SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path)
+        conn.execute("CREATE TABLE IF NOT EXISTS rosters (team_id TEXT PRIMARY KEY, body TEXT)")
+        return conn
+
+    def put(self, team_id: str, body: dict[str, list[str]]) -> None:
+        """Replace a team's roster."""
+        conn = self._connect()
+        try:
+            with conn:
+                conn.execute("INSERT OR REPLACE INTO rosters VALUES (?, ?)",
+                             (team_id, json.dumps(body)))
+        finally:
+            conn.close()
+
+    def rosters(self) -> dict[str, Roster]:
+        """Every team's roster for the routing directory."""
+        conn = self._connect()
+        try:
+            rows = conn.execute("SELECT team_id, body FROM rosters").fetchall()
+        finally:
+            conn.close()
+        return {team_id: _roster(team_id, json.loads(body)) for team_id, body in rows}
+
+
+def _roster(team_id: str, body: dict[str, Any]) -> Roster:
+    weekly: dict[RosterKey, frozenset[str]] = {}
+    on_call: dict[RosterKey, frozenset[str]] = {}
+    for shift in Shift:
+        if body.get(shift.value):
+            weekly.update(every_day(shift, frozenset(body[shift.value])))
+        if body.get(f"on_call_{shift.value}"):
+            on_call.update(every_day(shift, frozenset(body[f"on_call_{shift.value}"])))
+    return Roster(team_id, weekly=weekly, on_call_weekly=on_call)
