@@ -26,6 +26,21 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
+_DUMMY_HASH: list[str] = []
+
+
+def verify_unknown(password: str) -> bool:
+    """Spend the time of a real verification for a username that does not exist.
+
+    Without it, "unknown user" answers measurably faster than "wrong password", and the
+    login form becomes an oracle for valid usernames. Always False.
+    """
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(_HASHER.hash("trygg-no-such-user"))
+    verify_password(_DUMMY_HASH[0], password)
+    return False
+
+
 class TokenError(Exception):
     """A token that is missing, malformed, forged or expired."""
 

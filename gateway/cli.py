@@ -57,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--data-dir", type=Path, default=None)
     verify.add_argument("--config", type=Path, default=None)
 
+    commands.add_parser(
+        "devices", help="technician commands (see `trygg devices --help`)", add_help=False
+    )
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["devices"]:
+        from gateway.provisioning import main_devices
+
+        return int(main_devices(argv[1:]))
     if argv[:1] == ["sim"]:
         from firmware_sim.cli import main as sim_main
 

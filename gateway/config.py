@@ -14,6 +14,9 @@ from pydantic_settings import (
 )
 
 from devices.contract import DEFAULT_PREFIX
+from gateway.broker_auth import BrokerAuthSettings
+from gateway.privacy import RetentionSettings
+from gateway.security import SecuritySettings
 
 DEFAULT_SECRET = "changethis"  # noqa: S105 - the marker we refuse outside demo mode
 
@@ -136,6 +139,11 @@ class ProvlarmSettings(BaseModel):
     delivery_timeout_s: float = Field(default=60.0, gt=0)
 
 
+def _security() -> SecuritySettings:
+    # 12 h until the staff app refreshes its token itself; then the short default applies.
+    return SecuritySettings(access_ttl_s=12 * 3600)
+
+
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
@@ -158,6 +166,9 @@ class Settings(BaseSettings):
     journal_dsn: str | None = None
     escalation: EscalationSettings = EscalationSettings()
     provlarm: ProvlarmSettings = ProvlarmSettings()
+    security: SecuritySettings = Field(default_factory=_security)
+    broker_auth: BrokerAuthSettings | None = None
+    retention: RetentionSettings = RetentionSettings()
     # An alarm no staff client has confirmed within this raises a technical alarm.
     delivery_timeout_s: float = Field(default=15.0, gt=0)
     scaip: ScaipSettings | None = None

@@ -99,6 +99,8 @@ class OrgStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False)
+        # Erased personal data must not linger in free pages (gateway/privacy.py).
+        self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.executescript(_SCHEMA)
         self._mutex = threading.Lock()
         self.teams: dict[str, Team] = {}
@@ -191,6 +193,41 @@ class OrgStore:
                 ),
             )
         self.devices[device.id] = device
+
+    def delete_device(self, device_id: str) -> None:
+        """Remove a device (decommissioned); its alarms keep their device id."""
+        with self._mutex, self._conn:
+            self._conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+        self.devices.pop(device_id, None)
+
+    def delete_staff(self, staff_id: str) -> None:
+        """Remove a login."""
+        with self._mutex, self._conn:
+            self._conn.execute("DELETE FROM staff WHERE id = ?", (staff_id,))
+        self.staff.pop(staff_id, None)
+
+    def delete_team(self, team_id: str) -> None:
+        """Remove a team; refused while recipients or staff still belong to it."""
+        if any(r.team_id == team_id for r in self.recipients.values()) or any(
+            team_id in s.team_ids for s in self.staff.values()
+        ):
+            raise ValueError(f"team {team_id!r} still has recipients or staff")
+        with self._mutex, self._conn:
+            self._conn.execute("DELETE FROM teams WHERE id = ?", (team_id,))
+        self.teams.pop(team_id, None)
+
+    def delete_recipient(self, recipient_id: str) -> None:
+        """Remove a recipient; refused while a device is bound to them."""
+        if any(d.recipient_id == recipient_id for d in self.devices.values()):
+            raise ValueError(f"recipient {recipient_id!r} still has devices bound")
+        with self._mutex, self._conn:
+            self._conn.execute("DELETE FROM recipients WHERE id = ?", (recipient_id,))
+        self.recipients.pop(recipient_id, None)
+
+    def vacuum(self) -> None:
+        """Rewrite the file so that nothing deleted survives anywhere in it."""
+        with self._mutex:
+            self._conn.execute("VACUUM")
 
     def staff_by_username(self, username: str) -> StaffMember | None:
         """Look up a login name."""

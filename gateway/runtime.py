@@ -78,6 +78,7 @@ from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
 from gateway.org import OrgStore
 from gateway.orgfile import RosterStore
+from gateway.privacy import run_retention
 from gateway.provlarm import Provlarm, create_provlarm_router
 from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
@@ -100,6 +101,9 @@ PIPELINE_DEPTH = 4096
 # The gateway's own heartbeat on its retained status topic, for upstream monitors (and
 # the larmcentral) that watch the gateway the way the gateway watches devices.
 STATUS_INTERVAL_S = 30.0
+
+# Retention passes are cheap and periods are days long; four a day is plenty.
+RETENTION_INTERVAL_S = 6 * 3600.0
 
 # How long uvicorn may take to close its connections on shutdown (it waits for open
 # requests and WebSockets up to timeout_graceful_shutdown, 2 s).
@@ -285,7 +289,10 @@ class Gateway:
             self.core.apply_all(records)
             offline = {a.device_id for a in self._open_technical("offline.")}
             self.watch.load(
-                ((d.id, d.type, d.heartbeat_s) for d in self.org.devices.values()), offline
+                # A registered device not yet installed (no recipient) is not supervised.
+                ((d.id, d.type, d.heartbeat_s) for d in self.org.devices.values()
+                 if d.recipient_id),
+                offline,
             )
             await self._stack.enter_async_context(self.watch)
             _LOGGER.info(
@@ -376,6 +383,7 @@ class Gateway:
             group.create_task(self._watch_link(), name="link supervision")
             group.create_task(self._status_heartbeat(), name="gateway heartbeat")
             group.create_task(self._escalation_timer(), name="escalation timer")
+            group.create_task(self._retention(), name="retention")
             self._http_task = group.create_task(self._serve_http(), name="http server")
 
     async def _serve_http(self) -> None:
@@ -810,6 +818,13 @@ class Gateway:
         admins = frozenset(s.id for s in self.org.staff.values() if s.role == "admin")
         owner = alarm.owner
         return alarm.targets | admins | (frozenset((owner,)) if owner else frozenset())
+
+    async def _retention(self) -> None:
+        """Prune data past its retention period (docs/security.md), every six hours."""
+        while True:
+            await asyncio.to_thread(run_retention, self.settings.data_dir,
+                                    self.settings.retention)
+            await asyncio.sleep(RETENTION_INTERVAL_S)
 
     # -- escalation -----------------------------------------------------------------------
 

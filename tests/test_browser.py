@@ -123,13 +123,14 @@ def hops(alarm: Alarm) -> list[tuple[str, str]]:
 
 
 async def raise_alarm(
-    gw: Gateway, broker: tuple[str, int], prefix: str, ref: str, kind: str = "manual"
+    gw: Gateway, broker: tuple[str, int], prefix: str, ref: str, kind: str = "manual",
+    device_id: str = "dev-a",
 ) -> Alarm:
     """A device publishes an alarm over MQTT; returns it once it is stored and acked."""
-    async with device(broker, prefix, "dev-a") as dev:
+    async with device(broker, prefix, device_id) as dev:
         await dev.alarm(ref, kind)
         assert (await dev.wait_ack(ref))["status"] == "stored"
-    return alarm_of(gw, "dev-a", ref)
+    return alarm_of(gw, device_id, ref)
 
 
 async def list_ids(page: Page) -> list[str]:
@@ -244,8 +245,9 @@ async def test_network_drop_reconnects_and_resyncs_without_duplicates(
     await expect(page.locator("#conn.off")).to_be_visible()
     await shot(page, "offline")
 
-    # Meanwhile: a new alarm arrives, and the first one is handled by a colleague's phone.
-    second = await raise_alarm(gw, mosquitto, prefix, "d2")
+    # Meanwhile: a new alarm arrives (another recipient of team-a: one from the same home
+    # would be attached to the open alarm), and the first one is handled on another phone.
+    second = await raise_alarm(gw, mosquitto, prefix, "d2", device_id="sim-001")
     anna_other_phone = await login(base_url(gw), "anna")
     assert (await anna_other_phone.post(f"/alarms/{first.id}/accept")).status_code == 200
     closing = {"cause": "ingen åtgärd"}
@@ -269,7 +271,7 @@ async def test_network_drop_reconnects_and_resyncs_without_duplicates(
     # alarms of its own at any moment, so only a superset can be asserted race-free).
     assert open_now <= set(ids), (open_now, ids)
     # The new alarm was confirmed by the reconnected app.
-    await until(lambda: ("delivered", "anna") in hops(alarm_of(gw, "dev-a", "d2")))
+    await until(lambda: ("delivered", "anna") in hops(alarm_of(gw, "sim-001", "d2")))
 
     # A later live update of the same alarm replaces it in place.
     anna = await login(base_url(gw), "anna")

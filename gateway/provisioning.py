@@ -1,0 +1,525 @@
+"""The device registry and the technician's workflow: register, bind, swap, decommission,
+enrol by claim code, send a test alarm, look at a device's health (docs/provisioning.md).
+
+Registry state lives in ``provisioning.sqlite3`` in the data directory (a connection per
+operation: changes are rare, and the CLI and the gateway can both use the file). The routing
+view stays in ``OrgStore.devices``: a device is there from registration until it is
+decommissioned, and is routable once bound to a recipient.
+
+Broker credentials: each device gets a random password once, when its claim code is
+redeemed; only its ``$7$`` hash is kept. Every change rewrites the broker's password and ACL
+files and reloads the broker (gateway/broker_auth.py), so decommissioning takes effect at
+once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import asdict as dataclasses_asdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from devices.contract import DEFAULT_PREFIX, valid_id
+from gateway.broker_auth import (
+    BrokerFiles,
+    accounts_with_gateway,
+    mosquitto_hash,
+    new_device_password,
+)
+from gateway.org import DeviceInfo, OrgStore
+
+_LOGGER = logging.getLogger(__name__)
+
+REGISTRY_FILENAME = "provisioning.sqlite3"
+# A claim code is typed in or scanned within the installation visit; a day is plenty.
+CLAIM_TTL_S = 24 * 3600.0
+# 10 characters of Crockford base32 = 50 bits: unguessable behind the claim rate limit.
+_CLAIM_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CLAIM_LEN = 10
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS registry (
+    device_id TEXT PRIMARY KEY, serial TEXT NOT NULL, type TEXT NOT NULL,
+    model TEXT NOT NULL, firmware TEXT NOT NULL, state TEXT NOT NULL,
+    registered_at REAL NOT NULL, replaces TEXT, replaced_by TEXT);
+CREATE TABLE IF NOT EXISTS credentials (
+    device_id TEXT PRIMARY KEY, hash TEXT NOT NULL, issued_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    code_hash TEXT PRIMARY KEY, device_id TEXT NOT NULL, expires_at REAL NOT NULL,
+    consumed_at REAL);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, at REAL NOT NULL,
+    event TEXT NOT NULL, actor TEXT NOT NULL, detail TEXT NOT NULL);
+"""
+
+
+class ProvisioningError(Exception):
+    """A refused registry operation; ``code`` is the HTTP status to answer with."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Hooks(Protocol):
+    """What the running gateway does when the registry changes (no-ops for the CLI)."""
+
+    def directory_changed(self) -> None:
+        """Routing changed: hand the core a new directory."""
+
+    def watch(self, device: DeviceInfo) -> None:
+        """Start supervising a device."""
+
+    def unwatch(self, device_id: str) -> None:
+        """Stop supervising a device."""
+
+    def audit(self, actor: str, subject: str, detail: dict[str, Any]) -> None:
+        """Record a provisioning action."""
+
+
+class NoHooks:
+    """Hooks for offline use (the CLI): nothing runs that could be told."""
+
+    def directory_changed(self) -> None:
+        """Nothing to tell."""
+
+    def watch(self, device: DeviceInfo) -> None:
+        """Nothing to tell."""
+
+    def unwatch(self, device_id: str) -> None:
+        """Nothing to tell."""
+
+    def audit(self, actor: str, subject: str, detail: dict[str, Any]) -> None:
+        """The gateway audits; offline changes are kept in the registry history."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredDevice:
+    """One row of the registry."""
+
+    device_id: str
+    serial: str
+    type: str
+    model: str
+    firmware: str
+    state: str  # registered | enrolled | decommissioned
+    registered_at: float
+    replaces: str | None = None
+    replaced_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCode:
+    """A one-time code a technician scans or types; ``qr`` is the QR payload text."""
+
+    device_id: str
+    code: str
+    qr: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAccount:
+    """How the registry's credentials reach the broker."""
+
+    files: BrokerFiles | None
+    prefix: str = DEFAULT_PREFIX
+    gateway_username: str = "trygg-gateway"
+    gateway_password: str | None = None
+    # Where devices connect, for the enrolment answer (host, port, tls).
+    host: str = "127.0.0.1"
+    port: int = 1883
+
+
+def _hash_code(code: str) -> str:
+    return hashlib.sha256(code.replace("-", "").upper().encode()).hexdigest()
+
+
+class DeviceRegistry:
+    """Registry operations. Every method is synchronous and short; call from any thread."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        org: OrgStore,
+        broker: BrokerAccount,
+        hooks: Hooks | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = data_dir / REGISTRY_FILENAME
+        self.org = org
+        self.broker = broker
+        self.hooks: Hooks = hooks or NoHooks()
+        self._clock = clock
+        with self._db():
+            pass
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=10)) as conn:
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.executescript(_SCHEMA)
+            with conn:
+                yield conn
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def get(self, device_id: str) -> RegisteredDevice | None:
+        """The registry row of a device, if registered."""
+        with self._db() as conn:
+            row = conn.execute(
+                "SELECT device_id, serial, type, model, firmware, state, registered_at,"
+                " replaces, replaced_by FROM registry WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return RegisteredDevice(*row) if row else None
+
+    def all(self) -> list[RegisteredDevice]:
+        """Every registered device, decommissioned ones included."""
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT device_id, serial, type, model, firmware, state, registered_at,"
+                " replaces, replaced_by FROM registry ORDER BY device_id"
+            ).fetchall()
+        return [RegisteredDevice(*r) for r in rows]
+
+    def history(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's events, and those of the devices it replaced (oldest first)."""
+        chain = [device_id]
+        seen = {device_id}
+        current = self.get(device_id)
+        while current is not None and current.replaces and current.replaces not in seen:
+            chain.append(current.replaces)
+            seen.add(current.replaces)
+            current = self.get(current.replaces)
+        marks = ",".join("?" * len(chain))
+        with self._db() as conn:
+            rows = conn.execute(
+                f"SELECT device_id, at, event, actor, detail FROM history"
+                f" WHERE device_id IN ({marks}) ORDER BY seq", chain
+            ).fetchall()
+        return [
+            {"device_id": r[0], "at": r[1], "event": r[2], "actor": r[3],
+             "detail": json.loads(r[4])}
+            for r in rows
+        ]
+
+    def _log(self, conn: sqlite3.Connection, device_id: str, event: str, actor: str,
+             **detail: Any) -> None:
+        conn.execute(
+            "INSERT INTO history (device_id, at, event, actor, detail) VALUES (?, ?, ?, ?, ?)",
+            (device_id, self._clock(), event, actor, json.dumps(detail, sort_keys=True)),
+        )
+        self.hooks.audit(actor, device_id, {"event": event, **detail})
+
+    def _require(self, device_id: str) -> tuple[RegisteredDevice, DeviceInfo]:
+        registered = self.get(device_id)
+        info = self.org.devices.get(device_id)
+        if registered is None and info is not None:
+            # Devices seeded straight into the organisation (demo, import) are adopted.
+            registered = self._adopt(info)
+        if registered is None or info is None or registered.state == "decommissioned":
+            raise ProvisioningError(404, f"no active device {device_id!r}")
+        return registered, info
+
+    def _adopt(self, info: DeviceInfo) -> RegisteredDevice:
+        row = RegisteredDevice(info.id, info.serial, info.type, info.model, "", "registered",
+                               self._clock())
+        with self._db() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO registry VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (row.device_id, row.serial, row.type, row.model, row.firmware, row.state,
+                 row.registered_at),
+            )
+        return row
+
+    # -- operations --------------------------------------------------------------------------
+
+    def register(
+        self, *, device_id: str, type: str, serial: str, model: str = "",
+        firmware: str = "", actor: str, recipient_id: str | None = None,
+    ) -> RegisteredDevice:
+        """Add a device to the registry (and, with ``recipient_id``, bind it)."""
+        if not valid_id(device_id) or device_id == self.broker.gateway_username:
+            raise ProvisioningError(422, f"unusable device id {device_id!r}")
+        if not valid_id(type):
+            raise ProvisioningError(422, f"unusable device type {type!r}")
+        if self.get(device_id) is not None or device_id in self.org.devices:
+            raise ProvisioningError(409, f"device {device_id!r} is already registered")
+        if recipient_id is not None and recipient_id not in self.org.recipients:
+            raise ProvisioningError(404, f"no recipient {recipient_id!r}")
+        row = RegisteredDevice(device_id, serial, type, model, firmware, "registered",
+                               self._clock())
+        with self._db() as conn:
+            conn.execute(
+                "INSERT INTO registry VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (row.device_id, row.serial, row.type, row.model, row.firmware, row.state,
+                 row.registered_at),
+            )
+            self._log(conn, device_id, "registered", actor, serial=serial, type=type,
+                      model=model, firmware=firmware)
+        self.org.put_device(DeviceInfo(device_id, type, None, model, serial))
+        if recipient_id is not None:
+            self.bind(device_id, recipient_id, actor=actor)
+        return row
+
+    def bind(self, device_id: str, recipient_id: str, *, actor: str) -> DeviceInfo:
+        """Bind a device to the recipient it protects; supervision starts."""
+        _, info = self._require(device_id)
+        if recipient_id not in self.org.recipients:
+            raise ProvisioningError(404, f"no recipient {recipient_id!r}")
+        if info.recipient_id is not None and info.recipient_id != recipient_id:
+            raise ProvisioningError(409, f"device {device_id!r} is bound to another recipient;"
+                                         " unbind it first")
+        bound = replace(info, recipient_id=recipient_id)
+        self.org.put_device(bound)
+        with self._db() as conn:
+            self._log(conn, device_id, "bound", actor, recipient_id=recipient_id)
+        self.hooks.directory_changed()
+        self.hooks.watch(bound)
+        return bound
+
+    def unbind(self, device_id: str, *, actor: str) -> DeviceInfo:
+        """Unbind a device from its recipient; supervision stops."""
+        _, info = self._require(device_id)
+        unbound = replace(info, recipient_id=None)
+        self.org.put_device(unbound)
+        with self._db() as conn:
+            self._log(conn, device_id, "unbound", actor, recipient_id=info.recipient_id)
+        self.hooks.directory_changed()
+        self.hooks.unwatch(device_id)
+        return unbound
+
+    def swap(self, old_id: str, new_id: str, *, actor: str) -> DeviceInfo:
+        """Replace a broken device: the new one takes over binding, history and supervision."""
+        if old_id == new_id:
+            raise ProvisioningError(422, "a device cannot replace itself")
+        _, old = self._require(old_id)
+        _, new = self._require(new_id)
+        if new.recipient_id is not None:
+            raise ProvisioningError(409, f"device {new_id!r} is already bound")
+        if old.recipient_id is None:
+            raise ProvisioningError(409, f"device {old_id!r} is not bound to anyone")
+        taken = replace(new, recipient_id=old.recipient_id)
+        self.org.put_device(taken)
+        with self._db() as conn:
+            conn.execute("UPDATE registry SET replaces = ? WHERE device_id = ?",
+                         (old_id, new_id))
+            conn.execute("UPDATE registry SET replaced_by = ? WHERE device_id = ?",
+                         (new_id, old_id))
+            self._log(conn, new_id, "swapped_in", actor, replaces=old_id,
+                      recipient_id=old.recipient_id)
+            self._log(conn, old_id, "swapped_out", actor, replaced_by=new_id)
+        self.hooks.watch(taken)
+        self._decommission(old_id, actor=actor, reason=f"replaced by {new_id}")
+        return taken
+
+    def decommission(self, device_id: str, *, actor: str) -> None:
+        """Take a device out of service: unbound, credentials revoked, supervision stopped."""
+        self._require(device_id)
+        self._decommission(device_id, actor=actor, reason="decommissioned")
+
+    def _decommission(self, device_id: str, *, actor: str, reason: str) -> None:
+        with self._db() as conn:
+            conn.execute("UPDATE registry SET state = 'decommissioned' WHERE device_id = ?",
+                         (device_id,))
+            conn.execute("DELETE FROM credentials WHERE device_id = ?", (device_id,))
+            conn.execute("UPDATE claims SET consumed_at = ? WHERE device_id = ?"
+                         " AND consumed_at IS NULL", (self._clock(), device_id))
+            self._log(conn, device_id, "decommissioned", actor, reason=reason)
+        self.org.delete_device(device_id)
+        self.sync_broker()
+        self.hooks.directory_changed()
+        self.hooks.unwatch(device_id)
+
+    def set_firmware(self, device_id: str, firmware: str) -> None:
+        """Record the firmware a device reported."""
+        with self._db() as conn:
+            conn.execute("UPDATE registry SET firmware = ? WHERE device_id = ?",
+                         (firmware, device_id))
+
+    # -- enrolment ---------------------------------------------------------------------------
+
+    def issue_claim(self, device_id: str, *, actor: str, ttl_s: float = CLAIM_TTL_S) -> ClaimCode:
+        """A one-time code for the device; any earlier unused code for it stops working."""
+        self._require(device_id)
+        raw = "".join(secrets.choice(_CLAIM_ALPHABET) for _ in range(_CLAIM_LEN))
+        code = f"{raw[:5]}-{raw[5:]}"
+        expires = self._clock() + ttl_s
+        with self._db() as conn:
+            conn.execute("UPDATE claims SET consumed_at = ? WHERE device_id = ?"
+                         " AND consumed_at IS NULL", (self._clock(), device_id))
+            conn.execute("INSERT INTO claims VALUES (?, ?, ?, NULL)",
+                         (_hash_code(code), device_id, expires))
+            self._log(conn, device_id, "claim_issued", actor, expires_at=expires)
+        qr = f"TRYGG:1;D={device_id};C={code}"
+        return ClaimCode(device_id, code, qr, expires)
+
+    def redeem(self, code: str) -> dict[str, Any]:
+        """Exchange a claim code for the device's broker credentials, exactly once."""
+        now = self._clock()
+        code = code.strip()
+        if code.upper().startswith("TRYGG:"):  # the whole QR payload was sent
+            fields = dict(p.split("=", 1) for p in code.split(";")[1:] if "=" in p)
+            code = fields.get("C", "")
+        with self._db() as conn:
+            row = conn.execute(
+                "SELECT device_id, expires_at, consumed_at FROM claims WHERE code_hash = ?",
+                (_hash_code(code),),
+            ).fetchone()
+            if row is None or row[2] is not None or row[1] < now:
+                raise ProvisioningError(404, "unknown, used or expired claim code")
+            device_id = row[0]
+            state = conn.execute("SELECT state FROM registry WHERE device_id = ?",
+                                 (device_id,)).fetchone()
+            if state is None or state[0] == "decommissioned":
+                raise ProvisioningError(404, "unknown, used or expired claim code")
+            password = new_device_password()
+            conn.execute("UPDATE claims SET consumed_at = ? WHERE code_hash = ?",
+                         (now, _hash_code(code)))
+            conn.execute("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?)",
+                         (device_id, mosquitto_hash(password), now))
+            conn.execute("UPDATE registry SET state = 'enrolled' WHERE device_id = ?",
+                         (device_id,))
+            self._log(conn, device_id, "enrolled", device_id)
+        self.sync_broker()
+        broker = self.broker
+        return {
+            "device_id": device_id,
+            "mqtt": {"host": broker.host, "port": broker.port, "username": device_id,
+                     "password": password, "client_id": device_id},
+            "topics": {
+                "publish": [f"{broker.prefix}/{device_id}/{c}"
+                            for c in ("alarm", "telemetry", "heartbeat", "status")],
+                "subscribe": [f"{broker.prefix}/{device_id}/{c}" for c in ("ack", "cmd")],
+            },
+        }
+
+    def sync_broker(self) -> bool:
+        """Rewrite the broker files from the registry and reload; whether files were written."""
+        files = self.broker.files
+        if files is None:
+            return False
+        with self._db() as conn:
+            devices = conn.execute(
+                "SELECT c.device_id, c.hash FROM credentials c JOIN registry r"
+                " ON r.device_id = c.device_id WHERE r.state != 'decommissioned'"
+            ).fetchall()
+        accounts = accounts_with_gateway(
+            [(d, h) for d, h in devices], self.broker.gateway_username,
+            self.broker.gateway_password,
+        )
+        files.write(accounts, self.broker.prefix, self.broker.gateway_username)
+        if files.reload():
+            _LOGGER.info("broker credentials reloaded (%d accounts)", len(accounts))
+        return True
+
+    def has_credentials(self, device_id: str) -> bool:
+        """Whether the device holds valid broker credentials."""
+        with self._db() as conn:
+            return conn.execute("SELECT 1 FROM credentials WHERE device_id = ?",
+                                (device_id,)).fetchone() is not None
+
+
+# -- CLI: ``trygg devices ...`` -------------------------------------------------------------------
+
+
+def main_devices(argv: list[str]) -> int:
+    """``trygg devices list|register|bind|unbind|swap|decommission|claim-code`` offline.
+
+    Works on the data directory directly (the gateway may be stopped); a running gateway picks
+    routing changes up at its next start. Broker files are rewritten when ``--broker-dir`` is
+    given (and the broker SIGHUPed with ``--broker-pid``).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="trygg devices", description=main_devices.__doc__)
+    parser.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+    parser.add_argument("--actor", default="cli", help="who is doing this (audited)")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
+    parser.add_argument("--broker-dir", type=Path, default=None,
+                        help="write passwd and acl here after credential changes")
+    parser.add_argument("--broker-pid", type=int, default=None)
+    parser.add_argument("--gateway-username", default="trygg-gateway")
+    sub = parser.add_subparsers(dest="op", required=True)
+    sub.add_parser("list", help="all registered devices")
+    reg = sub.add_parser("register", help="register a device")
+    reg.add_argument("device_id")
+    reg.add_argument("--type", required=True)
+    reg.add_argument("--serial", required=True)
+    reg.add_argument("--model", default="")
+    reg.add_argument("--firmware", default="")
+    reg.add_argument("--recipient", default=None)
+    bind = sub.add_parser("bind", help="bind a device to a recipient")
+    bind.add_argument("device_id")
+    bind.add_argument("recipient_id")
+    unbind = sub.add_parser("unbind", help="unbind a device")
+    unbind.add_argument("device_id")
+    swap = sub.add_parser("swap", help="replace OLD by the registered NEW")
+    swap.add_argument("old_id")
+    swap.add_argument("new_id")
+    dec = sub.add_parser("decommission", help="take a device out of service")
+    dec.add_argument("device_id")
+    claim = sub.add_parser("claim-code", help="issue a one-time enrolment code")
+    claim.add_argument("device_id")
+    args = parser.parse_args(argv)
+
+    files = None
+    if args.broker_dir is not None:
+        files = BrokerFiles(args.broker_dir / "passwd", args.broker_dir / "acl",
+                            pid=args.broker_pid)
+    org = OrgStore(args.data_dir / "org.sqlite3")
+    try:
+        registry = DeviceRegistry(args.data_dir, org, BrokerAccount(
+            files, prefix=args.prefix, gateway_username=args.gateway_username))
+        result: Any
+        if args.op == "list":
+            result = [
+                {**_row_json(r), "recipient_id": (org.devices[r.device_id].recipient_id
+                                                  if r.device_id in org.devices else None)}
+                for r in registry.all()
+            ]
+            known = {r.device_id for r in registry.all()}
+            result += [{"device_id": d.id, "type": d.type, "state": "unregistered",
+                        "recipient_id": d.recipient_id}
+                       for d in org.devices.values() if d.id not in known]
+        elif args.op == "register":
+            result = _row_json(registry.register(
+                device_id=args.device_id, type=args.type, serial=args.serial, model=args.model,
+                firmware=args.firmware, actor=args.actor, recipient_id=args.recipient))
+        elif args.op == "bind":
+            result = dataclasses_asdict(registry.bind(args.device_id, args.recipient_id,
+                                                      actor=args.actor))
+        elif args.op == "unbind":
+            result = dataclasses_asdict(registry.unbind(args.device_id, actor=args.actor))
+        elif args.op == "swap":
+            result = dataclasses_asdict(registry.swap(args.old_id, args.new_id,
+                                                      actor=args.actor))
+        elif args.op == "decommission":
+            registry.decommission(args.device_id, actor=args.actor)
+            result = {"device_id": args.device_id, "state": "decommissioned"}
+        else:
+            claim_code = registry.issue_claim(args.device_id, actor=args.actor)
+            result = {"device_id": claim_code.device_id, "code": claim_code.code,
+                      "qr": claim_code.qr, "expires_at": claim_code.expires_at}
+    except ProvisioningError as exc:
+        print(f"error: {exc.reason}", file=sys.stderr)
+        return 1
+    finally:
+        org.close()
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _row_json(row: RegisteredDevice) -> dict[str, Any]:
+    return dataclasses_asdict(row)
