@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -101,6 +102,31 @@ class ScaipSettings(BaseModel):
     tcp: bool = True
     # Controllers that expect the <mrs> in the 200 OK body instead of a MESSAGE of its own.
     mrs_in_response: list[str] = []
+    # SIP over TLS on the stream listener (then plain TCP is not offered): PEM files.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Require client certificates signed by this CA (mutual TLS), when set.
+    tls_client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> ScaipSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("scaip.tls_cert and scaip.tls_key must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("scaip.tls_client_ca needs tls_cert and tls_key")
+        return self
+
+    def server_context(self) -> ssl.SSLContext | None:
+        """The TLS server context, when TLS is configured."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca is not None:
+            context.load_verify_locations(self.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
 
 class SerialLineSettings(BaseModel):

@@ -271,7 +271,8 @@ class Gateway:
             if scaip is not None:
                 self.scaip = await self._stack.enter_async_context(ScaipListener(
                     self._on_scaip, host=scaip.host, port=scaip.port, udp=scaip.udp,
-                    tcp=scaip.tcp, mrs_in_response=frozenset(scaip.mrs_in_response)))
+                    tcp=scaip.tcp, mrs_in_response=frozenset(scaip.mrs_in_response),
+                    tls=scaip.server_context()))
             for line in self.settings.serial:
                 self.serial_links[line.name] = await self._stack.enter_async_context(
                     SerialLink(

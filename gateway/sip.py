@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ class ScaipListener:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         mrs_in_response: MrsInResponse = frozenset(),
         user: str = "trygg",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
@@ -140,6 +142,9 @@ class ScaipListener:
         self._max_connections = max_connections
         self._mrs_in_response = mrs_in_response
         self._user = user
+        # With a server context the stream listener speaks SIP over TLS (RFC 3261 §26.2):
+        # the same framing and <mrs> path, inside an encrypted, authenticated connection.
+        self._tls = tls
         self._slots = asyncio.Semaphore(max_concurrent)
         self.stats = ListenerStats()
         self._runner: asyncio.Task[None] | None = None
@@ -180,7 +185,7 @@ class ScaipListener:
                 self._udp_port = transport.get_extra_info("sockname")[1]
             if self._tcp:
                 self._server = await asyncio.start_server(
-                    self._on_connection, self._host, self._port
+                    self._on_connection, self._host, self._port, ssl=self._tls
                 )
                 self._tcp_port = self._server.sockets[0].getsockname()[1]
         except BaseException:

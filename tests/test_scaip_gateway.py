@@ -68,3 +68,67 @@ async def test_unknown_controller_is_refused(
         assert code != 0, "the scenario requires snu 0, which an unknown cid must not get"
         assert gw.core.alarms == {} or all(
             a.device_id != "sipp4711" for a in gw.core.alarms.values())
+
+
+async def test_scaip_over_tls_with_client_certificates(
+    mosquitto: tuple[str, int], make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    import ssl
+
+    from devices.scaip import ScaipResponse, encode_mrq, parse_mrs
+    from devices.sip import SipRequest, SipResponse, SipStreamReader, build_response
+    from gateway.tls import create_ca, issue
+    from tests.test_scaip_listener import sip_message
+
+    pki = tmp_path / "pki"
+    ca = create_ca(pki)
+    server = issue(ca, pki, "gateway", server=True)
+    client = issue(ca, pki, "sipp4711", server=False)
+    scaip = {"port": 0, "udp": False, "tls_cert": str(server.cert), "tls_key": str(server.key),
+             "tls_client_ca": str(ca.cert)}
+    async with make_gateway(mosquitto, scaip=scaip) as gw:
+        assert gw.scaip is not None
+        assert gw.scaip.tcp_port is not None
+        context = ssl.create_default_context(cafile=ca.cert)
+        context.load_cert_chain(client.cert, client.key)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", gw.scaip.tcp_port, ssl=context, server_hostname="127.0.0.1")
+        try:
+            body = encode_mrq(ref="tls1", cid="sipp4711", dty="0004", stc="0010")
+            writer.write(sip_message(body, user="sipp4711", transport="TLS"))
+            framer = SipStreamReader()
+            received: list[object] = []
+            async with asyncio.timeout(10):
+                while len(received) < 2:
+                    data = await reader.read(65536)
+                    assert data, "the gateway closed the TLS connection"
+                    received += framer.feed(data)
+            ok, mrs_request = received
+            assert isinstance(ok, SipResponse)
+            assert ok.status == 200
+            assert isinstance(mrs_request, SipRequest)
+            mrs = parse_mrs(mrs_request.body)
+            assert isinstance(mrs, ScaipResponse)
+            assert (mrs.ref, mrs.snu) == ("tls1", 0)
+            writer.write(build_response(200, request=mrs_request, to_tag="d"))
+            await writer.drain()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert gw.core.find("sipp4711", "tls1") is not None
+        # Without a client certificate the connection is refused (with TLS 1.3 the client
+        # learns it at its first read: an alert or an immediate close), and nothing stored.
+        plain = ssl.create_default_context(cafile=ca.cert)
+        answer = b"?"
+        try:
+            r2, w2 = await asyncio.open_connection(
+                "127.0.0.1", gw.scaip.tcp_port, ssl=plain, server_hostname="127.0.0.1")
+            w2.write(sip_message(encode_mrq(ref="tls2", cid="sipp4711", dty="0004",
+                                            stc="0010"), user="sipp4711", transport="TLS"))
+            await w2.drain()
+            answer = await asyncio.wait_for(r2.read(65536), 10)
+            w2.close()
+        except (ssl.SSLError, ConnectionError):
+            answer = b""
+        assert answer == b""
+        assert gw.core.find("sipp4711", "tls2") is None
