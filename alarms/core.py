@@ -251,7 +251,13 @@ class AlarmCore:
                     device_id=event.device_id,
                     team_id=team_id,
                     now=now,
-                    availability=Availability(self.connected(), self.busy()),
+                    # Who is busy costs a scan of the open alarms: only when the team asks.
+                    availability=Availability(
+                        self.connected(),
+                        self.busy()
+                        if self.directory.policy(team_id).busy_excludes
+                        else frozenset(),
+                    ),
                 )
             )
         )

@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.tsdb import BufferedSink, InfluxSink, Sample, SqliteSink
+from gateway.tsdb import BufferedSink, Sample, SqliteSink
+from gateway.tsdb.influx import InfluxSink
 
 DEVICES = 500
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -24,7 +25,8 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 # Identifiers appear in MQTT topics, logs and URLs: keep them to a safe alphabet.
 MAX_ID_LEN = 64
 MAX_REF_LEN = 64
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+_ID = re.compile(r"[A-Za-z0-9_.:-]+")
+_CHANNELS = frozenset({"alarm", "telemetry", "heartbeat", "status"})
 
 
 class Channel(StrEnum):
@@ -116,7 +118,7 @@ class _Invalid(Exception):
 
 def valid_id(value: str, max_len: int = MAX_ID_LEN) -> bool:
     """Whether ``value`` is a well-formed device id or ref."""
-    return 0 < len(value) <= max_len and all(c in _ID_CHARS for c in value)
+    return 0 < len(value) <= max_len and _ID.fullmatch(value) is not None
 
 
 def split_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, Channel] | None:
@@ -125,12 +127,9 @@ def split_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> tuple[str, Channel]
     if not topic.startswith(head):
         return None
     rest = topic[len(head) :].split("/")
-    if len(rest) != 2 or not valid_id(rest[0]):
+    if len(rest) != 2 or rest[1] not in _CHANNELS or not valid_id(rest[0]):
         return None
-    try:
-        return rest[0], Channel(rest[1])
-    except ValueError:
-        return None
+    return rest[0], Channel(rest[1])
 
 
 def decode(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> DeviceMessage | Rejected:

@@ -86,7 +86,7 @@ from gateway.sensors import SensorService, create_sensor_router
 from gateway.serial import ACK, SerialLink, Verdict, nak
 from gateway.sip import ScaipListener
 from gateway.staffwatch import StaffWatch
-from gateway.tsdb import InfluxSink, Sample, SqliteSink, TelemetrySink
+from gateway.tsdb import Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json, iso
 from gateway.watch import DeviceWatch
 
@@ -192,6 +192,8 @@ class Gateway:
         self.telemetry = SqliteSink(data_dir / "telemetry.sqlite3")
         self.sinks: list[TelemetrySink] = [self.telemetry]
         if settings.influx is not None:
+            from gateway.tsdb.influx import InfluxSink
+
             influx = settings.influx
             self.sinks.append(
                 InfluxSink(url=influx.url, token=influx.token, org=influx.org, bucket=influx.bucket)
@@ -234,6 +236,7 @@ class Gateway:
         self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
         self._deadlines_changed = asyncio.Event()
         self._shedding = False
+        self._ingest_counters: dict[type, Any] = {}
         self._link_events: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._links_up_once: set[str] = set()
         self._stopping = False
@@ -537,7 +540,7 @@ class Gateway:
             self._reject(message)
             return
         now = time.time()
-        self.metrics.ingest.labels(type(message).__name__.removesuffix("Message").lower()).inc()
+        self._count_ingest(message)
         if not self.core.directory.knows_device(message.device_id):
             self._reject(
                 Rejected(Reason.UNKNOWN_DEVICE, "device is not provisioned",
@@ -556,10 +559,21 @@ class Gateway:
             # Telemetry is offered, never awaited: a full buffer sheds (counted) rather
             # than delay the alarm behind it.
             sample = Sample.from_message(message, int(now * 1000))
+            shed = False
             for sink in self.sinks:
-                sink.offer(sample)
+                shed |= not sink.offer(sample)
             self.sensors.offer(message)
-            await self._check_shedding(now)
+            if shed or self._shedding:
+                # Looked at only while shedding starts or lasts: no cost per sample else.
+                await self._check_shedding(now)
+
+    def _count_ingest(self, message: DeviceMessage) -> None:
+        kind = type(message)
+        counter = self._ingest_counters.get(kind)
+        if counter is None:
+            label = kind.__name__.removesuffix("Message").lower()
+            counter = self._ingest_counters[kind] = self.metrics.ingest.labels(label)
+        counter.inc()
 
     def _saw(
         self,
@@ -663,7 +677,7 @@ class Gateway:
             self._reject(Rejected(Reason.UNKNOWN_DEVICE, "device is not provisioned",
                                   message.device_id, message.ref))
             return "unknown_device"
-        self.metrics.ingest.labels(type(message).__name__.removesuffix("Message").lower()).inc()
+        self._count_ingest(message)
         self._saw(message, now)
         self.watch.seen(message.device_id, now)
         if isinstance(message, TelemetryMessage):

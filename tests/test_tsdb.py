@@ -27,17 +27,14 @@ from influxdb_client.rest import ApiException
 from devices.contract import TelemetryMessage
 from gateway.tsdb import (
     BufferedSink,
-    InfluxSink,
     QueryNotSupportedError,
     Retention,
     Sample,
     SeriesPoint,
     SqliteSink,
     TelemetrySink,
-    escape_key,
-    escape_measurement,
-    to_line,
 )
+from gateway.tsdb.influx import InfluxSink, escape_key, escape_measurement, to_line
 from gateway.tsdb.sqlite import DAY_MS, MINUTE_MS
 
 VM_BINARY = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"

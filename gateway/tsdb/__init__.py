@@ -5,6 +5,8 @@ rollups); ``InfluxSink`` writes to InfluxDB / VictoriaMetrics for the long term.
 ``TelemetrySink``s: async context managers with a non-blocking, bounded ``offer``.
 """
 
+from typing import Any
+
 from gateway.tsdb.base import (
     SHED_LOG_INTERVAL_S,
     BufferedSink,
@@ -17,7 +19,6 @@ from gateway.tsdb.base import (
     Value,
     magnitude,
 )
-from gateway.tsdb.influx import InfluxSink, escape_key, escape_measurement, to_line
 from gateway.tsdb.sqlite import MaintenanceResult, Retention, SqliteSink
 
 __all__ = [
@@ -39,3 +40,16 @@ __all__ = [
     "magnitude",
     "to_line",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The InfluxDB sink pulls in influxdb-client (a quarter of a second to import); only a
+    # gateway configured for it should pay that at start, which is recovery time after a crash.
+    if name in _INFLUX:
+        from gateway.tsdb import influx
+
+        return getattr(influx, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_INFLUX = frozenset({"InfluxSink", "escape_key", "escape_measurement", "to_line"})
