@@ -72,6 +72,7 @@ from gateway.auth import TokenIssuer
 from gateway.cameras import CameraService
 from gateway.centre import CentreAdapter
 from gateway.config import Settings
+from gateway.consoles import create_console_router
 from gateway.hub import StaffHub
 from gateway.journal import DuplicateAlarmError, Journal, JournalError, SqliteJournal
 from gateway.metrics import Metrics
@@ -229,6 +230,7 @@ class Gateway:
         self.hub.on_change = self.staff_watch.on_presence
         self.sensors = SensorService(self)
         self.routers.append(create_sensor_router(self))
+        self.routers.append(create_console_router(self))
         self.cameras = CameraService(self)
         self.routers.append(self.cameras.router)
         self.status_listeners.append(self.cameras.on_status)

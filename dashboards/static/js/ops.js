@@ -1,0 +1,114 @@
+// Operations dashboard: alarm volumes, response times against the target, technical
+// alarms and supervision, for team leads (their teams) and administrators (all).
+import { Api, ApiError } from "./api.js";
+import { $, h, bi } from "./dom.js";
+import { typeLabel } from "./i18n.js";
+import { barChart, histogram, installStyles, session } from "./charts.js";
+
+installStyles();
+
+const REFRESH_MS = 30_000;
+const auth = session("ops", ["lead", "admin"]);
+const api = new Api(() => auth.logout());
+let timer = null;
+
+$("login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    await auth.login(api, $("username").value.trim(), $("password").value);
+    start();
+  } catch (error) {
+    $("login-error").textContent = error.message;
+  }
+});
+$("logout").addEventListener("click", () => auth.logout());
+auth.onChange = () => start();
+$("window").addEventListener("change", () => load());
+$("window-form").addEventListener("submit", (event) => event.preventDefault());
+
+function start() {
+  clearTimeout(timer);
+  const signedIn = auth.resume(api);
+  $("login-view").hidden = signedIn;
+  $("ops-view").hidden = !signedIn;
+  $("logout").hidden = !signedIn;
+  $("who").textContent = signedIn && auth.me ? `${auth.me.name} (${auth.me.role})` : "";
+  if (signedIn) load();
+}
+
+async function load() {
+  clearTimeout(timer);
+  try {
+    const summary = await api.get(`/ops/summary?hours=${encodeURIComponent($("window").value)}`);
+    $("ops-error").textContent = "";
+    render(summary);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) $("ops-error").textContent = error.message;
+  }
+  if (!$("ops-view").hidden) timer = setTimeout(load, REFRESH_MS);
+}
+
+function minutes(seconds) {
+  return seconds == null ? "–" : `${(seconds / 60).toFixed(1)} min`;
+}
+
+function card(n, sv, en, bad = false) {
+  return h("div", { class: bad ? "card-n bad" : "card-n" }, h("span", { class: "n" }, n), bi(sv, en));
+}
+
+function place(panel, ...nodes) {
+  $(panel).querySelector(".plot").replaceChildren(...nodes);
+}
+
+function render(s) {
+  const target = s.target_s / 60;
+  const share = s.response.on_site_share;
+  const sup = s.supervision;
+  $("cards").replaceChildren(
+    card(s.care_alarms, "Vårdlarm", "Care alarms"),
+    card(s.open_care_alarms, "Öppna vårdlarm", "Open care alarms", s.open_care_alarms > 0),
+    card(share == null ? "–" : `${Math.round(share * 100)} %`, `På plats inom ${target} min`, `On site within ${target} min`,
+      share != null && share < 0.9),
+    card(s.technical_open.length, "Öppna tekniska larm", "Open technical alarms", s.technical_open.length > 0),
+    card(`${sup.offline} / ${sup.watched}`, "Enheter offline", "Devices offline", sup.offline > 0));
+
+  const types = Object.entries(s.by_type).map(([type, n]) => {
+    const [sv, en] = typeLabel(type);
+    return { label: `${sv} / ${en}`, short: sv, value: n };
+  });
+  place("panel-types", types.length
+    ? barChart(types, { title: "Larm per typ / Alarms by type" })
+    : h("p", {}, bi("Inga larm i perioden", "No alarms in the window")));
+
+  const hours = s.by_hour.map((n, hour) => ({
+    label: `kl ${String(hour).padStart(2, "0")}`, short: String(hour).padStart(2, "0"), value: n,
+    tip: `kl ${String(hour).padStart(2, "0")}–${String(hour + 1).padStart(2, "0")}: ${n} vårdlarm / care alarms, ${s.technical_by_hour[hour]} tekniska / technical`,
+  }));
+  place("panel-hours", barChart(hours, { title: "Vårdlarm per timme / Care alarms by hour", labelEvery: 3 }));
+
+  for (const [panel, key, sv, en] of [["panel-accepted", "accepted", "Tid till accepterat", "Time to accepted"],
+    ["panel-onsite", "on_site", "Tid till på plats", "Time to on site"]]) {
+    const r = s.response[key];
+    const edges = r.bins_s.map((b) => b / 60);
+    place(panel, histogram(edges, r.counts, { title: `${sv} / ${en}`, targetMin: target, targetLabel: "Mål / target" }));
+    $(panel).querySelector(".stats").replaceChildren(
+      `n = ${r.count} · median ${minutes(r.p50_s)} · p90 ${minutes(r.p90_s)} · max ${minutes(r.max_s)} · inom mål ${r.within_target} `,
+      h("span", { lang: "en" }, `within target ${r.within_target}`));
+  }
+
+  place("panel-supervision", barChart([
+    { label: "Online", value: sup.online },
+    { label: "Offline", value: sup.offline },
+    { label: "Provlarm godkända / tests passed", short: "Prov OK", value: sup.tests_passed },
+    { label: "Provlarm misslyckade / tests failed", short: "Prov fel", value: sup.tests_failed },
+  ], { title: "Övervakning / Supervision", height: 200 }));
+
+  $("technical-body").replaceChildren(...(s.technical_open.length
+    ? s.technical_open.map((a) => h("tr", { dataset: { alarmId: a.id } },
+      h("td", {}, new Date(a.since).toLocaleString("sv-SE")), h("td", {}, a.device_id), h("td", {}, a.detail || a.ref)))
+    : [h("tr", {}, h("td", { colspan: 3 }, bi("Inga öppna tekniska larm", "No open technical alarms")))]));
+  $("updated").textContent = `Uppdaterad ${new Date(s.generated_at).toLocaleTimeString("sv-SE")}`;
+}
+
+start();
