@@ -44,6 +44,7 @@ from gateway import __version__
 from gateway.audit import AuditKind
 from gateway.auth import TokenError, TokenIssuer, hash_password, verify_password, verify_unknown
 from gateway.broker_auth import BrokerAuthSettings, BrokerFiles
+from gateway.deps import staff_dependency
 from gateway.mqtt import Outbound
 from gateway.org import RecipientInfo, StaffMember, Team
 from gateway.privacy import erase_recipient, export_recipient
@@ -208,20 +209,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         description="Staff API of the trygg welfare-technology gateway.",
     )
 
-    def current_staff(token: Annotated[str, Depends(_oauth2)]) -> StaffMember:
-        try:
-            staff_id = gateway.tokens.check(token)
-        except TokenError:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "invalid or expired token",
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from None
-        member = gateway.org.staff.get(staff_id)
-        if member is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown staff member")
-        return member
-
+    current_staff = staff_dependency(gateway)
     Me = Annotated[StaffMember, Depends(current_staff)]
 
     security = security_settings(gateway)

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 import aiohttp
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
-from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from alarms.events import AlarmReceived, Event, TechnicalCleared
@@ -75,7 +74,7 @@ from alarms.nattillsyn import (
 )
 from devices.contract import StatusMessage, encode_command, topic
 from gateway.audit import AuditKind
-from gateway.auth import TokenError
+from gateway.deps import staff_dependency
 from gateway.mqtt import Outbound
 from gateway.org import StaffMember
 
@@ -759,22 +758,9 @@ def _look_json(look: Look) -> dict[str, Any]:
 def create_camera_router(service: CameraService) -> APIRouter:
     """The night camera API (``/api/v1/cameras/...``)."""
     gateway = service.gateway
-    oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
     router = APIRouter()
 
-    def current_staff(token: Annotated[str, Depends(oauth2)]) -> StaffMember:
-        try:
-            staff_id = gateway.tokens.check(token)
-        except TokenError:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "invalid or expired token",
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from None
-        member = gateway.org.staff.get(staff_id)
-        if member is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown staff member")
-        return member
+    current_staff = staff_dependency(gateway)
 
     Me = Annotated[StaffMember, Depends(current_staff)]
 

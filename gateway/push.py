@@ -44,12 +44,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 from fastapi.responses import FileResponse
-from fastapi.security import OAuth2PasswordBearer
 from py_vapid import Vapid02  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field
 from pywebpush import WebPushException, webpush_async  # type: ignore[import-untyped]
 
-from gateway.auth import TokenError
+from gateway.deps import staff_dependency
 from gateway.org import StaffMember
 from gateway.ratelimit import LogLimiter
 
@@ -567,22 +566,9 @@ def create_push_router(
     subscriptions = store if store is not None else SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE)
     keys = VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE)
     allow_http = gateway.settings.demo if allow_http_endpoints is None else allow_http_endpoints
-    oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
     router = APIRouter()
 
-    def current_staff(token: Annotated[str, Depends(oauth2)]) -> StaffMember:
-        try:
-            staff_id = gateway.tokens.check(token)
-        except TokenError:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "invalid or expired token",
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from None
-        member = gateway.org.staff.get(staff_id)
-        if member is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown staff member")
-        return member
+    current_staff = staff_dependency(gateway)
 
     Me = Annotated[StaffMember, Depends(current_staff)]
 
