@@ -120,6 +120,7 @@ class StaffWatcher:
         self.seen: dict[str, tuple[str, str]] = {}
         self.messages = 0
         self.connections = 0
+        self.synced = asyncio.Event()
 
     async def run(self) -> None:
         base = f"http://127.0.0.1:{self.http_port}"
@@ -135,6 +136,8 @@ class StaffWatcher:
                     self.connections += 1
                     async for raw in ws:
                         message = json.loads(raw)
+                        if message["type"] == "sync":
+                            self.synced.set()
                         if message["type"] != "alarm":
                             continue
                         alarm = message["alarm"]
@@ -174,6 +177,10 @@ async def test_sigkill_mid_burst_loses_and_duplicates_nothing(
     watchers = [StaffWatcher(gateway_process.http_port, name) for name in ("anna", "cleo")]
     async with asyncio.TaskGroup() as group:
         watches = [group.create_task(w.run(), name=f"staff {w.username}") for w in watchers]
+        # Both phones are connected before the burst, so the crash is one they live through.
+        async with asyncio.timeout(30):
+            for watcher in watchers:
+                await watcher.synced.wait()
         async with ResendingFleet(("127.0.0.1", 1883), prefix, devices, resend_s=1.0) as fleet:
             await fleet.burst(per_device=10)
             # Kill once some, but not all, alarms are acked: the crash lands mid-burst.
@@ -202,6 +209,10 @@ async def test_sigkill_mid_burst_loses_and_duplicates_nothing(
         # (A device's further alarms while its first is open are attached to that alarm.)
         alarm_ids = {a for a, _, _ in stored}
         async with asyncio.timeout(30):
+            # Both phones reconnect to the restarted gateway and resync ...
+            while any(w.connections < 2 for w in watchers):
+                await asyncio.sleep(0.05)
+            # ... and between them have seen every alarm.
             while len(set(watchers[0].seen) | set(watchers[1].seen)) < len(alarm_ids):
                 await asyncio.sleep(0.05)
         for watch in watches:
