@@ -75,6 +75,7 @@ from alarms.nattillsyn import (
 from devices.contract import StatusMessage, encode_command, topic
 from gateway.audit import AuditKind
 from gateway.deps import staff_dependency
+from gateway.ids import new_alarm_id
 from gateway.mqtt import Outbound
 from gateway.org import StaffMember
 
@@ -99,12 +100,6 @@ MIN_TIMER_SLEEP_S = 0.05
 # Content types a camera stream may have; anything else is not relayed.
 _STREAM_TYPES = ("multipart/x-mixed-replace", "image/jpeg")
 _UNPROCESSABLE = 422
-
-
-def _alarm_id() -> str:
-    # The same time-ordered shape as gateway.runtime.new_alarm_id (not imported: the
-    # runtime may import this module).
-    return f"{int(time.time() * 1000):013x}-{uuid.uuid4().hex[:12]}"
 
 
 def is_camera(device_type: str) -> bool:
@@ -389,7 +384,7 @@ class CameraService:
 
     @staticmethod
     def _technical(device_id: str, ref: str, now: float, detail: str) -> AlarmReceived:
-        return AlarmReceived(device_id, ref, AlarmType.TECHNICAL, int(now * 1000), _alarm_id(),
+        return AlarmReceived(device_id, ref, AlarmType.TECHNICAL, int(now * 1000), new_alarm_id(),
                              detail=detail)
 
     def _visit(self, recipient_id: str, now: float, tag: str, detail: str) -> None:
@@ -405,7 +400,7 @@ class CameraService:
                           recipient_id, detail)
             return
         self._events.append(AlarmReceived(
-            device_id, f"nattillsyn.{tag}", AlarmType.INACTIVITY, int(now * 1000), _alarm_id(),
+            device_id, f"nattillsyn.{tag}", AlarmType.INACTIVITY, int(now * 1000), new_alarm_id(),
             detail=detail,
         ))
         self._wakeup.set()

@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Self
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.security import OAuth2PasswordBearer
 
 from alarms.events import AlarmReceived, TestCompleted
 from alarms.model import SAFETY_DEVICE_TYPES, Alarm, AlarmType, Hop
 from devices.contract import encode_command, topic
-from gateway.auth import TokenError
+from gateway.deps import staff_dependency
+from gateway.ids import new_alarm_id
 from gateway.mqtt import Outbound
+from gateway.org import StaffMember
 from gateway.views import iso
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ class Provlarm:
         detail = f"Provlarm misslyckades vid '{hop}' / test alarm failed at hop '{hop}'"
         await self._gateway.submit_internal(AlarmReceived(
             run.device_id, f"test.{int(now * 1000)}", AlarmType.TECHNICAL, int(now * 1000),
-            _new_id(), detail=detail,
+            new_alarm_id(), detail=detail,
         ))
 
     def _record(self, device_id: str, result: str, failed_hop: str | None) -> None:
@@ -266,29 +267,17 @@ class Provlarm:
         }
 
 
-def _new_id() -> str:
-    from gateway.runtime import new_alarm_id
-
-    return new_alarm_id()
-
-
-_oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
-
 
 def create_provlarm_router(gateway: Gateway) -> APIRouter:
     """``GET``/``POST /api/v1/devices/{id}/e2e-test``: the last end-to-end test; run one now."""
     router = APIRouter(tags=["devices"])
 
-    def technician(token: str = Depends(_oauth2)) -> str:
-        try:
-            staff_id = gateway.tokens.check(token)
-        except TokenError:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or expired token",
-                                headers={"WWW-Authenticate": "Bearer"}) from None
-        member = gateway.org.staff.get(staff_id)
-        if member is None or member.role not in ("technician", "admin", "lead"):
+    current_staff = staff_dependency(gateway)
+
+    def technician(member: StaffMember = Depends(current_staff)) -> str:  # noqa: B008 - local dependency
+        if member.role not in ("technician", "admin", "lead"):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "for technicians")
-        return staff_id
+        return member.id
 
     def device(device_id: str) -> str:
         if device_id not in gateway.org.devices:

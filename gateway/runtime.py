@@ -23,11 +23,9 @@ import json
 import logging
 import socket
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -74,6 +72,7 @@ from gateway.centre import CentreAdapter
 from gateway.config import Settings
 from gateway.consoles import create_console_router
 from gateway.hub import StaffHub
+from gateway.ids import new_alarm_id
 from gateway.journal import DuplicateAlarmError, Journal, JournalError, SqliteJournal
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
@@ -152,11 +151,6 @@ _RESPONSE_HOPS = frozenset({Hop.DELIVERED, Hop.ACCEPTED, Hop.ON_SITE, Hop.CLOSED
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def new_alarm_id() -> str:
-    """A fresh, time-ordered alarm id."""
-    return f"{int(time.time() * 1000):013x}-{uuid.uuid4().hex[:12]}"
 
 
 class Gateway:
@@ -293,7 +287,7 @@ class Gateway:
             started = time.perf_counter()
             records = await self.journal.load()
             self.core.apply_all(records)
-            offline = {a.device_id for a in self._open_technical("offline.")}
+            offline = {a.device_id for a in self.open_technical("offline.")}
             self.watch.load(
                 # A registered device not yet installed (no recipient) is not supervised.
                 ((d.id, d.type, d.heartbeat_s) for d in self.org.devices.values()
@@ -438,13 +432,13 @@ class Gateway:
             prefix = f"{name}."
             if up:
                 self._links_up_once.add(name)
-                for alarm in self._open_technical(prefix):
+                for alarm in self.open_technical(prefix):
                     down_for = time.time() - alarm.hops[0].at
                     await self.submit_internal(
                         TechnicalCleared(GATEWAY_DEVICE, alarm.ref, f"outage {down_for:.0f} s")
                     )
                 continue
-            if self._stopping or self._open_technical(prefix):
+            if self._stopping or self.open_technical(prefix):
                 continue
             if name == "mqtt" and name not in self._links_up_once:
                 continue
@@ -478,7 +472,7 @@ class Gateway:
                 GATEWAY_DEVICE, f"telemetry.{int(now * 1000)}",
                 "Telemetri kastas vid överlast / telemetry is being shed (overload)", now))
         else:
-            for alarm in self._open_technical("telemetry."):
+            for alarm in self.open_technical("telemetry."):
                 await self.submit_internal(
                     TechnicalCleared(GATEWAY_DEVICE, alarm.ref, "telemetry flows again"))
 
@@ -486,9 +480,6 @@ class Gateway:
 
     def open_technical(self, ref_prefix: str) -> list[Alarm]:
         """Open technical alarms whose ref starts with ``ref_prefix``."""
-        return self._open_technical(ref_prefix)
-
-    def _open_technical(self, ref_prefix: str) -> list[Alarm]:
         return [
             a for a in self.core.open_alarms()
             if a.type is AlarmType.TECHNICAL and a.ref.startswith(ref_prefix)
@@ -508,7 +499,7 @@ class Gateway:
             offline.device_id, f"offline.{int(offline.since * 1000)}", detail, offline.at))
 
     async def _device_online(self, online: DeviceOnline) -> None:
-        for alarm in self._open_technical("offline."):
+        for alarm in self.open_technical("offline."):
             if alarm.device_id == online.device_id:
                 await self.submit_internal(TechnicalCleared(
                     online.device_id, alarm.ref, f"avbrott / outage {online.outage_s:.0f} s"))
@@ -558,16 +549,21 @@ class Gateway:
         if isinstance(message, AlarmMessage):
             await self._on_alarm(message, now)
         elif isinstance(message, TelemetryMessage):
-            # Telemetry is offered, never awaited: a full buffer sheds (counted) rather
-            # than delay the alarm behind it.
-            sample = Sample.from_message(message, int(now * 1000))
-            shed = False
-            for sink in self.sinks:
-                shed |= not sink.offer(sample)
-            self.sensors.offer(message)
-            if shed or self._shedding:
-                # Looked at only while shedding starts or lasts: no cost per sample else.
-                await self._check_shedding(now)
+            await self._take_telemetry(message, now)
+
+    async def _take_telemetry(self, message: TelemetryMessage, now: float) -> None:
+        """Offer a sample to every sink and the sensor rules; never awaited per sink.
+
+        A full buffer sheds (counted) rather than delay the alarm behind it.
+        """
+        sample = Sample.from_message(message, int(now * 1000))
+        shed = False
+        for sink in self.sinks:
+            shed |= not sink.offer(sample)
+        self.sensors.offer(message)
+        if shed or self._shedding:
+            # Looked at only while shedding starts or lasts: no cost per sample else.
+            await self._check_shedding(now)
 
     def _count_ingest(self, message: DeviceMessage) -> None:
         kind = type(message)
@@ -683,10 +679,7 @@ class Gateway:
         self._saw(message, now)
         self.watch.seen(message.device_id, now)
         if isinstance(message, TelemetryMessage):
-            sample = Sample.from_message(message, int(now * 1000))
-            for sink in self.sinks:
-                sink.offer(sample)
-            self.sensors.offer(message)
+            await self._take_telemetry(message, now)
             return None
         if not isinstance(message, AlarmMessage):
             return None
@@ -975,7 +968,3 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Any:
         yield
 
-
-def data_path(settings: Settings, name: str) -> Path:
-    """A file in the gateway's data directory."""
-    return settings.data_dir / name

@@ -18,14 +18,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from fastapi.security import OAuth2PasswordBearer
 
 from alarms.events import AlarmReceived
 from alarms.model import AlarmType
 from alarms.sensors import SensorRuleEngine, alarm_received
 from alarms.sensors.engine import RuleFiring
 from devices.contract import TelemetryMessage
-from gateway.auth import TokenError
+from gateway.deps import staff_dependency
+from gateway.ids import new_alarm_id
+from gateway.org import StaffMember
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -95,8 +96,6 @@ class SensorService:
                 await self._raise(firing)
 
     async def _raise(self, firing: RuleFiring) -> None:
-        from gateway.runtime import new_alarm_id
-
         self.firings += 1
         alarm_id = new_alarm_id()
         event = alarm_received(firing, alarm_id)
@@ -152,19 +151,14 @@ def _metric_of(firing: RuleFiring) -> str | None:
     return _METRIC_OF_TYPE.get(firing.type)
 
 
-_oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
-
-
 def create_sensor_router(gateway: Gateway) -> APIRouter:
     """``GET /api/v1/alarms/{id}/evidence``: the sensor samples behind an alarm."""
     router = APIRouter(tags=["alarms"])
 
-    def staff(token: str = Depends(_oauth2)) -> str:
-        try:
-            return gateway.tokens.check(token)
-        except TokenError:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or expired token",
-                                headers={"WWW-Authenticate": "Bearer"}) from None
+    current_staff = staff_dependency(gateway)
+
+    def staff(member: StaffMember = Depends(current_staff)) -> str:  # noqa: B008 - local dependency
+        return member.id
 
     @router.get("/api/v1/alarms/{alarm_id}/evidence")
     async def evidence(alarm_id: str, staff_id: str = Depends(staff)) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Self
 
 from alarms.events import AlarmReceived, TechnicalCleared
 from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType, Hop
+from gateway.ids import new_alarm_id
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -103,7 +104,7 @@ class StaffWatch:
                 continue
             await gateway.submit_internal(AlarmReceived(
                 alarm.device_id, f"undelivered.{alarm.id}", AlarmType.TECHNICAL,
-                int(now * 1000), _new_id(),
+                int(now * 1000), new_alarm_id(),
                 detail=(f"Ingen telefon har bekräftat larmet {alarm.id} på "
                         f"{self.delivery_timeout_s:.0f} s / no phone confirmed alarm "
                         f"{alarm.id} within {self.delivery_timeout_s:.0f} s"),
@@ -141,7 +142,7 @@ class StaffWatch:
             if now - first >= self.no_client_grace_s:
                 await gateway.submit_internal(AlarmReceived(
                     GATEWAY_DEVICE, f"noclient.{team_id}.{int(now * 1000)}", AlarmType.TECHNICAL,
-                    int(now * 1000), _new_id(),
+                    int(now * 1000), new_alarm_id(),
                     detail=(f"Ingen i {team_id} är ansluten men laget har öppna larm / nobody "
                             f"of {team_id} is connected while it has open alarms"),
                 ))
@@ -150,8 +151,3 @@ class StaffWatch:
                 next_check = check if next_check is None else min(next_check, check)
         return next_check
 
-
-def _new_id() -> str:
-    from gateway.runtime import new_alarm_id
-
-    return new_alarm_id()
