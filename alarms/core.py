@@ -110,6 +110,8 @@ class AlarmCore:
         # replay never needs presence. Counted, because one person may have two devices.
         self.track_presence = track_presence
         self._connections: Counter[str] = Counter()
+        # Staff connected to the other gateways of a cluster (gateway.cluster keeps it).
+        self.remote_connected: frozenset[str] = frozenset()
         self._directory = directory or Directory()
 
     @property
@@ -139,7 +141,9 @@ class AlarmCore:
 
     def connected(self) -> frozenset[str] | None:
         """Staff with at least one client connected; None if presence is not tracked."""
-        return frozenset(self._connections) if self.track_presence else None
+        if not self.track_presence:
+            return None
+        return frozenset(self._connections) | self.remote_connected
 
     def busy(self) -> frozenset[str]:
         """Staff who own an open alarm."""

@@ -49,6 +49,24 @@ class MqttSettings(BaseModel):
         return self
 
 
+class ClusterSettings(BaseModel):
+    """Several gateways sharing one PostgreSQL journal and one broker (docs/deployment.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # MQTT shared-subscription group: alarms and telemetry reach one gateway of the group.
+    shared_group: str = "trygg"
+    # Lease time-to-live: a dead gateway's work is taken over within about 4/3 of it.
+    lease_ttl_s: float = Field(default=5.0, ge=1.0, le=60.0)
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group_is_one_level(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#/"):
+            raise ValueError("shared_group must be a non-empty name without +, # or /")
+        return value
+
+
 class HttpSettings(BaseModel):
     """The staff API and web app."""
 
@@ -190,6 +208,8 @@ class Settings(BaseSettings):
     influx: InfluxSettings | None = None
     # The journal on PostgreSQL (docs/postgres.md) instead of SQLite in data_dir.
     journal_dsn: str | None = None
+    # Set when several gateways share journal_dsn and the broker (scale-out).
+    cluster: ClusterSettings | None = None
     escalation: EscalationSettings = EscalationSettings()
     provlarm: ProvlarmSettings = ProvlarmSettings()
     security: SecuritySettings = Field(default_factory=_security)
@@ -211,6 +231,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: explicit arguments, environment, TOML file, defaults."""
         return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_path))
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_shared_journal(self) -> Settings:
+        if self.cluster is not None and self.journal_dsn is None:
+            raise ValueError("[cluster] needs journal_dsn: gateways share the PostgreSQL journal")
+        return self
 
     @model_validator(mode="after")
     def _no_default_secret_outside_demo(self) -> Settings:

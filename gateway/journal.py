@@ -14,7 +14,8 @@ import logging
 import queue
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, TypeAlias
@@ -48,6 +49,28 @@ class DuplicateAlarmError(JournalError):
         self.alarm_id = alarm_id
 
 
+class ConflictError(JournalError):
+    """The batch was decided on a stale view of an alarm: nothing of it was stored.
+
+    Optimistic concurrency (cf. eventsourcing): a batch may say how many records each
+    existing alarm it touches had when it was decided (``expect``). When another writer
+    (another gateway, or an earlier batch) added records to that alarm meanwhile, the batch
+    is refused as a whole; the caller catches up and decides again on fresh state.
+    """
+
+    def __init__(self, alarm_id: str, expected: int, found: int) -> None:
+        super().__init__(
+            f"alarm {alarm_id} has {found} journal records, the decision expected {expected}"
+        )
+        self.alarm_id = alarm_id
+        self.expected = expected
+        self.found = found
+
+
+# Alarm id -> number of journal records the alarm had when the batch was decided.
+Expectations: TypeAlias = Mapping[str, int]
+
+
 class Journal(Protocol):
     """The journal port (SQLite here; PostgreSQL implements the same contract)."""
 
@@ -60,8 +83,15 @@ class Journal(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
-        """Queue records for the next group commit; the future resolves once durable."""
+    def submit(
+        self, records: Sequence[Record], expect: Expectations | None = None
+    ) -> asyncio.Future[None]:
+        """Queue records for the next group commit; the future resolves once durable.
+
+        With ``expect``, the batch is stored only if every alarm named there has exactly
+        that many records at commit time; else the future fails with ``ConflictError``
+        and nothing of the batch is stored (other batches of the group are unaffected).
+        """
         ...
 
     async def append(self, records: Sequence[Record]) -> None:
@@ -76,7 +106,9 @@ class Journal(Protocol):
 # Called by the writer thread after each commit with (seconds taken, batches folded in).
 CommitObserver: TypeAlias = Callable[[float, int], None]
 
-_Item = tuple[Sequence[Record], asyncio.Future[None], asyncio.AbstractEventLoop]
+_Item = tuple[
+    Sequence[Record], Expectations | None, asyncio.Future[None], asyncio.AbstractEventLoop
+]
 _STOP = object()
 
 
@@ -140,14 +172,16 @@ class SqliteJournal:
         conn.execute("CREATE INDEX IF NOT EXISTS journal_alarm ON journal(alarm_id)")
         return conn
 
-    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+    def submit(
+        self, records: Sequence[Record], expect: Expectations | None = None
+    ) -> asyncio.Future[None]:
         """Queue records for the next group commit; the future resolves once durable."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         if self._writer is None or self._writer.done():
             future.set_exception(JournalError("journal is not open"))
             return future
-        self._queue.put((records, future, loop))
+        self._queue.put((records, expect or None, future, loop))
         return future
 
     async def append(self, records: Sequence[Record]) -> None:
@@ -190,19 +224,26 @@ class SqliteJournal:
     def _commit(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
         started = time.perf_counter()
         error: BaseException | None = None
+        conflicts: dict[int, ConflictError] = {}
         try:
             if self.fail_writes is not None and self.fail_writes():
                 raise sqlite3.OperationalError("database or disk is full (simulated)")
             now = time.time()
-            rows = [
-                (record.alarm_id, now, to_json(record))
-                for records, _, _ in group
-                for record in records
-            ]
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT INTO journal (alarm_id, written_at, body) VALUES (?, ?, ?)", rows
-            )
+            # Runs of batches without expectations go in one executemany; a batch with
+            # expectations is checked against what the transaction holds so far (earlier
+            # batches of this group included) and written alone.
+            rows: list[tuple[str, float, str]] = []
+            for index, (records, expect, _, _) in enumerate(group):
+                if expect:
+                    self._insert(conn, rows)
+                    rows = []
+                    conflict = _check(conn, expect)
+                    if conflict is not None:
+                        conflicts[index] = conflict
+                        continue
+                rows.extend((r.alarm_id, now, to_json(r)) for r in records)
+            self._insert(conn, rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -212,8 +253,32 @@ class SqliteJournal:
         elapsed = time.perf_counter() - started
         if error is None and self._on_commit is not None:
             self._on_commit(elapsed, len(group))
-        for _, future, loop in group:
-            loop.call_soon_threadsafe(_settle, future, error)
+        for index, (_, _, future, loop) in enumerate(group):
+            outcome = conflicts.get(index, error)
+            loop.call_soon_threadsafe(_settle, future, outcome)
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: list[tuple[str, float, str]]) -> None:
+        if rows:
+            conn.executemany(
+                "INSERT INTO journal (alarm_id, written_at, body) VALUES (?, ?, ?)", rows
+            )
+
+
+def _check(conn: sqlite3.Connection, expect: Expectations) -> ConflictError | None:
+    ids = list(expect)
+    marks = ",".join("?" * len(ids))
+    found: Counter[str] = Counter(
+        dict(conn.execute(
+            f"SELECT alarm_id, count(*) FROM journal WHERE alarm_id IN ({marks})"
+            " GROUP BY alarm_id",
+            ids,
+        ).fetchall())
+    )
+    for alarm_id, expected in expect.items():
+        if found[alarm_id] != expected:
+            return ConflictError(alarm_id, expected, found[alarm_id])
+    return None
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
@@ -221,5 +286,7 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
         return
     if error is None:
         future.set_result(None)
+    elif isinstance(error, JournalError):
+        future.set_exception(error)
     else:
         future.set_exception(JournalError(f"journal write failed: {error}"))

@@ -18,6 +18,11 @@
   generation is allowed only when the previous alarm of that pair is closed and older than
   ``alarms.core.DEDUP_WINDOW_S``, exactly the core's rule; otherwise the batch fails with
   ``DuplicateAlarmError`` and the other batches of the same group still commit. [3]
+- **Optimistic concurrency.** A batch's ``expect`` (records per alarm when it was decided)
+  is checked under the commit lock; a stale batch fails alone with ``ConflictError``.
+- **Followable.** Every commit notifies ``JOURNAL_CHANNEL``; ``follow`` returns the records
+  other gateways committed since the last call (or since ``load``), in commit order, so
+  every gateway's in-memory state converges on the shared journal.
 
 [1] With several writers a plain sequence is allocation order, not commit order: a reader
     could see seq 11 before seq 10 commits and skip 10 for good. The lock makes the two
@@ -61,9 +66,17 @@ from alarms.records import (
     from_json,
     to_json,
 )
-from gateway.journal import MAX_GROUP, CommitObserver, DuplicateAlarmError, JournalError
+from gateway.journal import (
+    MAX_GROUP,
+    CommitObserver,
+    ConflictError,
+    DuplicateAlarmError,
+    Expectations,
+    JournalError,
+)
 
 __all__ = [
+    "JOURNAL_CHANNEL",
     "MIGRATIONS",
     "DuplicateAlarmError",
     "PostgresJournal",
@@ -86,15 +99,17 @@ CONNECT_TIMEOUT_S = 10.0
 POOL_MAX = 2
 
 
-def _lock_key(name: str) -> int:
+def lock_key(name: str) -> int:
     """A stable 63-bit advisory lock key for a name (CRC32 keeps it readable in pg_locks)."""
     return zlib.crc32(f"trygg:{name}".encode())
 
 
 # Serialises schema changes (migrations, partition creation) across gateways.
-MIGRATION_LOCK = _lock_key("migrate")
+MIGRATION_LOCK = lock_key("migrate")
 # Serialises journal commits across gateways, so that seq order is commit order.
-COMMIT_LOCK = _lock_key("journal-commit")
+COMMIT_LOCK = lock_key("journal-commit")
+# NOTIFY channel: every commit announces itself (payload: the writing gateway's id).
+JOURNAL_CHANNEL = "trygg_journal"
 
 _APPEND_ONLY_FUNCTION = """
 CREATE OR REPLACE FUNCTION trygg_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -165,6 +180,31 @@ MIGRATIONS: dict[str, list[list[str]]] = {
             " acquired_at timestamptz,"
             " expires_at timestamptz NOT NULL DEFAULT '-infinity'"
             ")",
+        ],
+    ],
+    "cluster": [
+        # 1: which staff have a client connected to which gateway (gateway.cluster).
+        [
+            "CREATE TABLE trygg_presence ("
+            " gateway_id text PRIMARY KEY,"
+            " staff text[] NOT NULL,"
+            " expires_at timestamptz NOT NULL"
+            ")",
+            # The organisation as the gateways changed it: the latest state per entity
+            # (a deletion keeps its row with a NULL body), numbered in change order. One
+            # row per entity, overwritten in place: erasing a recipient's personal data
+            # leaves no older copy here.
+            "CREATE SEQUENCE trygg_org_seq AS bigint",
+            "CREATE TABLE trygg_org ("
+            " kind text NOT NULL,"
+            " id text NOT NULL,"
+            " seq bigint NOT NULL,"
+            " gateway_id text NOT NULL,"
+            " body text,"
+            " changed_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (kind, id)"
+            ")",
+            "CREATE INDEX trygg_org_by_seq ON trygg_org (seq)",
         ],
     ],
 }
@@ -274,7 +314,15 @@ _KIND: dict[type[Any], str] = {
 
 _INSERT_RECORD = (
     "INSERT INTO trygg_journal (gateway_id, alarm_id, kind, body) VALUES (%s, %s, %s, %s)"
+    " RETURNING seq"
 )
+_COUNT_RECORDS = (
+    "SELECT alarm_id, count(*) FROM trygg_journal WHERE alarm_id = ANY(%s::text[])"
+    " GROUP BY alarm_id"
+)
+_FOLLOW = "SELECT seq, gateway_id, body FROM trygg_journal WHERE seq > %s ORDER BY seq LIMIT %s"
+# Rows fetched per ``follow`` query; ``follow`` loops until it has read everything.
+FOLLOW_BATCH = 5000
 _LATEST_CLAIM = (
     "SELECT r.generation, r.alarm_id, r.alarm_opened_at, c.alarm_id IS NOT NULL"
     " FROM trygg_alarm_refs r LEFT JOIN trygg_alarm_closed c ON c.alarm_id = r.alarm_id"
@@ -301,6 +349,7 @@ PgConnection: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 class _Item:
     records: Sequence[Record]
     future: asyncio.Future[None]
+    expect: Expectations | None = None
 
 
 _STOP = object()
@@ -329,6 +378,14 @@ class PostgresJournal:
         self._lock = asyncio.Lock()
         # Epoch seconds up to which partitions exist (as far as this process knows).
         self._partitions_until = 0.0
+        # The highest seq this process has read (``load``/``follow``), and the seqs it wrote
+        # itself and has not yet passed while following: those are applied by the caller
+        # from the commit futures, so ``follow`` skips them. Held during a commit and while
+        # ``follow`` sorts rows, so a row is never seen as foreign just before its writer
+        # records it as its own.
+        self.head = 0
+        self._own: set[int] = set()
+        self._committing = asyncio.Lock()
         # Set by tests: simulate a database that refuses writes (full disk, read-only
         # standby) without touching the server.
         self.fail_writes: Callable[[], bool] | None = None
@@ -393,17 +450,20 @@ class PostgresJournal:
         finally:
             self._lock.release()
 
-    def submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+    def submit(
+        self, records: Sequence[Record], expect: Expectations | None = None
+    ) -> asyncio.Future[None]:
         """Queue records for the next group commit; the future resolves once durable.
 
         It fails with ``DuplicateAlarmError`` when the batch opens or attaches a
-        (device, ref) already stored, and with ``JournalError`` when the commit failed.
+        (device, ref) already stored, with ``ConflictError`` when ``expect`` no longer
+        holds, and with ``JournalError`` when the commit failed.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._writer is None or self._writer.done():
             future.set_exception(JournalError("journal is not open"))
             return future
-        self._queue.put_nowait(_Item(records, future))
+        self._queue.put_nowait(_Item(records, future, expect or None))
         return future
 
     async def append(self, records: Sequence[Record]) -> None:
@@ -411,8 +471,11 @@ class PostgresJournal:
         await self.submit(records)
 
     async def load(self) -> list[Record]:
-        """Every record, in commit order (``seq``), from every gateway."""
-        query = "SELECT body FROM trygg_journal ORDER BY seq"
+        """Every record, in commit order (``seq``), from every gateway.
+
+        Also sets ``head``: ``follow`` continues from here.
+        """
+        query = "SELECT seq, body FROM trygg_journal ORDER BY seq"
         try:
             if self._pool is not None:
                 async with self._pool.connection() as conn:
@@ -424,7 +487,40 @@ class PostgresJournal:
                     rows = await (await conn.execute(query)).fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
             raise JournalError(f"cannot read the PostgreSQL journal: {exc}") from exc
-        return [from_json(body) for (body,) in rows]
+        if rows:
+            self.head = max(self.head, int(rows[-1][0]))
+        return [from_json(body) for (_, body) in rows]
+
+    async def follow(self) -> list[Record]:
+        """The records other writers committed since ``load`` or the last ``follow``.
+
+        In commit order. Rows this journal object wrote itself are skipped: their records
+        reach the caller through the commit futures. A row of ours whose commit reported a
+        failure (the connection broke during COMMIT, yet the server committed) is *not*
+        ours in that sense and is returned, so that nothing committed is ever missed.
+        Not safe to call concurrently with itself.
+        """
+        if self._pool is None:
+            raise JournalError("journal is not open")
+        found: list[Record] = []
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(_FOLLOW, (self.head, FOLLOW_BATCH))
+                    rows = await cur.fetchall()
+            except (psycopg.Error, PoolTimeout) as exc:
+                raise JournalError(f"cannot follow the PostgreSQL journal: {exc}") from exc
+            if not rows:
+                return found
+            async with self._committing:
+                for seq, _, body in rows:
+                    if seq in self._own:
+                        self._own.discard(seq)
+                    else:
+                        found.append(from_json(body))
+                self.head = max(self.head, int(rows[-1][0]))
+            if len(rows) < FOLLOW_BATCH:
+                return found
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -461,10 +557,11 @@ class PostgresJournal:
         started = time.perf_counter()
         outcomes: list[JournalError | None] = [None] * len(group)
         try:
-            async with pool.connection() as conn:
+            async with pool.connection() as conn, self._committing:
                 if time.time() > self._partitions_until - PARTITION_REFRESH_S:
                     until = await ensure_partitions(conn)
                     self._partitions_until = until.timestamp()
+                written: list[int] = []
                 async with conn.transaction():
                     if self.fail_writes is not None and self.fail_writes():
                         raise psycopg.errors.DiskFull(
@@ -473,7 +570,16 @@ class PostgresJournal:
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_LOCK,))
                     now = time.time()
                     for index, item in enumerate(group):
-                        outcomes[index] = await self._write_batch(conn, item.records, now)
+                        outcomes[index] = await self._write_batch(
+                            conn, item.records, item.expect, now, written
+                        )
+                    if written:
+                        # Delivered to listeners when (and only if) the transaction commits.
+                        await conn.execute(
+                            "SELECT pg_notify(%s, %s)", (JOURNAL_CHANNEL, self.gateway_id)
+                        )
+                # Committed: these rows are ours; ``follow`` skips them.
+                self._own.update(seq for seq in written if seq > self.head)
         except (psycopg.Error, PoolTimeout) as exc:
             _LOGGER.error("journal commit of %d batch(es) failed: %s", len(group), exc)
             error = JournalError(f"journal write failed: {exc}")
@@ -489,20 +595,36 @@ class PostgresJournal:
             _settle(item.future, outcome)
 
     async def _write_batch(
-        self, conn: PgConnection, records: Sequence[Record], now: float
+        self,
+        conn: PgConnection,
+        records: Sequence[Record],
+        expect: Expectations | None,
+        now: float,
+        written: list[int],
     ) -> JournalError | None:
         """Write one batch; a batch that claims refs gets a savepoint of its own."""
+        if expect:
+            # Under the commit lock, and seeing this group's earlier batches: exact.
+            cur = await conn.execute(_COUNT_RECORDS, (list(expect),))
+            found = {str(alarm_id): int(n) for alarm_id, n in await cur.fetchall()}
+            for alarm_id, expected in expect.items():
+                if found.get(alarm_id, 0) != expected:
+                    return ConflictError(alarm_id, expected, found.get(alarm_id, 0))
         if not any(isinstance(r, AlarmOpened | RefAttached) for r in records):
-            await self._insert(conn, records, now)
+            written.extend(await self._insert(conn, records, now))
             return None
         try:
             async with conn.transaction():
-                await self._insert(conn, records, now)
+                seqs = await self._insert(conn, records, now)
         except DuplicateAlarmError as exc:
             return exc
+        written.extend(seqs)
         return None
 
-    async def _insert(self, conn: PgConnection, records: Sequence[Record], now: float) -> None:
+    async def _insert(
+        self, conn: PgConnection, records: Sequence[Record], now: float
+    ) -> list[int]:
+        """Insert the batch's rows (and its claims); returns their seqs."""
         raised = {
             r.alarm_id: r.at for r in records if isinstance(r, HopAdded) and r.hop is Hop.RAISED
         }
@@ -522,6 +644,7 @@ class PostgresJournal:
                 )
             elif isinstance(record, HopAdded) and record.hop is Hop.CLOSED:
                 await conn.execute(_INSERT_CLOSED, (record.alarm_id, record.at))
+        seqs: list[int] = []
         async with conn.cursor() as cur:
             await cur.executemany(
                 _INSERT_RECORD,
@@ -529,7 +652,15 @@ class PostgresJournal:
                     (self.gateway_id, r.alarm_id, _KIND[type(r)], to_json(r))
                     for r in records
                 ],
+                returning=True,
             )
+            while True:
+                row = await cur.fetchone()
+                if row is not None:
+                    seqs.append(int(row[0]))
+                if not cur.nextset():
+                    break
+        return seqs
 
     async def _claim(
         self,

@@ -43,6 +43,15 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
             registry=r,
         )
+        self.conflicts = Counter(
+            "trygg_stale_decisions",
+            "Decisions refused because another gateway changed the alarm first (redone)",
+            registry=r,
+        )
+        self.leases = Gauge(
+            "trygg_leases_held", "Kinds of once-only work this gateway does (cluster)",
+            registry=r,
+        )
         self.journal_failures = Counter(
             "trygg_journal_failures", "Journal batches that could not be stored", registry=r
         )

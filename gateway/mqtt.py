@@ -22,6 +22,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from devices.contract import Channel
 
@@ -46,6 +48,16 @@ MAX_OUTBOUND = 10_000
 
 # How long a clean shutdown may take before the link is cancelled outright.
 STOP_TIMEOUT_S = 5.0
+
+# With a shared-subscription group (several gateways), alarms and telemetry are consumed
+# through ``$share/<group>/...``: each message reaches one gateway of the group. Heartbeats
+# and status reach every gateway, so each keeps a warm supervision view of the whole fleet
+# and can take over the supervision lease without a blind spot; they are small and rare.
+SHARED_CHANNELS = frozenset({Channel.ALARM, Channel.TELEMETRY})
+# MQTT 5 session expiry of a gateway in a group. Messages the broker queued for a gateway
+# that died wait at most this long; devices resend unacked alarms meanwhile, and the
+# resend reaches a live gateway of the group.
+SESSION_EXPIRY_S = 600
 
 
 class SafeClient(aiomqtt.Client):
@@ -110,6 +122,7 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         keepalive_s: int = 30,
+        shared_group: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -122,6 +135,7 @@ class MqttLink:
         self._username = username
         self._password = password
         self._keepalive_s = keepalive_s
+        self.shared_group = shared_group
         self._outbound: asyncio.Queue[Outbound] = asyncio.Queue(MAX_OUTBOUND)
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -221,7 +235,7 @@ class MqttLink:
                 identifier=self.client_id,
                 # A persistent session: QoS 1 messages published while we are away are
                 # queued by the broker and delivered when we come back.
-                clean_session=False,
+                **self._session_options(),
                 username=self._username,
                 password=self._password,
                 keepalive=self._keepalive_s,
@@ -249,9 +263,33 @@ class MqttLink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    def _session_options(self) -> dict[str, Any]:
+        if self.shared_group is None:
+            return {"clean_session": False}
+        # Shared subscriptions are an MQTT 5 feature; MQTT 5 ends a session when the
+        # connection closes unless the client asks for an expiry interval.
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        return {
+            "protocol": aiomqtt.ProtocolVersion.V5,
+            "clean_start": False,
+            "properties": properties,
+        }
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters this link subscribes to."""
+        filters = []
         for channel in Channel:
-            await client.subscribe(f"{self.prefix}/+/{channel.value}", qos=1)
+            plain = f"{self.prefix}/+/{channel.value}"
+            if self.shared_group is not None and channel in SHARED_CHANNELS:
+                filters.append(f"$share/{self.shared_group}/{plain}")
+            else:
+                filters.append(plain)
+        return filters
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        for topic_filter in self.subscriptions():
+            await client.subscribe(topic_filter, qos=1)
         await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connects += 1
         # Anything queued while we were down was for a previous session: acks are

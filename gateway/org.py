@@ -11,9 +11,10 @@ import dataclasses
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeAlias
 
 from alarms.directory import Directory, Recipient, Staff
 from alarms.escalation import RECOMMENDED_POLICY, EscalationStep, TeamPolicy
@@ -66,6 +67,46 @@ class DeviceInfo:
     heartbeat_s: float | None = None
 
 
+OrgEntity: TypeAlias = "Team | StaffMember | RecipientInfo | DeviceInfo"
+
+_KINDS: dict[str, type[Any]] = {
+    "team": Team, "staff": StaffMember, "recipient": RecipientInfo, "device": DeviceInfo,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OrgChange:
+    """One entity created, replaced (``value``) or deleted (``value`` None).
+
+    What a cluster replicates between gateways (gateway.cluster); ``body``/``decode`` are
+    its wire form.
+    """
+
+    kind: str
+    id: str
+    value: Team | StaffMember | RecipientInfo | DeviceInfo | None
+
+    def body(self) -> str | None:
+        """The value as JSON, None for a deletion."""
+        return None if self.value is None else json.dumps(dataclasses.asdict(self.value))
+
+    @classmethod
+    def decode(cls, kind: str, entity_id: str, body: str | None) -> OrgChange:
+        """The change a ``body`` describes; ValueError for an unknown kind or shape."""
+        factory = _KINDS.get(kind)
+        if factory is None:
+            raise ValueError(f"unknown organisation kind {kind!r}")
+        if body is None:
+            return cls(kind, entity_id, None)
+        fields = json.loads(body)
+        if kind == "staff":
+            fields["team_ids"] = tuple(fields["team_ids"])
+        value = factory(**fields)
+        if value.id != entity_id:
+            raise ValueError(f"{kind} {entity_id!r} carries the id {value.id!r}")
+        return cls(kind, entity_id, value)
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS staff (
@@ -79,6 +120,7 @@ CREATE TABLE IF NOT EXISTS recipients (
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, recipient_id TEXT REFERENCES recipients(id),
     model TEXT NOT NULL DEFAULT '', serial TEXT NOT NULL DEFAULT '', heartbeat_s REAL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -107,6 +149,9 @@ class OrgStore:
         self.staff: dict[str, StaffMember] = {}
         self.recipients: dict[str, RecipientInfo] = {}
         self.devices: dict[str, DeviceInfo] = {}
+        # Told of every change made through this store (not of ``apply``): a cluster
+        # replicates them to the other gateways.
+        self.listeners: list[Callable[[OrgChange], None]] = []
         self._load()
 
     def close(self) -> None:
@@ -144,6 +189,7 @@ class OrgStore:
         with self._mutex, self._conn:
             self._conn.execute("INSERT OR REPLACE INTO teams VALUES (?, ?)", (team.id, team.name))
         self.teams[team.id] = team
+        self._changed(OrgChange("team", team.id, team))
 
     def put_staff(self, member: StaffMember) -> None:
         """Create or replace a staff member."""
@@ -161,6 +207,7 @@ class OrgStore:
                 ),
             )
         self.staff[member.id] = member
+        self._changed(OrgChange("staff", member.id, member))
 
     def put_recipient(self, recipient: RecipientInfo) -> None:
         """Create or replace a care recipient."""
@@ -177,6 +224,7 @@ class OrgStore:
                 ),
             )
         self.recipients[recipient.id] = recipient
+        self._changed(OrgChange("recipient", recipient.id, recipient))
 
     def put_device(self, device: DeviceInfo) -> None:
         """Create or replace a device."""
@@ -193,18 +241,21 @@ class OrgStore:
                 ),
             )
         self.devices[device.id] = device
+        self._changed(OrgChange("device", device.id, device))
 
     def delete_device(self, device_id: str) -> None:
         """Remove a device (decommissioned); its alarms keep their device id."""
         with self._mutex, self._conn:
             self._conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
         self.devices.pop(device_id, None)
+        self._changed(OrgChange("device", device_id, None))
 
     def delete_staff(self, staff_id: str) -> None:
         """Remove a login."""
         with self._mutex, self._conn:
             self._conn.execute("DELETE FROM staff WHERE id = ?", (staff_id,))
         self.staff.pop(staff_id, None)
+        self._changed(OrgChange("staff", staff_id, None))
 
     def delete_team(self, team_id: str) -> None:
         """Remove a team; refused while recipients or staff still belong to it."""
@@ -215,6 +266,7 @@ class OrgStore:
         with self._mutex, self._conn:
             self._conn.execute("DELETE FROM teams WHERE id = ?", (team_id,))
         self.teams.pop(team_id, None)
+        self._changed(OrgChange("team", team_id, None))
 
     def delete_recipient(self, recipient_id: str) -> None:
         """Remove a recipient; refused while a device is bound to them."""
@@ -223,6 +275,47 @@ class OrgStore:
         with self._mutex, self._conn:
             self._conn.execute("DELETE FROM recipients WHERE id = ?", (recipient_id,))
         self.recipients.pop(recipient_id, None)
+        self._changed(OrgChange("recipient", recipient_id, None))
+
+    def _changed(self, change: OrgChange) -> None:
+        for listener in self.listeners:
+            listener(change)
+
+    def apply(self, change: OrgChange) -> None:
+        """Apply a change another gateway made: stored, listeners not told.
+
+        No integrity checks: the other gateway checked, and changes may arrive in an order
+        where a device names a recipient that arrives a moment later.
+        """
+        listeners, self.listeners = self.listeners, []
+        try:
+            value = change.value
+            if value is None:
+                table = {"team": "teams", "staff": "staff", "recipient": "recipients",
+                         "device": "devices"}[change.kind]
+                with self._mutex, self._conn:
+                    self._conn.execute(f"DELETE FROM {table} WHERE id = ?", (change.id,))
+                getattr(self, table).pop(change.id, None)
+            elif isinstance(value, Team):
+                self.put_team(value)
+            elif isinstance(value, StaffMember):
+                self.put_staff(value)
+            elif isinstance(value, RecipientInfo):
+                self.put_recipient(value)
+            else:
+                self.put_device(value)
+        finally:
+            self.listeners = listeners
+
+    def meta(self, key: str) -> str | None:
+        """A bookkeeping value (e.g. how far this store followed the cluster's changes)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a bookkeeping value."""
+        with self._mutex, self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def vacuum(self) -> None:
         """Rewrite the file so that nothing deleted survives anywhere in it."""

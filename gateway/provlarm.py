@@ -32,6 +32,7 @@ from alarms.events import AlarmReceived, TestCompleted
 from alarms.model import SAFETY_DEVICE_TYPES, Alarm, AlarmType, Hop
 from devices.contract import encode_command, topic
 from gateway.deps import staff_dependency
+from gateway.duties import PROVLARM
 from gateway.ids import new_alarm_id
 from gateway.mqtt import Outbound
 from gateway.org import StaffMember
@@ -149,6 +150,10 @@ class Provlarm:
         self._wake.set()
         return True
 
+    def wake(self) -> None:
+        """Look at the schedule again (the provlarm lease changed hands)."""
+        self._wake.set()
+
     def on_alarm(self, alarm: Alarm) -> None:
         """Every alarm change (a gateway notifier): follow the test alarms of running tests."""
         if alarm.type is not AlarmType.TEST:
@@ -184,9 +189,13 @@ class Provlarm:
                 await asyncio.to_thread(self._record, device_id, "passed", None)
                 await self._gateway.submit_internal(TestCompleted(alarm_id, note))
             now = self._clock()
+            # In a cluster only the provlarm lease holder commands tests; the others keep
+            # their schedule moving so that a take-over starts from the right slots.
+            acting = self._gateway.acts(PROVLARM)
             while self._schedule and self._schedule[0][0] <= now:
                 _, device_id = heapq.heappop(self._schedule)
-                self.run_now(device_id)
+                if acting:
+                    self.run_now(device_id)
                 heapq.heappush(self._schedule, (
                     next_slot(device_id, now, self.settings.at, self.settings.spread_s),
                     device_id,

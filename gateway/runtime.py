@@ -11,6 +11,15 @@ Data flows one way (DESIGN.md §2). For an alarm:
 
 A journal failure means: records not applied, device not acked (it keeps resending), the
 failure counted and logged. State never runs ahead of the journal.
+
+Several gateways (``[cluster]``, docs/deployment.md) share a PostgreSQL journal. Each
+follows the others' commits (``gateway.cluster``) and applies them to its own core, so any
+gateway can serve any staff client. Every batch carries the record counts of the existing
+alarms it was decided on (optimistic concurrency): a decision made on a stale view of an
+alarm is refused by the journal and made again after catching up, so two gateways never
+both accept, escalate or close the same alarm. Work that must happen once (escalation
+ticks, device supervision, the delivery watch, test alarms) is done by the holder of that
+kind of work's lease.
 """
 
 from __future__ import annotations
@@ -24,10 +33,10 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import uvicorn
 
@@ -45,7 +54,7 @@ from alarms.events import (
     Tick,
 )
 from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType, Hop
-from alarms.records import HopAdded, Record
+from alarms.records import AlarmOpened, HopAdded, Record
 from alarms.supervision import DeviceOffline, DeviceOnline
 from devices.contract import (
     AlarmMessage,
@@ -71,12 +80,19 @@ from gateway.cameras import CameraService
 from gateway.centre import CentreAdapter
 from gateway.config import Settings
 from gateway.consoles import create_console_router
+from gateway.duties import ESCALATION, SUPERVISION
 from gateway.hub import StaffHub
 from gateway.ids import new_alarm_id
-from gateway.journal import DuplicateAlarmError, Journal, JournalError, SqliteJournal
+from gateway.journal import (
+    ConflictError,
+    DuplicateAlarmError,
+    Journal,
+    JournalError,
+    SqliteJournal,
+)
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttLink, Outbound
-from gateway.org import OrgStore
+from gateway.org import DeviceInfo, OrgChange, OrgStore
 from gateway.orgfile import RosterStore
 from gateway.privacy import run_retention
 from gateway.provlarm import Provlarm, create_provlarm_router
@@ -89,6 +105,9 @@ from gateway.staffwatch import StaffWatch
 from gateway.tsdb import Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json, iso
 from gateway.watch import DeviceWatch
+
+if TYPE_CHECKING:
+    from gateway.cluster import Cluster
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -104,6 +123,11 @@ STATUS_INTERVAL_S = 30.0
 
 # Retention passes are cheap and periods are days long; four a day is plenty.
 RETENTION_INTERVAL_S = 6 * 3600.0
+
+# A decision refused for a stale view is made again after catching up, at most this often
+# in a row: enough for any realistic contention on one alarm; beyond it, the staff member
+# is told to retry and a device simply resends.
+MAX_CONFLICT_RETRIES = 5
 
 # How long uvicorn may take to close its connections on shutdown (it waits for open
 # requests and WebSockets up to timeout_graceful_shutdown, 2 s).
@@ -123,6 +147,10 @@ class UnavailableError(Exception):
     """The journal could not store a staff action; nothing changed."""
 
 
+class StaleError(UnavailableError):
+    """Another gateway changed the alarm meanwhile, again and again: nothing changed."""
+
+
 @dataclass(slots=True)
 class _Pending:
     decision: Decision
@@ -131,6 +159,9 @@ class _Pending:
     key: tuple[str, str] | None = None
     # Technical alarms the gateway raises itself have no device waiting for an ack.
     ack: bool = True
+    # Decides and submits again after a ConflictError (device alarms, internal events);
+    # staff actions and ticks retry in their own callers instead.
+    redo: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(slots=True)
@@ -151,6 +182,18 @@ _RESPONSE_HOPS = frozenset({Hop.DELIVERED, Hop.ACCEPTED, Hop.ON_SITE, Hop.CLOSED
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _chain(inner: asyncio.Future[None], outer: asyncio.Future[None]) -> None:
+    """Settle ``outer`` as ``inner`` settled (a redone decision answers the first caller)."""
+    if outer.done():
+        return
+    if inner.cancelled():
+        outer.cancel()
+    elif (error := inner.exception()) is not None:
+        outer.set_exception(error)
+    else:
+        outer.set_result(None)
 
 
 class Gateway:
@@ -221,7 +264,7 @@ class Gateway:
             self.provlarm.on_alarm,
             self.staff_watch.on_alarm,
         ]
-        self.hub.on_change = self.staff_watch.on_presence
+        self.hub.on_change = self._presence_changed
         self.sensors = SensorService(self)
         self.routers.append(create_sensor_router(self))
         self.routers.append(create_console_router(self))
@@ -249,6 +292,14 @@ class Gateway:
         self._http_socket: socket.socket | None = None
         self._entered = False
         self._link_created = asyncio.Event()
+        # Journal records per open alarm (applied, and submitted but not yet settled): the
+        # expectations every batch carries (optimistic concurrency, see the module doc).
+        self._versions: dict[str, int] = {}
+        self._inflight: Counter[str] = Counter()
+        self._redo: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.cluster: Cluster | None = None
+        self.leases_held: frozenset[str] = frozenset()
+        self._supervision_gained = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -295,6 +346,9 @@ class Gateway:
                 offline,
             )
             await self._stack.enter_async_context(self.watch)
+            self._count_versions(records)
+            if self.settings.cluster is not None:
+                await self._join_cluster()
             _LOGGER.info(
                 "replayed %d journal records (%d alarms, %d open) in %.3f s",
                 len(records),
@@ -375,6 +429,9 @@ class Gateway:
             username=mqtt.username,
             password=mqtt.password,
             keepalive_s=mqtt.keepalive_s,
+            shared_group=(
+                self.settings.cluster.shared_group if self.settings.cluster is not None else None
+            ),
         )
         async with link, asyncio.TaskGroup() as group:
             self.link = link
@@ -384,6 +441,8 @@ class Gateway:
             group.create_task(self._status_heartbeat(), name="gateway heartbeat")
             group.create_task(self._escalation_timer(), name="escalation timer")
             group.create_task(self._retention(), name="retention")
+            group.create_task(self._redo_loop(), name="conflict redo")
+            group.create_task(self._reconcile_supervision(), name="supervision takeover")
             self._http_task = group.create_task(self._serve_http(), name="http server")
 
     async def _serve_http(self) -> None:
@@ -401,6 +460,192 @@ class Gateway:
         self._server = server
         assert self._http_socket is not None
         await server.serve(sockets=[self._http_socket])
+
+    # -- several gateways ----------------------------------------------------------------
+
+    async def _join_cluster(self) -> None:
+        # Imported here: a lone gateway need not load psycopg (start-up time).
+        from gateway.cluster import ORG_HEAD_KEY, Cluster
+        from gateway.journal_pg import PostgresJournal
+
+        cluster = self.settings.cluster
+        assert cluster is not None
+        if not isinstance(self.journal, PostgresJournal) or self.settings.journal_dsn is None:
+            raise RuntimeError("[cluster] needs the PostgreSQL journal (journal_dsn)")
+        self.cluster = await self._stack.enter_async_context(Cluster(
+            self.settings.journal_dsn,
+            gateway_id=self.settings.gateway_id,
+            journal=self.journal,
+            on_records=self._apply_remote,
+            on_presence=self._remote_presence,
+            on_leases=self._on_leases,
+            on_org=self._apply_org,
+            org_head=int(self.org.meta(ORG_HEAD_KEY) or 0),
+            lease_ttl_s=cluster.lease_ttl_s,
+        ))
+        self.cluster.set_local_presence(self.hub.connected_staff())
+        self.org.listeners.append(self.cluster.publish_org)
+        self._stack.callback(self.org.listeners.remove, self.cluster.publish_org)
+
+    def _apply_org(self, changes: list[OrgChange]) -> None:
+        """Organisation changes made through another gateway: store, route, supervise."""
+        from gateway.cluster import ORG_HEAD_KEY
+
+        for change in changes:
+            self.org.apply(change)
+            if change.kind != "device":
+                continue
+            device = change.value
+            supervisor = self.watch.supervisor
+            if not isinstance(device, DeviceInfo) or not device.recipient_id:
+                supervisor.unwatch(change.id)
+            elif change.id not in supervisor:
+                self.watch.watch(device.id, device.type, device.heartbeat_s)
+        self.refresh_directory()
+        if self.cluster is not None:
+            self.org.set_meta(ORG_HEAD_KEY, str(self.cluster.org_head))
+        _LOGGER.info("applied %d organisation change(s) from other gateways", len(changes))
+
+    def acts(self, lease: str) -> bool:
+        """Whether this gateway does the work guarded by ``lease`` (always when alone)."""
+        return self.cluster is None or lease in self.leases_held
+
+    def _on_leases(self, held: frozenset[str]) -> None:
+        gained, lost = held - self.leases_held, self.leases_held - held
+        self.leases_held = held
+        if gained:
+            _LOGGER.info("gateway %s took over: %s", self.settings.gateway_id,
+                         ", ".join(sorted(gained)))
+        if lost:
+            _LOGGER.warning("gateway %s no longer holds: %s", self.settings.gateway_id,
+                            ", ".join(sorted(lost)))
+        self.metrics.leases.set(len(held))
+        self._deadlines_changed.set()
+        self.staff_watch.on_presence()
+        self.provlarm.wake()
+        if SUPERVISION in gained:
+            self._supervision_gained.set()
+
+    def connected_staff(self) -> frozenset[str]:
+        """Staff with a client connected to this gateway or (in a cluster) any other."""
+        return self.hub.connected_staff() | self.core.remote_connected
+
+    def _presence_changed(self) -> None:
+        self.staff_watch.on_presence()
+        if self.cluster is not None:
+            self.cluster.set_local_presence(self.hub.connected_staff())
+
+    def _remote_presence(self, staff: frozenset[str]) -> None:
+        self.core.remote_connected = staff
+        self.staff_watch.on_presence()
+
+    def _apply_remote(self, records: list[Record]) -> None:
+        """Records another gateway committed: apply, and show the changes to our clients.
+
+        The deciding gateway did the once-only work (device ack, alarm centre). Here the
+        alarms go to the staff connected to this gateway, to the Web Push subscriptions
+        stored on this gateway (each subscription lives on the gateway the phone registered
+        with, and the notifier pushes an alarm to a staff member once), and to the local
+        listeners (delivery watch, test alarms), which act only while holding their lease.
+        """
+        self.core.apply_all(records)
+        touched: dict[str, None] = {}
+        for record in records:
+            touched[record.alarm_id] = None
+            self._versions[record.alarm_id] = self._versions.get(record.alarm_id, 0) + 1
+        self._forget_closed(touched)
+        self._deadlines_changed.set()
+        for alarm_id in touched:
+            alarm = self.core.alarms.get(alarm_id)
+            if alarm is None:
+                continue
+            audience = self.audience(alarm)
+            body = alarm_json(alarm, self.org)
+            self.hub.send(audience, {"type": "alarm", "alarm": body})
+            for notifier in self.notifiers:
+                notifier(body, audience)
+            for listener in self.alarm_listeners:
+                listener(alarm)
+
+    async def _reconcile_supervision(self) -> None:
+        """On taking over supervision: raise and clear what the previous holder did not.
+
+        Every gateway keeps a warm supervision view (heartbeats reach all of them), but
+        only the holder reports; this closes the gap of the take-over moment.
+        """
+        while True:
+            await self._supervision_gained.wait()
+            self._supervision_gained.clear()
+            now = time.time()
+            supervisor = self.watch.supervisor
+            flagged = {a.device_id: a for a in self.open_technical("offline.")}
+            for device_id in supervisor.offline_devices():
+                if device_id not in flagged and self.acts(SUPERVISION):
+                    since = supervisor.last_seen(device_id) or now
+                    await self._device_offline(DeviceOffline(
+                        device_id, since=since, deadline=supervisor.deadline(device_id) or now,
+                        at=now))
+            for device_id, alarm in flagged.items():
+                if device_id in supervisor and not supervisor.is_offline(device_id):
+                    await self.submit_internal(TechnicalCleared(
+                        device_id, alarm.ref, "enheten hörs igen / device heard again"))
+
+    # -- optimistic concurrency ------------------------------------------------------------
+
+    def _count_versions(self, records: Sequence[Record]) -> None:
+        """Record counts of the open alarms after replay."""
+        counts: Counter[str] = Counter(r.alarm_id for r in records)
+        self._versions = {a.id: counts[a.id] for a in self.core.open_alarms()}
+
+    def _forget_closed(self, alarm_ids: dict[str, None]) -> None:
+        # Closed alarms take no more decisions; their counts are no longer needed.
+        for alarm_id in alarm_ids:
+            alarm = self.core.alarms.get(alarm_id)
+            if alarm is not None and alarm.state == "closed" and not self._inflight[alarm_id]:
+                self._versions.pop(alarm_id, None)
+                del self._inflight[alarm_id]
+
+    def _submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
+        """Submit a decision's records with the counts they were decided on."""
+        opened = {r.alarm_id for r in records if isinstance(r, AlarmOpened)}
+        expect: dict[str, int] = {}
+        for record in records:
+            alarm_id = record.alarm_id
+            if alarm_id in opened or alarm_id in expect:
+                continue
+            alarm = self.core.alarms.get(alarm_id)
+            if alarm is not None and alarm.state == "open":
+                expect[alarm_id] = self._versions.get(alarm_id, 0) + self._inflight[alarm_id]
+        for record in records:
+            self._inflight[record.alarm_id] += 1
+        return self.journal.submit(records, expect)
+
+    def _settle_versions(self, records: Sequence[Record], *, stored: bool) -> None:
+        touched: dict[str, None] = {}
+        for record in records:
+            alarm_id = record.alarm_id
+            touched[alarm_id] = None
+            self._inflight[alarm_id] -= 1
+            if self._inflight[alarm_id] <= 0:
+                del self._inflight[alarm_id]
+            if stored:
+                self._versions[alarm_id] = self._versions.get(alarm_id, 0) + 1
+        if stored:
+            self._forget_closed(touched)
+
+    async def _catch_up(self) -> None:
+        if self.cluster is not None:
+            try:
+                await self.cluster.catch_up()
+            except JournalError as exc:
+                _LOGGER.warning("could not catch up with the journal: %s", exc)
+
+    async def _redo_loop(self) -> None:
+        while True:
+            pending = await self._redo.get()
+            await self._catch_up()
+            assert pending.redo is not None
+            await pending.redo()
 
     # -- observations ------------------------------------------------------------------------
 
@@ -492,6 +737,8 @@ class Gateway:
         )
 
     async def _device_offline(self, offline: DeviceOffline) -> None:
+        if not self.acts(SUPERVISION):
+            return
         detail = (
             f"Enheten tyst sedan {iso(offline.since)} / device silent since {iso(offline.since)}"
         )
@@ -499,21 +746,27 @@ class Gateway:
             offline.device_id, f"offline.{int(offline.since * 1000)}", detail, offline.at))
 
     async def _device_online(self, online: DeviceOnline) -> None:
+        if not self.acts(SUPERVISION):
+            return
         for alarm in self.open_technical("offline."):
             if alarm.device_id == online.device_id:
                 await self.submit_internal(TechnicalCleared(
                     online.device_id, alarm.ref, f"avbrott / outage {online.outage_s:.0f} s"))
 
-    async def submit_internal(self, event: Event) -> None:
+    async def submit_internal(self, event: Event, attempt: int = 1) -> None:
         """Journal an event the gateway raises itself (technical alarms and their clearing)."""
         decision = self.core.decide(event, time.time())
         if decision.refusal is not None:
-            _LOGGER.error("internal event %s refused: %s", event, decision.refusal.reason)
+            if attempt == 1:
+                _LOGGER.error("internal event %s refused: %s", event, decision.refusal.reason)
             return
         if not decision.records:
             return
-        commit = self.journal.submit(decision.records)
-        await self._pipeline.put(_Pending(decision, commit, ack=False))
+        redo = None
+        if attempt < MAX_CONFLICT_RETRIES:
+            redo = functools.partial(self.submit_internal, event, attempt + 1)
+        commit = self._submit(decision.records)
+        await self._pipeline.put(_Pending(decision, commit, ack=False, redo=redo))
 
     def refresh_directory(self) -> None:
         """Hand the core a new routing view after the organisation changed."""
@@ -595,7 +848,7 @@ class Gateway:
             seen.battery = message.battery
 
     async def _on_alarm(
-        self, message: AlarmMessage, now: float, *, ack: bool = True
+        self, message: AlarmMessage, now: float, *, ack: bool = True, attempt: int = 1
     ) -> asyncio.Future[None] | None:
         """Decide an alarm and queue its commit; returns what resolves once it is durable.
 
@@ -628,9 +881,26 @@ class Gateway:
         # device resends) is not reported as a "never retrieved" exception.
         done.add_done_callback(_retrieve)
         self._in_flight[key] = done
-        commit = self.journal.submit(decision.records)
-        await self._pipeline.put(_Pending(decision, commit, done=done, key=key, ack=ack))
+        redo = None
+        if attempt < MAX_CONFLICT_RETRIES:
+            # Attached to an alarm another gateway changed meanwhile: decide again (it may
+            # now attach, or open a new alarm if that one was closed).
+            redo = functools.partial(self._redo_alarm, message, ack, attempt + 1, done)
+        commit = self._submit(decision.records)
+        await self._pipeline.put(
+            _Pending(decision, commit, done=done, key=key, ack=ack, redo=redo)
+        )
         return done
+
+    async def _redo_alarm(
+        self, message: AlarmMessage, ack: bool, attempt: int, outer: asyncio.Future[None]
+    ) -> None:
+        inner = await self._on_alarm(message, time.time(), ack=ack, attempt=attempt)
+        if inner is None:
+            if not outer.done():
+                outer.set_result(None)
+        else:
+            inner.add_done_callback(functools.partial(_chain, outer=outer))
 
     async def _on_scaip(self, request: ScaipRequest, sip: SipRequest) -> int:
         """A SCAIP <mrq>: answered OK (snu 0) only once it is durably stored."""
@@ -708,9 +978,21 @@ class Gateway:
     async def _follow_commits(self) -> None:
         while True:
             pending = await self._pipeline.get()
+            records = pending.decision.records
             try:
                 await pending.commit
+            except ConflictError as exc:
+                # Decided on a stale view (another gateway changed the alarm): nothing was
+                # stored; decide again once caught up.
+                self._settle_versions(records, stored=False)
+                self.metrics.conflicts.inc()
+                _LOGGER.info("decision refused as stale, deciding again: %s", exc)
+                if pending.redo is not None:
+                    self._redo.put_nowait(pending)
+                elif pending.done is not None and not pending.done.done():
+                    pending.done.set_exception(exc)
             except DuplicateAlarmError:
+                self._settle_versions(records, stored=False)
                 # Another gateway stored this device message first (shared journal): it is
                 # stored, so the device is acked as such; this gateway applies nothing.
                 self.metrics.duplicates.inc()
@@ -721,6 +1003,7 @@ class Gateway:
                 if pending.done is not None and not pending.done.done():
                     pending.done.set_result(None)
             except JournalError as exc:
+                self._settle_versions(records, stored=False)
                 self.metrics.journal_failures.inc()
                 self._journal_down(str(exc))
                 if pending.done is not None and not pending.done.done():
@@ -729,6 +1012,7 @@ class Gateway:
                 if self.journal_failed_since is not None:
                     self._journal_up()
                 self.core.apply_all(pending.decision.records)
+                self._settle_versions(records, stored=True)
                 self._observe_response(pending.decision.records)
                 self._deadlines_changed.set()
                 self.audit.record_journal(pending.decision.records)
@@ -846,10 +1130,14 @@ class Gateway:
         """
         while True:
             self._deadlines_changed.clear()
-            deadline = self.core.next_deadline()
+            # In a cluster only the escalation lease holder ticks; the others wait for a
+            # lease change (which sets the same event).
+            deadline = self.core.next_deadline() if self.acts(ESCALATION) else None
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deadlines_changed.wait(), timeout)
+            if not self.acts(ESCALATION):
+                continue
             deadline = self.core.next_deadline()
             if deadline is not None and deadline <= time.time():
                 await self._decide_locked(Tick())
@@ -869,18 +1157,28 @@ class Gateway:
         it would decide the same escalation step again.
         """
         async with self._staff_lock:
-            decision = self.core.decide(event, time.time())
-            if decision.refusal is not None:
-                _LOGGER.warning("%s refused: %s", type(event).__name__, decision.refusal.reason)
+            for _ in range(MAX_CONFLICT_RETRIES):
+                decision = self.core.decide(event, time.time())
+                if decision.refusal is not None:
+                    _LOGGER.warning("%s refused: %s", type(event).__name__,
+                                    decision.refusal.reason)
+                    return
+                if not decision.records:
+                    self._carry_out(decision.actions, ack=False)
+                    return
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                commit = self._submit(decision.records)
+                await self._pipeline.put(_Pending(decision, commit, done=done, ack=False))
+                try:
+                    await done
+                except ConflictError:
+                    await self._catch_up()
+                    continue
+                except UnavailableError:
+                    pass
                 return
-            if not decision.records:
-                self._carry_out(decision.actions, ack=False)
-                return
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            commit = self.journal.submit(decision.records)
-            await self._pipeline.put(_Pending(decision, commit, done=done, ack=False))
-            with contextlib.suppress(UnavailableError):
-                await done
+            _LOGGER.error("%s: gave up after %d stale decisions", type(event).__name__,
+                          MAX_CONFLICT_RETRIES)
 
     # -- staff actions -----------------------------------------------------------------------
 
@@ -888,21 +1186,29 @@ class Gateway:
         """Carry out a staff action durably; raises RefusedError or UnavailableError."""
         action = type(event).__name__
         async with self._staff_lock:
-            decision = self.core.decide(event, time.time())
-            if decision.refusal is not None:
-                self.metrics.staff_actions.labels(action, "refused").inc()
-                raise RefusedError(decision.refusal)
-            if decision.records:
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                commit = self.journal.submit(decision.records)
-                await self._pipeline.put(_Pending(decision, commit, done=done))
-                try:
-                    await done
-                except UnavailableError:
-                    self.metrics.staff_actions.labels(action, "unavailable").inc()
-                    raise
-            self.metrics.staff_actions.labels(action, "ok").inc()
-            return self.core.alarms[event.alarm_id]
+            for _ in range(MAX_CONFLICT_RETRIES):
+                decision = self.core.decide(event, time.time())
+                if decision.refusal is not None:
+                    self.metrics.staff_actions.labels(action, "refused").inc()
+                    raise RefusedError(decision.refusal)
+                if decision.records:
+                    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    commit = self._submit(decision.records)
+                    await self._pipeline.put(_Pending(decision, commit, done=done))
+                    try:
+                        await done
+                    except ConflictError:
+                        # Another gateway changed this alarm meanwhile: decide again on
+                        # what it did (the action may now be refused, e.g. already taken).
+                        await self._catch_up()
+                        continue
+                    except UnavailableError:
+                        self.metrics.staff_actions.labels(action, "unavailable").inc()
+                        raise
+                self.metrics.staff_actions.labels(action, "ok").inc()
+                return self.core.alarms[event.alarm_id]
+            self.metrics.staff_actions.labels(action, "unavailable").inc()
+            raise StaleError("the alarm keeps changing on another gateway; try again")
 
     def response_report(
         self, member: Any, period: str, start_ms: int | None, end_ms: int | None
@@ -958,6 +1264,12 @@ class Gateway:
             "devices": {"watched": counts.watched, "offline": counts.offline},
             "version": __version__,
             "gateway_id": self.settings.gateway_id,
+            **({} if self.cluster is None else {"cluster": {
+                "leases": sorted(self.leases_held),
+                "following": self.cluster.listening,
+                "followed_records": self.cluster.followed,
+                "remote_staff": len(self.core.remote_connected),
+            }}),
         }
 
 

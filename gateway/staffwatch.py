@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Self
 
 from alarms.events import AlarmReceived, TechnicalCleared
 from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType, Hop
+from gateway.duties import STAFFWATCH
 from gateway.ids import new_alarm_id
 
 if TYPE_CHECKING:
@@ -83,6 +84,13 @@ class StaffWatch:
         while True:
             self._wake.clear()
             now = self._clock()
+            if not self._gateway.acts(STAFFWATCH):
+                # Another gateway of the cluster watches; keep the heap warm for a
+                # take-over (the lease change wakes this task) and drop what is settled.
+                self._forget_settled()
+                no_client_since.clear()
+                await self._wake.wait()
+                continue
             await self._check_deliveries(now)
             next_team_check = await self._check_teams(now, no_client_since)
             deadline = min(
@@ -93,6 +101,18 @@ class StaffWatch:
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _forget_settled(self) -> None:
+        alarms = self._gateway.core.alarms
+        keep = [
+            (deadline, alarm_id) for deadline, alarm_id in self._deadlines
+            if (alarm := alarms.get(alarm_id)) is not None
+            and alarm.state == "open" and not alarm.reached(Hop.DELIVERED)
+        ]
+        if len(keep) != len(self._deadlines):
+            heapq.heapify(keep)
+            self._scheduled = {alarm_id for _, alarm_id in keep}
+            self._deadlines = keep
 
     async def _check_deliveries(self, now: float) -> None:
         gateway = self._gateway
@@ -120,7 +140,7 @@ class StaffWatch:
 
     async def _check_teams(self, now: float, since: dict[str, float]) -> float | None:
         gateway = self._gateway
-        connected = gateway.hub.connected_staff()
+        connected = gateway.connected_staff()
         teams_with_alarms = {
             a.team_id for a in gateway.core.open_alarms()
             if a.team_id is not None and a.type not in (AlarmType.TECHNICAL, AlarmType.TEST)

@@ -33,7 +33,7 @@ from alarms.records import (
     Record,
     RefAttached,
 )
-from gateway.journal import CommitObserver, Journal, JournalError, SqliteJournal
+from gateway.journal import CommitObserver, ConflictError, Journal, JournalError, SqliteJournal
 from gateway.journal_pg import (
     DuplicateAlarmError,
     PostgresJournal,
@@ -214,6 +214,44 @@ class JournalContract(ABC):
         async with journal:
             await journal.append([hop("alarm-u", "second")])
             assert await journal.load() == [hop("alarm-u", "first"), hop("alarm-u", "second")]
+
+    async def test_expectations_that_hold_are_stored(self) -> None:
+        async with self.make_journal() as journal:
+            await journal.append([opened(1), hop("alarm-1", "a")])
+            await journal.submit([hop("alarm-1", "b")], {"alarm-1": 2})
+            # A new alarm has no records yet: expecting 0 holds.
+            await journal.submit([hop("alarm-new", "c")], {"alarm-new": 0})
+            assert [getattr(r, "actor", None) for r in await journal.load()] == [
+                None, "a", "b", "c"]
+
+    async def test_a_stale_batch_fails_alone_and_stores_nothing(self) -> None:
+        async with self.make_journal() as journal:
+            await journal.append([opened(1), hop("alarm-1", "a")])
+            # Two decisions on the same view of alarm-1, in one group: the first wins, the
+            # second sees the first one's record and is refused; a batch after it commits.
+            first = journal.submit([hop("alarm-1", "first")], {"alarm-1": 2})
+            second = journal.submit(
+                [hop("alarm-1", "second"), hop("alarm-2", "same batch")], {"alarm-1": 2}
+            )
+            third = journal.submit([hop("alarm-3", "unrelated")])
+            await first
+            with pytest.raises(ConflictError) as refused:
+                await second
+            await third
+            assert (refused.value.alarm_id, refused.value.expected, refused.value.found) == (
+                "alarm-1", 2, 3)
+            actors = [getattr(r, "actor", None) for r in await journal.load()]
+            assert actors == [None, "a", "first", "unrelated"]
+
+    async def test_expectation_on_every_alarm_of_a_batch(self) -> None:
+        async with self.make_journal() as journal:
+            await journal.append([hop("alarm-x", "x1"), hop("alarm-y", "y1")])
+            with pytest.raises(ConflictError):
+                await journal.submit([hop("alarm-x", "x2"), hop("alarm-y", "y2")],
+                                     {"alarm-x": 1, "alarm-y": 0})
+            await journal.submit([hop("alarm-x", "x2"), hop("alarm-y", "y2")],
+                                 {"alarm-x": 1, "alarm-y": 1})
+            assert len(await journal.load()) == 4
 
 
 class TestSqliteJournal(JournalContract):
@@ -482,3 +520,65 @@ async def test_lost_connection_fails_one_commit_then_recovers(pg_dsn: str) -> No
         assert outcomes[1:] == ["stored", "stored"]
         stored = [h.actor for h in await journal.load() if isinstance(h, HopAdded)]
         assert stored == ["before"] + [f"after-{i}" for i, o in enumerate(outcomes) if o == "stored"]
+
+
+@pg
+async def test_follow_returns_what_other_gateways_committed_in_order(pg_dsn: str) -> None:
+    async with (
+        PostgresJournal(pg_dsn, gateway_id="gw-a") as a,
+        PostgresJournal(pg_dsn, gateway_id="gw-b") as b,
+    ):
+        await a.append([hop("alarm-0", "a-before")])
+        assert await b.load() == [hop("alarm-0", "a-before")]
+        assert await b.follow() == []
+        for i in range(3):
+            await a.append([hop("alarm-1", f"a-{i}")])
+            await b.append([hop("alarm-1", f"b-{i}")])
+        # b sees a's records, in commit order, and never its own (it applied those itself).
+        assert await b.follow() == [hop("alarm-1", f"a-{i}") for i in range(3)]
+        assert await b.follow() == []
+        assert await a.follow() == [hop("alarm-1", f"b-{i}") for i in range(3)]
+
+
+@pg
+async def test_follow_pages_through_a_long_backlog(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.journal_pg.FOLLOW_BATCH", 7)
+    async with (
+        PostgresJournal(pg_dsn, gateway_id="gw-a") as a,
+        PostgresJournal(pg_dsn, gateway_id="gw-b") as b,
+    ):
+        await b.load()
+        await asyncio.gather(*(a.append([hop("alarm-p", f"p-{i}")]) for i in range(30)))
+        assert [r.actor for r in await b.follow() if isinstance(r, HopAdded)] == [
+            f"p-{i}" for i in range(30)]
+
+
+@pg
+async def test_every_commit_is_announced(pg_dsn: str) -> None:
+    async with (
+        await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as listener,
+        PostgresJournal(pg_dsn, gateway_id="gw-a") as a,
+    ):
+        await listener.execute("LISTEN trygg_journal")
+        await a.append([hop("alarm-n", "n")])
+        payloads = [n.payload async for n in listener.notifies(timeout=5, stop_after=1)]
+    assert payloads == ["gw-a"]
+
+
+@pg
+async def test_a_conflict_between_gateways_refuses_the_stale_one(pg_dsn: str) -> None:
+    async with (
+        PostgresJournal(pg_dsn, gateway_id="gw-a") as a,
+        PostgresJournal(pg_dsn, gateway_id="gw-b") as b,
+    ):
+        await a.append([opened(1)])
+        results = await asyncio.gather(
+            a.submit([hop("alarm-1", "accepted-on-a")], {"alarm-1": 1}),
+            b.submit([hop("alarm-1", "accepted-on-b")], {"alarm-1": 1}),
+            return_exceptions=True,
+        )
+        assert sorted(type(r).__name__ for r in results) == ["ConflictError", "NoneType"]
+        hops = [r.actor for r in await a.load() if isinstance(r, HopAdded)]
+        assert len(hops) == 1
