@@ -54,10 +54,12 @@ STOP_TIMEOUT_S = 5.0
 # and status reach every gateway, so each keeps a warm supervision view of the whole fleet
 # and can take over the supervision lease without a blind spot; they are small and rare.
 SHARED_CHANNELS = frozenset({Channel.ALARM, Channel.TELEMETRY})
-# MQTT 5 session expiry of a gateway in a group. Messages the broker queued for a gateway
-# that died wait at most this long; devices resend unacked alarms meanwhile, and the
-# resend reaches a live gateway of the group.
-SESSION_EXPIRY_S = 600
+# MQTT 5 session expiry of a gateway in a group: none. A broker keeps handing a share of
+# the group's messages to the session of a gateway that died for as long as the session
+# lives (measured on Mosquitto 2: half of them with two members), so the session must end
+# with the connection. What was in flight to the dead gateway is resent by the devices
+# (unacked) and reaches a live member; with no member left, devices keep resending.
+SESSION_EXPIRY_S = 0
 
 
 class SafeClient(aiomqtt.Client):
@@ -266,8 +268,8 @@ class MqttLink:
     def _session_options(self) -> dict[str, Any]:
         if self.shared_group is None:
             return {"clean_session": False}
-        # Shared subscriptions are an MQTT 5 feature; MQTT 5 ends a session when the
-        # connection closes unless the client asks for an expiry interval.
+        # Shared subscriptions are an MQTT 5 feature. No persistent session in a group
+        # (see SESSION_EXPIRY_S): the other members take the traffic.
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
         return {

@@ -1257,8 +1257,10 @@ class Gateway:
         running = self._runner is not None and not self._runner.done()
         journal_ok = running and self.journal_failed_since is None
         counts = self.watch.supervisor.counts()
+        # A gateway that cannot follow the others shows stale alarms to its staff.
+        following = self.cluster is None or self.cluster.listening
         return {
-            "status": "ok" if mqtt_up and journal_ok else "degraded",
+            "status": "ok" if mqtt_up and journal_ok and following else "degraded",
             "mqtt": "up" if mqtt_up else "down",
             "journal": "ok" if journal_ok else ("failing" if running else "stopped"),
             "devices": {"watched": counts.watched, "offline": counts.offline},
