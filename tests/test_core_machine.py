@@ -205,6 +205,19 @@ class CoreMachine(RuleBasedStateMachine):
         )
 
     @invariant()
+    def indexes_match_a_scan_of_the_open_alarms(self) -> None:
+        # busy() and attaching repeats use indexes kept on apply; they must say exactly
+        # what a scan of the open alarms says.
+        open_alarms = self.core.open_alarms()
+        assert self.core.busy() == frozenset(a.owner for a in open_alarms if a.owner)
+        recipients = {a.recipient_id for a in self.core.alarms.values()}
+        for recipient in (r for r in recipients if r is not None):
+            scan = [a.id for a in sorted(open_alarms, key=lambda a: a.hops[0].at)
+                    if a.recipient_id == recipient]
+            indexed = list(self.core._open_by_recipient.get(recipient, {}))  # under test
+            assert sorted(indexed) == sorted(scan)
+
+    @invariant()
     def level_never_decreases(self) -> None:
         for alarm in self.core.alarms.values():
             assert alarm.level >= self.levels.get(alarm.id, 0)
