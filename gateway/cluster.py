@@ -60,6 +60,8 @@ PRESENCE_TTL_FACTOR = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 5.0
 CONNECT_TIMEOUT_S = 10
+# The listener checks its connection after this long without a notification.
+LISTEN_CHECK_S = 10.0
 
 MIGRATIONS_COMPONENT = "cluster"
 
@@ -216,16 +218,22 @@ class Cluster:
                     self._journal_changed.set()
                     self._presence_changed.set()
                     self._org_changed.set()
-                    async for notify in conn.notifies():
-                        if notify.payload == self.gateway_id:
-                            continue  # our own commit: already applied here
-                        if notify.channel == JOURNAL_CHANNEL:
-                            self._journal_changed.set()
-                        elif notify.channel == ORG_CHANNEL:
-                            self._org_changed.set()
-                        else:
-                            self._presence_changed.set()
-            except psycopg.Error as exc:
+                    while True:
+                        async for notify in conn.notifies(timeout=LISTEN_CHECK_S):
+                            if notify.payload == self.gateway_id:
+                                continue  # our own commit: already applied here
+                            if notify.channel == JOURNAL_CHANNEL:
+                                self._journal_changed.set()
+                            elif notify.channel == ORG_CHANNEL:
+                                self._org_changed.set()
+                            else:
+                                self._presence_changed.set()
+                        # A quiet spell: prove the connection still lives. A connection
+                        # that died without a FIN would otherwise wait for ever, and this
+                        # gateway would silently stop following the others.
+                        async with asyncio.timeout(LISTEN_CHECK_S):
+                            await conn.execute("SELECT 1")
+            except (psycopg.Error, TimeoutError) as exc:
                 self.listening = False
                 window = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)
                 delay = random.uniform(BACKOFF_BASE_S, window)

@@ -116,6 +116,10 @@ async def test_bad_input_is_rejected_counted_and_others_still_flow(
         await dev.publish("alarm", {"ts": 1, "type": "manual"})  # no ref
         await dev.publish("alarm", {"ref": "r", "ts": "yesterday", "type": "manual"})
         await dev.publish("alarm", {"ref": "r", "ts": 1, "type": "alien"})
+        # An alarm whose ref could be read is answered: rejected, with the reason.
+        refused_type = await dev.wait_ack("r")
+        assert refused_type["status"] == "rejected"
+        assert refused_type["reason"].startswith("bad_field")
         await dev.publish("alarm", b"[" * 70_000)
         await dev.client.publish(f"{prefix}/dev-a/alarm/extra", b"{}", qos=1)
         async with device(mosquitto, prefix, "ghost") as ghost:

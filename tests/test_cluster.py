@@ -64,6 +64,11 @@ def knows_all(gateway: Gateway, refs: list[str]) -> Callable[[], bool]:
     return lambda: {a.ref for a in gateway.core.alarms.values()} >= set(refs)
 
 
+def stores_all(gateway: Gateway, device_id: str, refs: list[str]) -> Callable[[], bool]:
+    """Whether the gateway holds every (device, ref), as an alarm or attached to one."""
+    return lambda: all(gateway.core.find(device_id, ref) is not None for ref in refs)
+
+
 def owned_everywhere(
     gateways: tuple[Gateway, ...], alarm_id: str, owner: str
 ) -> Callable[[], bool]:
@@ -293,3 +298,25 @@ async def test_organisation_changes_reach_every_gateway(
     rows = await journal_rows(pg_dsn, "SELECT kind, id, body IS NULL FROM trygg_org ORDER BY seq")
     assert rows == [("recipient", "r-new", False), ("device", "dev-new", False),
                     ("device", "dev-b", True)]
+
+
+async def test_following_resumes_after_the_listener_connection_is_cut(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory,
+    pg_dsn: str,  # noqa: F811 - the imported fixture
+    tmp_path: Path,
+) -> None:
+    async with cluster(make_gateway, mosquitto, tmp_path, pg_dsn) as (one, two):
+        assert two.cluster is not None
+        await until(lambda: one.cluster is not None and one.cluster.listening)
+        # A database restart or failover, as the listeners see it.
+        await journal_rows(pg_dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                   " WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+        async with device(mosquitto, prefix, "dev-a") as dev:
+            for n in range(4):  # round robin: some land on each gateway
+                await dev.alarm(f"cut-{n}", "fall")
+                await dev.wait_ack(f"cut-{n}", timeout=20)
+        # Whatever was committed while a listener was away is read on its reconnect.
+        for gw in (one, two):
+            await until(stores_all(gw, "dev-a", [f"cut-{n}" for n in range(4)]), timeout=20)
+        assert two.cluster.listening
+        assert two.health()["status"] in ("ok", "degraded")
