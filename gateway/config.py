@@ -34,6 +34,17 @@ class MqttSettings(BaseModel):
     password: str | None = None
     client_id: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
+    # TLS to the broker (docs/configuration.md, "TLS to the broker"). The broker's
+    # certificate and host name are always verified; there is no switch to turn that off.
+    tls: bool = False
+    # PEM CA bundle the broker's certificate must chain to; None: the system trust store.
+    ca_file: Path | None = None
+    # A client certificate and its key (PEM), for brokers with ``require_certificate``.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # The name the broker's certificate must carry (and the SNI sent), when ``host`` is not
+    # that name, e.g. an IP address.
+    tls_server_name: str | None = Field(default=None, min_length=1)
 
     @field_validator("prefix")
     @classmethod
@@ -47,6 +58,66 @@ class MqttSettings(BaseModel):
         if (self.username is None) != (self.password is None):
             raise ValueError("mqtt.username and mqtt.password must be set together")
         return self
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> MqttSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file must be set together")
+        if not self.tls:
+            # Refused rather than ignored: a CA or certificate without ``tls`` most likely
+            # means TLS was meant, and ignoring them would connect in clear text.
+            stray = [name for name in _TLS_ONLY if getattr(self, name) is not None]
+            if stray:
+                raise ValueError(
+                    f"mqtt.{', mqtt.'.join(stray)} set but mqtt.tls is false: "
+                    "set tls = true, or remove them"
+                )
+            return self
+        # Read the files now, so that a missing or bad one stops start-up with its name.
+        self.client_context()
+        return self
+
+    def client_context(self) -> ssl.SSLContext | None:
+        """The TLS client context for the broker link, or None without ``tls``.
+
+        Raises ``ValueError`` naming the file when a CA, certificate or key cannot be used.
+        """
+        if not self.tls:
+            return None
+        from gateway.mqtt import BrokerTlsContext
+
+        # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and check_hostname, as create_default_context.
+        context = BrokerTlsContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.server_name = self.tls_server_name
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_file is None:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            try:
+                context.load_verify_locations(cafile=self.ca_file)
+            except OSError as exc:  # ssl.SSLError included
+                raise ValueError(
+                    f"mqtt.ca_file {self.ca_file}: not a readable PEM CA bundle ({exc})"
+                ) from None
+        if self.cert_file is not None and self.key_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
+            except (OSError, ValueError) as exc:
+                raise ValueError(
+                    f"mqtt.cert_file {self.cert_file} / key_file {self.key_file}: not a readable "
+                    f"PEM certificate and matching key ({exc})"
+                ) from None
+        return context
+
+
+# Settings that only mean something with ``mqtt.tls``.
+_TLS_ONLY = ("ca_file", "cert_file", "key_file", "tls_server_name")
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL prompts on the terminal for an encrypted key's passphrase,
+    # which would hang (or, without a terminal, fail obscurely) a service's start.
+    raise ValueError("the key is encrypted; the gateway needs an unencrypted key (mode 0600)")
 
 
 class ClusterSettings(BaseModel):

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -72,6 +73,18 @@ class SafeClient(aiomqtt.Client):
     still holds this very socket closes that window.
     """
 
+    def queued(self) -> aiomqtt.Message | None:
+        """The next received message if one is already waiting, else None.
+
+        aiomqtt's message iterator starts a task and an ``asyncio.wait`` for every message
+        (to notice a disconnect while waiting); when messages are already queued — a burst,
+        a backlog after a reconnect — taking them directly skips that per-message cost.
+        """
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     def _on_socket_register_write(
         self, client: Any, userdata: Any, sock: Any
     ) -> None:
@@ -87,6 +100,56 @@ class SafeClient(aiomqtt.Client):
                 self._loop.add_writer(sock.fileno(), write)
 
         self._loop.call_soon_threadsafe(register)
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An ``SSLSocket`` that closes itself when its handshake fails.
+
+    paho-mqtt (2.2) wraps the socket, runs the handshake, and on failure (an untrusted or
+    misnamed broker certificate) drops the socket without closing it: one file descriptor
+    and a ResourceWarning per refused attempt, while the link retries for ever.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        """``SSLSocket.do_handshake``; the socket is closed if it fails."""
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+class BrokerTlsContext(ssl.SSLContext):
+    """The TLS client context of the broker link.
+
+    paho-mqtt wraps its socket with ``server_hostname`` = the host it connects to, and
+    neither it nor aiomqtt can be given another name. When ``server_name`` is set (the
+    broker is reached by an address its certificate does not carry, e.g. an IP address),
+    it is sent as SNI and checked against the certificate instead; the host name check
+    itself stays on. A failed handshake closes its socket (``_ClosingSSLSocket``).
+    """
+
+    sslsocket_class = _ClosingSSLSocket
+    server_name: str | None = None
+
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        """``SSLContext.wrap_socket``, checking ``server_name`` instead of the host if set."""
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=do_handshake_on_connect,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=self.server_name or server_hostname,
+            session=session,
+        )
 
 
 class _StoppingError(Exception):
@@ -125,6 +188,7 @@ class MqttLink:
         password: str | None = None,
         keepalive_s: int = 30,
         shared_group: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -138,6 +202,7 @@ class MqttLink:
         self._password = password
         self._keepalive_s = keepalive_s
         self.shared_group = shared_group
+        self._tls_context = tls_context
         self._outbound: asyncio.Queue[Outbound] = asyncio.Queue(MAX_OUTBOUND)
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -166,6 +231,7 @@ class MqttLink:
             raise RuntimeError("MqttLink is not re-entrant")
         await self._lock.acquire()
         self._stopping.clear()
+        self._log_transport()
         self._task = asyncio.create_task(self._run(), name=f"mqtt link {self.client_id}")
         return self
 
@@ -189,6 +255,23 @@ class MqttLink:
             self._task = None
         self._set_state(False)
         self._lock.release()
+
+    def _log_transport(self) -> None:
+        context = self._tls_context
+        if context is None:
+            _LOGGER.info("MQTT link to %s:%d: plain TCP, no TLS", self.host, self.port)
+            return
+        server_name = self.host
+        if isinstance(context, BrokerTlsContext) and context.server_name:
+            server_name = context.server_name
+        _LOGGER.info(
+            "MQTT link to %s:%d: TLS (minimum %s, certificate %s, host name %s)",
+            self.host,
+            self.port,
+            context.minimum_version.name,
+            "verified" if context.verify_mode is ssl.CERT_REQUIRED else "NOT verified",
+            f"checked against {server_name}" if context.check_hostname else "NOT checked",
+        )
 
     def publish_nowait(self, message: Outbound) -> bool:
         """Queue a message; False (counted) when disconnected or the queue is full."""
@@ -243,6 +326,7 @@ class MqttLink:
                 keepalive=self._keepalive_s,
                 will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
                 socket_options=NODELAY,
+                tls_context=self._tls_context,
                 timeout=10,
             )
             try:
@@ -289,7 +373,7 @@ class MqttLink:
                 filters.append(plain)
         return filters
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: SafeClient) -> None:
         for topic_filter in self.subscriptions():
             await client.subscribe(topic_filter, qos=1)
         await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
@@ -323,8 +407,13 @@ class MqttLink:
         await self._stopping.wait()
         raise _StoppingError
 
-    async def _receiver(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+    async def _receiver(self, client: SafeClient) -> None:
+        messages = client.messages
+        while True:
+            message = client.queued()
+            if message is None:
+                # Nothing waiting: block (and notice a disconnect) the iterator's way.
+                message = await anext(messages)
             payload = message.payload
             if isinstance(payload, str):
                 data = payload.encode()

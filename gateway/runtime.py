@@ -429,6 +429,7 @@ class Gateway:
             username=mqtt.username,
             password=mqtt.password,
             keepalive_s=mqtt.keepalive_s,
+            tls_context=mqtt.client_context(),
             shared_group=(
                 self.settings.cluster.shared_group if self.settings.cluster is not None else None
             ),
@@ -784,6 +785,11 @@ class Gateway:
         message = decode(topic_name, payload, self.settings.mqtt.prefix)
         if isinstance(message, Rejected):
             self._reject(message)
+            if message.device_id and message.ref and topic_name.endswith("/alarm"):
+                # An alarm we could read the ref of but not accept: say so, with the
+                # reason, rather than leave the device resending into silence.
+                self._ack(AckDevice(message.device_id, message.ref, "rejected",
+                                    f"{message.reason.value}: {message.detail}"[:200]))
             return
         now = time.time()
         self._count_ingest(message)

@@ -104,14 +104,17 @@ def seed_small(org: OrgStore) -> None:
 def settings_for(
     data_dir: Path, broker: tuple[str, int], prefix: str, **overrides: Any
 ) -> Settings:
-    """Gateway settings for tests: loopback, ephemeral HTTP port, a private prefix."""
+    """Gateway settings for tests: loopback, ephemeral HTTP port, a private prefix.
+
+    ``mqtt={...}`` adds to (or overrides) the broker's host, port and prefix.
+    """
     overrides.setdefault("gateway_id", f"gw-{uuid.uuid4().hex[:8]}")
     return load(
         None,
         demo=True,
         data_dir=data_dir,
         secret_key="test-secret-" + "x" * 40,
-        mqtt={"host": broker[0], "port": broker[1], "prefix": prefix},
+        mqtt={"host": broker[0], "port": broker[1], "prefix": prefix, **overrides.pop("mqtt", {})},
         http={"host": "127.0.0.1", "port": 0},
         **overrides,
     )
