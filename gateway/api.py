@@ -58,7 +58,7 @@ from gateway.security import (
     SecurityHeaders,
     SecuritySettings,
 )
-from gateway.views import alarm_json
+from gateway.views import alarm_json, for_role
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -575,12 +575,7 @@ def _role_sees(role: str, alarm: Any) -> bool:
 
 def _alarm_body(role: str, alarm: Any, gateway: Gateway) -> dict[str, Any]:
     """The alarm JSON; for technicians the recipient is cut to name and address."""
-    body = alarm_json(alarm, gateway.org)
-    if role == "technician" and "recipient" in body:
-        recipient = body["recipient"]
-        body["recipient"] = {k: recipient[k] for k in ("id", "name", "address")}
-        body["note"] = None
-    return body
+    return for_role(role, alarm_json(alarm, gateway.org))
 
 
 def _require(member: StaffMember, *roles: str) -> None:

@@ -103,7 +103,7 @@ from gateway.serial import ACK, SerialLink, Verdict, nak
 from gateway.sip import ScaipListener
 from gateway.staffwatch import StaffWatch
 from gateway.tsdb import Sample, SqliteSink, TelemetrySink
-from gateway.views import alarm_json, iso
+from gateway.views import alarm_json, for_role, iso
 from gateway.watch import DeviceWatch
 
 if TYPE_CHECKING:
@@ -561,8 +561,7 @@ class Gateway:
             if alarm is None:
                 continue
             audience = self.audience(alarm)
-            body = alarm_json(alarm, self.org)
-            self.hub.send(audience, {"type": "alarm", "alarm": body})
+            body = self._show(alarm, audience)
             for notifier in self.notifiers:
                 notifier(body, audience)
             for listener in self.alarm_listeners:
@@ -1106,12 +1105,24 @@ class Gateway:
         if alarm is None:
             return
         audience = self.audience(alarm)
-        body = alarm_json(alarm, self.org)
-        self.hub.send(audience, {"type": "alarm", "alarm": body})
+        body = self._show(alarm, audience)
         for notifier in self.notifiers:
             notifier(body, audience)
         for listener in self.alarm_listeners:
             listener(alarm)
+
+    def _show(self, alarm: Alarm, audience: frozenset[str]) -> dict[str, Any]:
+        """Push an alarm to the clients of its audience, each as its role may see it."""
+        body = alarm_json(alarm, self.org)
+        technicians = frozenset(
+            s for s in audience
+            if (member := self.org.staff.get(s)) is not None and member.role == "technician"
+        )
+        self.hub.send(audience - technicians, {"type": "alarm", "alarm": body})
+        if technicians:
+            self.hub.send(technicians, {"type": "alarm",
+                                        "alarm": for_role("technician", body)})
+        return body
 
     def audience(self, alarm: Alarm) -> frozenset[str]:
         """Staff whose clients show this alarm: its targets, its owner and administrators."""

@@ -64,3 +64,17 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
                 "action_plan": recipient.action_plan,
             }
     return body
+
+
+def for_role(role: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An alarm's JSON as a role may see it: technicians get the recipient's name and address
+    only (to find the device), never the entry information, action plan or close note."""
+    if role != "technician":
+        return body
+    cut = dict(body)
+    recipient = cut.get("recipient")
+    if isinstance(recipient, dict):
+        cut["recipient"] = {k: recipient[k] for k in ("id", "name", "address") if k in recipient}
+    if "note" in cut:
+        cut["note"] = None
+    return cut

@@ -82,10 +82,14 @@ async def test_silent_device_is_offline_within_a_second_of_its_deadline(
             assert alarm["device_id"] == "hb-1"
             assert detected >= last + 1.5 - 0.05, "reported before the deadline"
             assert detected <= last + 1.5 + 1.0, "detection more than 1 s after the deadline"
-            # A safety alarm: the care team and the technician both get it.
-            assert (await next_message(tech, "alarm", technical("offline.", device_id="hb-1")))[
-                "alarm"
-            ]["id"] == alarm["id"]
+            # A safety alarm: the care team and the technician both get it, the technician
+            # without the recipient's entry information and action plan.
+            tech_alarm = (
+                await next_message(tech, "alarm", technical("offline.", device_id="hb-1"))
+            )["alarm"]
+            assert tech_alarm["id"] == alarm["id"]
+            assert "entry_info" in alarm["recipient"]
+            assert set(tech_alarm["recipient"]) == {"id", "name", "address"}
 
             await dev.publish("heartbeat", {"ref": "h2", "ts": int(time.time() * 1000)})
             closed = await next_message(ws, "alarm", technical("offline.", "closed", "hb-1"))
