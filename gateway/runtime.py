@@ -297,6 +297,8 @@ class Gateway:
         self._versions: dict[str, int] = {}
         self._inflight: Counter[str] = Counter()
         self._redo: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Other gateways' records about alarms not yet applied here, by alarm id.
+        self._parked: dict[str, list[Record]] = {}
         self.cluster: Cluster | None = None
         self.leases_held: frozenset[str] = frozenset()
         self._supervision_gained = asyncio.Event()
@@ -548,10 +550,26 @@ class Gateway:
         stored on this gateway (each subscription lives on the gateway the phone registered
         with, and the notifier pushes an alarm to a staff member once), and to the local
         listeners (delivery watch, test alarms), which act only while holding their lease.
+
+        A record about an alarm this gateway has not applied yet waits ("parked") until
+        the alarm's opening is applied: another gateway may act on an alarm opened *here*
+        before this gateway's own commit follower got to apply it.
         """
-        self.core.apply_all(records)
-        touched: dict[str, None] = {}
+        ready: list[Record] = []
+        opening: set[str] = set()
         for record in records:
+            alarm_id = record.alarm_id
+            if isinstance(record, AlarmOpened):
+                opening.add(alarm_id)
+            if alarm_id in self.core.alarms or alarm_id in opening:
+                ready.append(record)
+            else:
+                self._parked.setdefault(alarm_id, []).append(record)
+        if not ready:
+            return
+        self.core.apply_all(ready)
+        touched: dict[str, None] = {}
+        for record in ready:
             touched[record.alarm_id] = None
             self._versions[record.alarm_id] = self._versions.get(record.alarm_id, 0) + 1
         self._forget_closed(touched)
@@ -566,6 +584,15 @@ class Gateway:
                 notifier(body, audience)
             for listener in self.alarm_listeners:
                 listener(alarm)
+        self._unpark(touched)
+
+    def _unpark(self, alarm_ids: dict[str, None] | set[str]) -> None:
+        """Apply the parked records of alarms that are now known here."""
+        if not self._parked:
+            return
+        waiting = [a for a in alarm_ids if a in self._parked and a in self.core.alarms]
+        for alarm_id in waiting:
+            self._apply_remote(self._parked.pop(alarm_id))
 
     async def _reconcile_supervision(self) -> None:
         """On taking over supervision: raise and clear what the previous holder did not.
@@ -1018,6 +1045,7 @@ class Gateway:
                     self._journal_up()
                 self.core.apply_all(pending.decision.records)
                 self._settle_versions(records, stored=True)
+                self._unpark({r.alarm_id for r in records if isinstance(r, AlarmOpened)})
                 self._observe_response(pending.decision.records)
                 self._deadlines_changed.set()
                 self.audit.record_journal(pending.decision.records)

@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from alarms.model import AlarmType, Hop
+from alarms.records import AlarmOpened, HopAdded
 from gateway.duties import DUTIES, ESCALATION
 from gateway.mqtt import MqttLink
 from gateway.org import DeviceInfo, RecipientInfo
@@ -320,3 +322,25 @@ async def test_following_resumes_after_the_listener_connection_is_cut(
             await until(stores_all(gw, "dev-a", [f"cut-{n}" for n in range(4)]), timeout=20)
         assert two.cluster.listening
         assert two.health()["status"] in ("ok", "degraded")
+
+
+async def test_a_record_about_an_alarm_not_yet_applied_here_waits_for_its_opening(
+    mosquitto: tuple[str, int], make_gateway: GatewayFactory
+) -> None:
+    # Another gateway may accept an alarm opened here before this gateway's own commit
+    # follower applied the opening: the accept waits, then applies, in order.
+    async with make_gateway(mosquitto) as gw:
+        now = time.time()
+        opened = AlarmOpened("early-1", "dev-a", "early", AlarmType.MANUAL, 1, "r-a",
+                             "team-a", int(now * 1000), None, None)
+        first_hops = [HopAdded("early-1", Hop.RAISED, now, "dev-a"),
+                      HopAdded("early-1", Hop.STORED, now, "gateway"),
+                      HopAdded("early-1", Hop.ROUTED, now, "team:team-a",
+                               targets=("anna", "bo"))]
+        accepted = HopAdded("early-1", Hop.ACCEPTED, now + 1, "anna")
+        gw._apply_remote([accepted])  # about an alarm this gateway does not know yet
+        assert "early-1" not in gw.core.alarms
+        gw._apply_remote([opened, *first_hops])
+        alarm = gw.core.alarms["early-1"]
+        assert [h.hop for h in alarm.hops][-1] is Hop.ACCEPTED
+        assert gw._parked == {}
