@@ -180,6 +180,16 @@ class Cluster:
 
     # -- public API ------------------------------------------------------------------------
 
+    async def wait(self) -> None:
+        """Return (or raise) when the cluster's tasks end: they never should while entered.
+
+        The gateway runs this in its own task group, so that a failure here (a bug applying
+        another gateway's records) stops the gateway loudly instead of leaving it running
+        without following the others.
+        """
+        assert self._runner is not None
+        await asyncio.shield(self._runner)
+
     def holds(self, name: str) -> bool:
         """Whether this gateway does the work guarded by lease ``name`` right now."""
         return name in self.leases.held

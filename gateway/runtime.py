@@ -446,6 +446,8 @@ class Gateway:
             group.create_task(self._retention(), name="retention")
             group.create_task(self._redo_loop(), name="conflict redo")
             group.create_task(self._reconcile_supervision(), name="supervision takeover")
+            if self.cluster is not None:
+                group.create_task(self.cluster.wait(), name="cluster")
             self._http_task = group.create_task(self._serve_http(), name="http server")
 
     async def _serve_http(self) -> None:
