@@ -78,6 +78,7 @@ from gateway.deps import staff_dependency
 from gateway.ids import new_alarm_id
 from gateway.mqtt import Outbound
 from gateway.org import StaffMember
+from gateway.waiting import wait_set
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -267,8 +268,7 @@ class CameraService:
             timeout = None if deadline is None else max(
                 MIN_TIMER_SLEEP_S, deadline - self._clock()
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            await wait_set(self._wakeup, timeout)
 
     def _poke(self) -> None:
         self._wakeup.set()

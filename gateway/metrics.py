@@ -48,6 +48,11 @@ class Metrics:
             "Decisions refused because another gateway changed the alarm first (redone)",
             registry=r,
         )
+        self.skipped_records = Counter(
+            "trygg_journal_records_skipped",
+            "Journal records that contradict their alarm's chain (a bug upstream), not applied",
+            registry=r,
+        )
         self.leases = Gauge(
             "trygg_leases_held", "Kinds of once-only work this gateway does (cluster)",
             registry=r,

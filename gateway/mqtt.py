@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devices.contract import Channel
+from gateway.waiting import wait_set
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -346,8 +347,7 @@ class MqttLink:
                     exc,
                     delay,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await wait_set(self._stopping, delay)
 
     def _session_options(self) -> dict[str, Any]:
         if self.shared_group is None:

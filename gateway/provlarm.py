@@ -37,6 +37,7 @@ from gateway.ids import new_alarm_id
 from gateway.mqtt import Outbound
 from gateway.org import StaffMember
 from gateway.views import iso
+from gateway.waiting import wait_set
 
 if TYPE_CHECKING:
     from gateway.config import ProvlarmSettings
@@ -206,8 +207,7 @@ class Provlarm:
                     await self._fail(run, hop, now)
             deadline = self._next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_set(self._wake, timeout)
 
     def _overdue(self, run: _Run, now: float) -> str | None:
         if run.stored_at is None:

@@ -104,6 +104,7 @@ from gateway.sip import ScaipListener
 from gateway.staffwatch import StaffWatch
 from gateway.tsdb import Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json, for_role, iso
+from gateway.waiting import wait_set
 from gateway.watch import DeviceWatch
 
 if TYPE_CHECKING:
@@ -182,6 +183,25 @@ _RESPONSE_HOPS = frozenset({Hop.DELIVERED, Hop.ACCEPTED, Hop.ON_SITE, Hop.CLOSED
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _per_alarm(decision: Decision) -> list[Decision]:
+    """Split a decision into one per alarm (records and the actions about that alarm)."""
+    alarm_ids = list(dict.fromkeys(r.alarm_id for r in decision.records))
+    if len(alarm_ids) <= 1:
+        return [decision]
+    parts = []
+    for index, alarm_id in enumerate(alarm_ids):
+        parts.append(Decision(
+            records=tuple(r for r in decision.records if r.alarm_id == alarm_id),
+            actions=tuple(
+                a for a in decision.actions
+                # Actions about no alarm in particular travel with the first part.
+                if getattr(a, "alarm_id", None) == alarm_id
+                or (index == 0 and getattr(a, "alarm_id", None) not in alarm_ids)
+            ),
+        ))
+    return parts
 
 
 def _chain(inner: asyncio.Future[None], outer: asyncio.Future[None]) -> None:
@@ -296,7 +316,9 @@ class Gateway:
         # expectations every batch carries (optimistic concurrency, see the module doc).
         self._versions: dict[str, int] = {}
         self._inflight: Counter[str] = Counter()
-        self._redo: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._redo: asyncio.Queue[tuple[_Pending, ConflictError]] = asyncio.Queue()
+        self._settle_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._centre_topic = f"{settings.mqtt.prefix}/centre/alarm"
         # Other gateways' records about alarms not yet applied here, by alarm id.
         self._parked: dict[str, list[Record]] = {}
         self.cluster: Cluster | None = None
@@ -339,7 +361,7 @@ class Gateway:
                 await self._stack.enter_async_context(sink)
             started = time.perf_counter()
             records = await self.journal.load()
-            self.core.apply_all(records)
+            self._apply(records)
             offline = {a.device_id for a in self.open_technical("offline.")}
             self.watch.load(
                 # A registered device not yet installed (no recipient) is not supervised.
@@ -511,6 +533,22 @@ class Gateway:
             self.org.set_meta(ORG_HEAD_KEY, str(self.cluster.org_head))
         _LOGGER.info("applied %d organisation change(s) from other gateways", len(changes))
 
+    def _apply(self, records: Sequence[Record]) -> None:
+        """Apply durable records to the core, one by one.
+
+        The core refuses a record that contradicts the alarm's chain (a second close, a
+        hop backwards) with ValueError. Such a record is already in the journal, so
+        refusing to go on would stop the gateway at every start: it is skipped, counted
+        and logged as the bug it is, and the alarm keeps the chain it had.
+        """
+        for record in records:
+            try:
+                self.core.apply(record)
+            except (ValueError, KeyError) as exc:
+                self.metrics.skipped_records.inc()
+                _LOGGER.error("journal record %s for alarm %s cannot be applied, skipped: %s",
+                              type(record).__name__, record.alarm_id, exc)
+
     def acts(self, lease: str) -> bool:
         """Whether this gateway does the work guarded by ``lease`` (always when alone)."""
         return self.cluster is None or lease in self.leases_held
@@ -569,7 +607,7 @@ class Gateway:
                 self._parked.setdefault(alarm_id, []).append(record)
         if not ready:
             return
-        self.core.apply_all(ready)
+        self._apply(ready)
         touched: dict[str, None] = {}
         for record in ready:
             touched[record.alarm_id] = None
@@ -635,7 +673,13 @@ class Gateway:
                 del self._inflight[alarm_id]
 
     def _submit(self, records: Sequence[Record]) -> asyncio.Future[None]:
-        """Submit a decision's records with the counts they were decided on."""
+        """Submit a decision's records with the counts they were decided on.
+
+        The count is what this gateway has *applied*: a decision made while an earlier
+        batch of ours about the same alarm is still on its way to the journal did not see
+        that batch's effect (two closes of one alarm, from two wake-ups of a timer), so it
+        must be refused if that batch is stored, and decided again once it is applied.
+        """
         opened = {r.alarm_id for r in records if isinstance(r, AlarmOpened)}
         expect: dict[str, int] = {}
         for record in records:
@@ -644,7 +688,7 @@ class Gateway:
                 continue
             alarm = self.core.alarms.get(alarm_id)
             if alarm is not None and alarm.state == "open":
-                expect[alarm_id] = self._versions.get(alarm_id, 0) + self._inflight[alarm_id]
+                expect[alarm_id] = self._versions.get(alarm_id, 0)
         for record in records:
             self._inflight[record.alarm_id] += 1
         return self.journal.submit(records, expect)
@@ -657,10 +701,31 @@ class Gateway:
             self._inflight[alarm_id] -= 1
             if self._inflight[alarm_id] <= 0:
                 del self._inflight[alarm_id]
+                for waiter in self._settle_waiters.pop(alarm_id, ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
             if stored:
                 self._versions[alarm_id] = self._versions.get(alarm_id, 0) + 1
         if stored:
             self._forget_closed(touched)
+
+    def settling(self, alarm_id: str) -> bool:
+        """Whether a batch of ours about ``alarm_id`` is on its way to the journal."""
+        return bool(self._inflight[alarm_id])
+
+    async def _wait_settled(self, alarm_id: str) -> None:
+        """Until none of our batches about ``alarm_id`` is on its way to the journal."""
+        if not self._inflight[alarm_id]:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settle_waiters.setdefault(alarm_id, []).append(waiter)
+        await waiter
+
+    async def _refresh_view(self, conflict: ConflictError) -> None:
+        """After a stale decision: wait for our own batches about the alarm, then read the
+        other gateways' records, so that deciding again sees what the journal holds."""
+        await self._wait_settled(conflict.alarm_id)
+        await self._catch_up()
 
     async def _catch_up(self) -> None:
         if self.cluster is not None:
@@ -671,8 +736,8 @@ class Gateway:
 
     async def _redo_loop(self) -> None:
         while True:
-            pending = await self._redo.get()
-            await self._catch_up()
+            pending, conflict = await self._redo.get()
+            await self._refresh_view(conflict)
             assert pending.redo is not None
             await pending.redo()
 
@@ -810,6 +875,8 @@ class Gateway:
     # -- device ingest -----------------------------------------------------------------------
 
     async def _on_message(self, topic_name: str, payload: bytes) -> None:
+        if topic_name == self._centre_topic:
+            return  # our own copy for the alarm centre: it matches the devices' +/alarm
         message = decode(topic_name, payload, self.settings.mqtt.prefix)
         if isinstance(message, Rejected):
             self._reject(message)
@@ -1022,7 +1089,7 @@ class Gateway:
                 self.metrics.conflicts.inc()
                 _LOGGER.info("decision refused as stale, deciding again: %s", exc)
                 if pending.redo is not None:
-                    self._redo.put_nowait(pending)
+                    self._redo.put_nowait((pending, exc))
                 elif pending.done is not None and not pending.done.done():
                     pending.done.set_exception(exc)
             except DuplicateAlarmError:
@@ -1045,7 +1112,7 @@ class Gateway:
             else:
                 if self.journal_failed_since is not None:
                     self._journal_up()
-                self.core.apply_all(pending.decision.records)
+                self._apply(pending.decision.records)
                 self._settle_versions(records, stored=True)
                 self._unpark({r.alarm_id for r in records if isinstance(r, AlarmOpened)})
                 self._observe_response(pending.decision.records)
@@ -1114,7 +1181,7 @@ class Gateway:
                     self.centre.send(body, action.attempt)
                     if self.link is not None:
                         self.link.publish_nowait(Outbound(
-                            f"{self.settings.mqtt.prefix}/centre/alarm",
+                            self._centre_topic,
                             json.dumps({"alarm": body, "attempt": action.attempt}).encode(),
                         ))
 
@@ -1181,8 +1248,7 @@ class Gateway:
             # lease change (which sets the same event).
             deadline = self.core.next_deadline() if self.acts(ESCALATION) else None
             timeout = None if deadline is None else max(0.0, deadline - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._deadlines_changed.wait(), timeout)
+            await wait_set(self._deadlines_changed, timeout)
             if not self.acts(ESCALATION):
                 continue
             deadline = self.core.next_deadline()
@@ -1213,17 +1279,20 @@ class Gateway:
                 if not decision.records:
                     self._carry_out(decision.actions, ack=False)
                     return
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                commit = self._submit(decision.records)
-                await self._pipeline.put(_Pending(decision, commit, done=done, ack=False))
-                try:
-                    await done
-                except ConflictError:
-                    await self._catch_up()
-                    continue
-                except UnavailableError:
-                    pass
-                return
+                # One batch per alarm: a tick escalates every due alarm, and one of them
+                # changed elsewhere must not hold up the others.
+                dones: list[asyncio.Future[None]] = []
+                for part in _per_alarm(decision):
+                    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    commit = self._submit(part.records)
+                    await self._pipeline.put(_Pending(part, commit, done=done, ack=False))
+                    dones.append(done)
+                outcomes = await asyncio.gather(*dones, return_exceptions=True)
+                conflicts = [o for o in outcomes if isinstance(o, ConflictError)]
+                if not conflicts:
+                    return
+                for conflict in conflicts:
+                    await self._refresh_view(conflict)
             _LOGGER.error("%s: gave up after %d stale decisions", type(event).__name__,
                           MAX_CONFLICT_RETRIES)
 
@@ -1244,10 +1313,11 @@ class Gateway:
                     await self._pipeline.put(_Pending(decision, commit, done=done))
                     try:
                         await done
-                    except ConflictError:
-                        # Another gateway changed this alarm meanwhile: decide again on
-                        # what it did (the action may now be refused, e.g. already taken).
-                        await self._catch_up()
+                    except ConflictError as conflict:
+                        # The alarm changed meanwhile (another gateway, or a batch of ours
+                        # still on its way): decide again on what it did (the action may
+                        # now be refused, e.g. already taken).
+                        await self._refresh_view(conflict)
                         continue
                     except UnavailableError:
                         self.metrics.staff_actions.labels(action, "unavailable").inc()

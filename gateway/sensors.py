@@ -27,6 +27,7 @@ from devices.contract import TelemetryMessage
 from gateway.deps import staff_dependency
 from gateway.ids import new_alarm_id
 from gateway.org import StaffMember
+from gateway.waiting import wait_set
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -85,8 +86,7 @@ class SensorService:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), TICK_S)
+            await wait_set(self._arrived, TICK_S)
             await asyncio.sleep(BATCH_S)  # gather the rest of the batch
             self._arrived.clear()
             batch, self._batch = self._batch, []

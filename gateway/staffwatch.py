@@ -22,6 +22,7 @@ from alarms.events import AlarmReceived, TechnicalCleared
 from alarms.model import GATEWAY_DEVICE, Alarm, AlarmType, Hop
 from gateway.duties import STAFFWATCH
 from gateway.ids import new_alarm_id
+from gateway.waiting import wait_set
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -99,8 +100,7 @@ class StaffWatch:
                 default=None,
             )
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_set(self._wake, timeout)
 
     def _forget_settled(self) -> None:
         alarms = self._gateway.core.alarms
@@ -131,6 +131,8 @@ class StaffWatch:
             ))
         # Close the delivery alarms whose alarm has since been delivered (or closed).
         for technical in gateway.open_technical("undelivered."):
+            if gateway.settling(technical.id):
+                continue  # its close is on the way; applying it wakes this task again
             original = gateway.core.alarms.get(technical.ref.removeprefix("undelivered."))
             if original is None or original.state == "closed" or original.reached(
                 Hop.DELIVERED
@@ -153,6 +155,8 @@ class StaffWatch:
             if not uncovered:
                 since.pop(team_id, None)
                 for alarm in open_fault:
+                    if gateway.settling(alarm.id):
+                        continue  # its close is on the way
                     await gateway.submit_internal(TechnicalCleared(
                         GATEWAY_DEVICE, alarm.ref, "en telefon är ansluten / a phone connected"))
                 continue

@@ -19,6 +19,7 @@ from typing import Self
 
 from alarms.supervision import GRACE_FRACTION, DeviceOffline, DeviceOnline, Supervisor
 from devices.types import heartbeat_s
+from gateway.waiting import wait_set
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -142,8 +143,7 @@ class DeviceWatch:
             self._wake.clear()
             deadline = self.supervisor.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_set(self._wake, timeout)
             # Chunked so that a restart with thousands of overdue devices cannot stall the
             # loop for a second; the next round comes straight back for the rest.
             for action in self.supervisor.due(self._clock(), limit=500):

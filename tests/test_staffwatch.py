@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,3 +67,36 @@ async def test_team_with_open_alarm_and_nobody_connected(
         assert cleared["id"] == raised["id"]
         for staff in (tove, bo):
             await staff.http.aclose()
+
+
+async def test_a_confirmation_amid_a_burst_closes_the_delivery_alarm_once(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    # Every alarm of the burst wakes the watch while the first close of the delivery alarm
+    # is still on its way to the journal: it must not be closed twice (a second close
+    # contradicts the chain, and once stopped the gateway).
+    async with make_gateway(mosquitto, delivery_timeout_s=0.5) as gw, \
+            device(mosquitto, prefix, "sim-001") as dev:
+        await dev.alarm("first")
+        await dev.wait_ack("first")
+        anna = await login(f"http://127.0.0.1:{gw.http_port}", "anna")
+        raised = await technical_alarm(anna, "undelivered.", "open")
+        alarm_id = raised["ref"].removeprefix("undelivered.")
+
+        async def burst() -> None:
+            async with device(mosquitto, prefix, "sim-003") as other:
+                for n in range(30):
+                    await other.alarm(f"x{n}")
+
+        await asyncio.gather(anna.post(f"/alarms/{alarm_id}/receipt"), burst())
+        await technical_alarm(anna, "undelivered.", "closed")
+        await asyncio.sleep(1.0)  # the wake-ups of the burst come and go
+        health = (await anna.http.get("/healthz")).json()
+        await anna.http.aclose()
+        assert health["status"] == "ok"
+        assert gw.metrics.skipped_records._value.get() == 0
+    with sqlite3.connect(tmp_path / "gw" / "journal.sqlite3") as conn:
+        rows = conn.execute("SELECT alarm_id, body FROM journal").fetchall()
+    closes = Counter(a for a, body in rows if json.loads(body).get("hop") == "closed")
+    assert closes, "nothing was closed"
+    assert max(closes.values()) == 1, closes
