@@ -168,6 +168,14 @@ class AlarmCore:
         found.sort(key=lambda a: (a.priority, a.hops[0].at))
         return found
 
+    def open_in_order(self) -> list[Alarm]:
+        """Open alarms in the order they opened: no sort, for scans that need no ranking."""
+        return [self.alarms[a] for a in self._open]
+
+    def open_of_recipient(self, recipient_id: str) -> list[Alarm]:
+        """A recipient's open alarms, in the order they opened (an index, not a scan)."""
+        return [self.alarms[a] for a in self._open_by_recipient.get(recipient_id, {})]
+
     def deadline_of(self, alarm_id: str) -> Due | None:
         """What happens next to an alarm and when; None once it is closed."""
         return self._due.get(alarm_id)

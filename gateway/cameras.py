@@ -370,16 +370,15 @@ class CameraService:
 
     def _open_alarm_ids(self, recipient_id: str) -> frozenset[str]:
         return frozenset(
-            a.id for a in self.gateway.core.open_alarms()
-            if a.recipient_id == recipient_id
-            and a.type not in (AlarmType.TECHNICAL, AlarmType.TEST)
+            a.id for a in self.gateway.core.open_of_recipient(recipient_id)
+            if a.type not in (AlarmType.TECHNICAL, AlarmType.TEST)
         )
 
     def _camera_offline(self, device_id: str) -> bool:
         return any(
             a.device_id == device_id and a.type is AlarmType.TECHNICAL
             and a.ref.startswith("offline.")
-            for a in self.gateway.core.open_alarms()
+            for a in self.gateway.core.open_in_order()
         )
 
     @staticmethod

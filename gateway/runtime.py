@@ -377,7 +377,7 @@ class Gateway:
                 "replayed %d journal records (%d alarms, %d open) in %.3f s",
                 len(records),
                 len(self.core.alarms),
-                len(self.core.open_alarms()),
+                len(self.core.open_in_order()),
                 time.perf_counter() - started,
             )
             self._http_socket = self._bind_http()
@@ -662,7 +662,7 @@ class Gateway:
     def _count_versions(self, records: Sequence[Record]) -> None:
         """Record counts of the open alarms after replay."""
         counts: Counter[str] = Counter(r.alarm_id for r in records)
-        self._versions = {a.id: counts[a.id] for a in self.core.open_alarms()}
+        self._versions = {a.id: counts[a.id] for a in self.core.open_in_order()}
 
     def _forget_closed(self, alarm_ids: dict[str, None]) -> None:
         # Closed alarms take no more decisions; their counts are no longer needed.
@@ -820,7 +820,7 @@ class Gateway:
     def open_technical(self, ref_prefix: str) -> list[Alarm]:
         """Open technical alarms whose ref starts with ``ref_prefix``."""
         return [
-            a for a in self.core.open_alarms()
+            a for a in self.core.open_in_order()
             if a.type is AlarmType.TECHNICAL and a.ref.startswith(ref_prefix)
         ]
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 # A team with no phone connected gets this long before it is a fault: a phone switching
 # from Wi-Fi to mobile data reconnects within seconds and must not raise an alarm.
 NO_CLIENT_GRACE_S = 10.0
+# At most one pass over the open alarms per this many seconds.
+PASS_INTERVAL_S = 0.2
 
 
 class StaffWatch:
@@ -82,7 +84,14 @@ class StaffWatch:
 
     async def _timer(self) -> None:
         no_client_since: dict[str, float] = {}
+        last_pass = -PASS_INTERVAL_S
         while True:
+            # Every alarm change wakes this task; in a burst, one pass per interval covers
+            # them all (each pass looks at every open alarm). Deadlines here are seconds.
+            rest = last_pass + PASS_INTERVAL_S - time.monotonic()
+            if rest > 0:
+                await asyncio.sleep(rest)
+            last_pass = time.monotonic()
             self._wake.clear()
             now = self._clock()
             if not self._gateway.acts(STAFFWATCH):
@@ -144,7 +153,7 @@ class StaffWatch:
         gateway = self._gateway
         connected = gateway.connected_staff()
         teams_with_alarms = {
-            a.team_id for a in gateway.core.open_alarms()
+            a.team_id for a in gateway.core.open_in_order()
             if a.team_id is not None and a.type not in (AlarmType.TECHNICAL, AlarmType.TEST)
         }
         next_check: float | None = None
