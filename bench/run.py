@@ -13,7 +13,10 @@ with ``set_tcp_nodelay true`` and a deep ``max_queued_messages``):
   lost and duplicate alarms;
 * ``supervision`` (supervision_bench): 100,000 devices: memory, ``seen()`` rate (vs a plain
   dict store), offline detection delay (vs a coarse 30 s tick);
-* ``core`` (core_bench): ``AlarmCore`` decide + apply per second, in-process.
+* ``core`` (core_bench): ``AlarmCore`` decide + apply per second, in-process;
+* ``cluster`` (cluster_bench): 1, 2 and 3 gateways on one PostgreSQL journal: burst
+  throughput, paced latency to ack and to a staff client, takeover after SIGKILL, vs
+  alarm_bench's bare echo subscriber.
 
 Prints the JSON of every section, then one markdown table. The machine's load average is
 recorded before and after each section: other work on a shared machine moves every figure.
@@ -41,9 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiomqtt
 
-from bench import alarm_bench, core_bench, ingest_bench, recovery_bench, supervision_bench
+from bench import (
+    alarm_bench,
+    cluster_bench,
+    core_bench,
+    ingest_bench,
+    recovery_bench,
+    supervision_bench,
+)
 
-SECTIONS = ("ingest", "latency", "recovery", "supervision", "core")
+SECTIONS = ("ingest", "latency", "recovery", "supervision", "core", "cluster")
 
 
 def ingest(args: argparse.Namespace) -> dict[str, Any]:
@@ -203,9 +213,16 @@ def core(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """Scale-out: 1, 2 and 3 gateways on one PostgreSQL journal (cluster_bench)."""
+    quick = ["--paced", "60", "--per-device", "5"] if args.quick else []
+    result: dict[str, Any] = cluster_bench.bench(cluster_bench.parser().parse_args(quick))
+    return result
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "ingest": ingest, "latency": latency, "recovery": recovery,
-    "supervision": supervision, "core": core,
+    "supervision": supervision, "core": core, "cluster": cluster,
 }
 
 
@@ -282,6 +299,19 @@ def table(results: dict[str, Any]) -> str:
                        ("resends", "core: resend (dedup) decide /s"),
                        ("pileup_last_tenth", f"core: new alarm with ~{c.get('pile')} open /s")):
         add(label, _n(_get(c, key, "per_s")), "in-process, no I/O", "", "core")
+    cl = results.get("cluster", {})
+    echo = _get(cl, "ceiling_echo", "burst", "per_s")
+    for n in (1, 2, 3):
+        g = cl.get(f"gateways_{n}") or {}
+        add(f"cluster, {n} gateway(s): burst alarms stored+acked/s; paced device → staff "
+            "p50/p99 ms", f"{_n(_get(g, 'burst', 'per_s'))}; "
+            f"{_get(g, 'paced', 'device_to_staff', 'p50_ms')} / "
+            f"{_get(g, 'paced', 'device_to_staff', 'p99_ms')}",
+            f"echo {_n(echo)}/s", "", "cluster")
+    add("cluster: SIGKILL of escalation lease holder → survivor holds it (2 / 3 gateways)",
+        f"{_n(_get(cl, 'gateways_2', 'takeover', 'seconds'), 's', 2)} / "
+        f"{_n(_get(cl, 'gateways_3', 'takeover', 'seconds'), 's', 2)}",
+        f"bound TTL·4/3 = {_n(cluster_bench.LEASE_TTL_S * 4 / 3, 's', 2)}", "", "cluster")
     return "\n".join(rows)
 
 
