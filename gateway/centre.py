@@ -25,6 +25,9 @@ _LOGGER = logging.getLogger(__name__)
 # core asks again anyway.
 MAX_PENDING = 1000
 TIMEOUT_S = 10.0
+# Deliveries in flight at once: one slow answer (up to TIMEOUT_S) must not hold up the
+# alarms behind it, and many alarms escalating together (a storm) reach the centre together.
+SENDERS = 8
 
 Confirm = Callable[[str, int, str | None], Awaitable[None]]
 
@@ -42,7 +45,7 @@ class CentreAdapter:
         self.dropped = 0
 
     async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name="alarm centre sender")
+        self._task = asyncio.create_task(self._run(), name="alarm centre senders")
         return self
 
     async def __aexit__(
@@ -71,10 +74,14 @@ class CentreAdapter:
             self.dropped += 1  # the core asks again; counted so monitoring sees it
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-            while True:
-                alarm, attempt = await self._queue.get()
-                await self._deliver(client, alarm, attempt)
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client, asyncio.TaskGroup() as group:
+            for n in range(SENDERS):
+                group.create_task(self._sender(client), name=f"alarm centre sender {n}")
+
+    async def _sender(self, client: httpx.AsyncClient) -> None:
+        while True:
+            alarm, attempt = await self._queue.get()
+            await self._deliver(client, alarm, attempt)
 
     async def _deliver(
         self, client: httpx.AsyncClient, alarm: dict[str, Any], attempt: int

@@ -615,15 +615,7 @@ class Gateway:
         self._forget_closed(touched)
         self._deadlines_changed.set()
         for alarm_id in touched:
-            alarm = self.core.alarms.get(alarm_id)
-            if alarm is None:
-                continue
-            audience = self.audience(alarm)
-            body = self._show(alarm, audience)
-            for notifier in self.notifiers:
-                notifier(body, audience)
-            for listener in self.alarm_listeners:
-                listener(alarm)
+            self._announce(alarm_id)
         self._unpark(touched)
 
     def _unpark(self, alarm_ids: dict[str, None] | set[str]) -> None:
@@ -1198,7 +1190,11 @@ class Gateway:
         )
 
     def _notify(self, action: Notify) -> None:
-        alarm = self.core.alarms.get(action.alarm_id)
+        self._announce(action.alarm_id)
+
+    def _announce(self, alarm_id: str) -> None:
+        """An alarm changed: to its audience's clients, the push notifiers, the listeners."""
+        alarm = self.core.alarms.get(alarm_id)
         if alarm is None:
             return
         audience = self.audience(alarm)

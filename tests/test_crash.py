@@ -28,13 +28,18 @@ from tests.helpers import ResendingFleet
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
-def write_config(path: Path, data_dir: Path, prefix: str, http_port: int) -> None:
+def write_config(
+    path: Path, data_dir: Path, prefix: str, http_port: int, *,
+    gateway_id: str | None = None, top: str = "", tables: str = "",
+) -> None:
+    """A ``trygg run`` config on the machine's Mosquitto; ``top`` adds top-level keys,
+    ``tables`` more TOML tables."""
     path.write_text(
         f"""
-gateway_id = "crash-{http_port}"
+gateway_id = "{gateway_id or f"crash-{http_port}"}"
 data_dir = "{data_dir}"
 secret_key = "{'s' * 48}"
-
+{top}
 [mqtt]
 host = "127.0.0.1"
 port = 1883
@@ -43,7 +48,7 @@ prefix = "{prefix}"
 [http]
 host = "127.0.0.1"
 port = {http_port}
-"""
+{tables}"""
     )
 
 
