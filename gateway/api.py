@@ -28,6 +28,7 @@ from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.websockets import WebSocketDisconnected
 
 from alarms.events import (
     AcceptRequested,
@@ -195,6 +196,16 @@ def _current_member(request: Request, token: Annotated[str, Depends(_oauth2)]) -
 
 
 Me = Annotated[StaffMember, Depends(_current_member)]
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    """Close a socket whose token is refused with code 4401.
+
+    Accepted first: closing before the handshake answers HTTP 403, which a browser reports
+    as a bare 1006, and the staff app needs 4401 to know it must refresh its token.
+    """
+    await websocket.accept()
+    await websocket.close(code=4401, reason=reason)
 
 
 class _TooSlowError(Exception):
@@ -427,10 +438,10 @@ def create_app(gateway: Gateway) -> FastAPI:
         try:
             staff_id = gateway.tokens.check(token)
         except TokenError:
-            await websocket.close(code=4401, reason="invalid or expired token")
+            await _refuse(websocket, "invalid or expired token")
             return
         if staff_id not in gateway.org.staff:
-            await websocket.close(code=4401, reason="unknown staff member")
+            await _refuse(websocket, "unknown staff member")
             return
         role = gateway.org.staff[staff_id].role
         await websocket.accept()
@@ -454,7 +465,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         except* _TooSlowError:
             with contextlib.suppress(Exception):
                 await websocket.close(code=1013, reason="too far behind; reconnect")
-        except* (WebSocketDisconnect, OSError):
+        except* (WebSocketDisconnect, WebSocketDisconnected, OSError):
+            # WebSocketDisconnected: a send or receive after the client went away (Starlette
+            # raises it instead of WebSocketDisconnect when the close came first).
             _LOGGER.debug("staff %s socket closed", staff_id)
         finally:
             gateway.hub.detach(connection)
@@ -515,7 +528,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
 
 def security_settings(gateway: Gateway) -> SecuritySettings:
-    """``Settings.security`` once the lead adds it; until then the old token lifetime."""
+    """``Settings.security``; for a settings object without it, ``token_ttl_s``."""
     configured = getattr(gateway.settings, "security", None)
     if isinstance(configured, SecuritySettings):
         return configured

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import tomllib
 from pathlib import Path
@@ -17,7 +18,9 @@ from pydantic_settings import (
 from devices.contract import DEFAULT_PREFIX
 from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
-from gateway.security import SecuritySettings
+from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
+
+_LOGGER = logging.getLogger(__name__)
 
 DEFAULT_SECRET = "changethis"  # noqa: S105 - the marker we refuse outside demo mode
 
@@ -254,11 +257,6 @@ class ProvlarmSettings(BaseModel):
     delivery_timeout_s: float = Field(default=60.0, gt=0)
 
 
-def _security() -> SecuritySettings:
-    # 12 h until the staff app refreshes its token itself; then the short default applies.
-    return SecuritySettings(access_ttl_s=12 * 3600)
-
-
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
@@ -273,7 +271,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("trygg-data")
     demo: bool = False
     secret_key: str = DEFAULT_SECRET
-    token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    # Deprecated: the old name of ``security.access_ttl_s``, honoured when only it is set
+    # (with a warning); otherwise set to ``security.access_ttl_s``. docs/configuration.md.
+    token_ttl_s: int = Field(default=15 * 60, ge=MIN_ACCESS_TTL_DEMO_S)
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
     influx: InfluxSettings | None = None
@@ -283,7 +283,7 @@ class Settings(BaseSettings):
     cluster: ClusterSettings | None = None
     escalation: EscalationSettings = EscalationSettings()
     provlarm: ProvlarmSettings = ProvlarmSettings()
-    security: SecuritySettings = Field(default_factory=_security)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     broker_auth: BrokerAuthSettings | None = None
     retention: RetentionSettings = RetentionSettings()
     # An alarm no staff client has confirmed within this raises a technical alarm.
@@ -307,6 +307,34 @@ class Settings(BaseSettings):
     def _cluster_needs_a_shared_journal(self) -> Settings:
         if self.cluster is not None and self.journal_dsn is None:
             raise ValueError("[cluster] needs journal_dsn: gateways share the PostgreSQL journal")
+        return self
+
+    @model_validator(mode="after")
+    def _access_token_lifetime(self) -> Settings:
+        explicit = "security" in self.model_fields_set and (
+            "access_ttl_s" in self.security.model_fields_set
+        )
+        legacy = "token_ttl_s" in self.model_fields_set
+        if legacy and self.token_ttl_s != self.security.access_ttl_s:
+            if explicit:
+                raise ValueError(
+                    "token_ttl_s (deprecated) and security.access_ttl_s disagree: "
+                    "remove token_ttl_s"
+                )
+            _LOGGER.warning(
+                "token_ttl_s is deprecated: set [security] access_ttl_s instead. Using "
+                "token_ttl_s = %d s as the access-token lifetime (default %d s; the staff app "
+                "refreshes its token, so long-lived access tokens are no longer needed)",
+                self.token_ttl_s, SecuritySettings.model_fields["access_ttl_s"].default,
+            )
+            self.security = self.security.model_copy(update={"access_ttl_s": self.token_ttl_s})
+        if not self.demo and self.security.access_ttl_s < MIN_ACCESS_TTL_S:
+            raise ValueError(
+                f"security.access_ttl_s must be at least {MIN_ACCESS_TTL_S} s "
+                "(shorter lifetimes are for demo mode and tests)"
+            )
+        # gateway.tokens issues with the same lifetime as the API's login.
+        self.token_ttl_s = self.security.access_ttl_s
         return self
 
     @model_validator(mode="after")

@@ -1249,7 +1249,10 @@ class Gateway:
                 continue
             deadline = self.core.next_deadline()
             if deadline is not None and deadline <= time.time():
-                await self._decide_locked(Tick())
+                if not await self._decide_locked(Tick()):
+                    # Other gateways kept changing the due alarms (staff receipts in a
+                    # storm): nothing is wrong, the deadline is still due; tick again.
+                    continue
                 if self.core.next_deadline() == deadline:
                     # A deadline the tick did not move would spin this loop; it is a bug in
                     # the core if it happens, so say so, and do not burn the CPU meanwhile.
@@ -1259,11 +1262,13 @@ class Gateway:
     async def _centre_confirmed(self, alarm_id: str, attempt: int, reference: str | None) -> None:
         await self._decide_locked(CentreConfirmed(alarm_id, attempt, reference))
 
-    async def _decide_locked(self, event: Event) -> None:
+    async def _decide_locked(self, event: Event) -> bool:
         """Decide and durably apply an event that must not interleave with staff actions.
 
         Awaited inside the lock: a second tick must see the first one's records applied, or
-        it would decide the same escalation step again.
+        it would decide the same escalation step again. Returns False when the decision
+        was refused as stale ``MAX_CONFLICT_RETRIES`` times in a row (the caller may try
+        again), True otherwise.
         """
         async with self._staff_lock:
             for _ in range(MAX_CONFLICT_RETRIES):
@@ -1271,10 +1276,10 @@ class Gateway:
                 if decision.refusal is not None:
                     _LOGGER.warning("%s refused: %s", type(event).__name__,
                                     decision.refusal.reason)
-                    return
+                    return True
                 if not decision.records:
                     self._carry_out(decision.actions, ack=False)
-                    return
+                    return True
                 # One batch per alarm: a tick escalates every due alarm, and one of them
                 # changed elsewhere must not hold up the others.
                 dones: list[asyncio.Future[None]] = []
@@ -1286,11 +1291,12 @@ class Gateway:
                 outcomes = await asyncio.gather(*dones, return_exceptions=True)
                 conflicts = [o for o in outcomes if isinstance(o, ConflictError)]
                 if not conflicts:
-                    return
+                    return True
                 for conflict in conflicts:
                     await self._refresh_view(conflict)
-            _LOGGER.error("%s: gave up after %d stale decisions", type(event).__name__,
-                          MAX_CONFLICT_RETRIES)
+            _LOGGER.warning("%s: refused as stale %d times in a row; trying again",
+                            type(event).__name__, MAX_CONFLICT_RETRIES)
+            return False
 
     # -- staff actions -----------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 SESSIONS_FILENAME = "sessions.sqlite3"
+# The shortest access-token lifetime: in production, and in demo mode (tests).
+MIN_ACCESS_TTL_S = 60
+MIN_ACCESS_TTL_DEMO_S = 10
 
 
 class SecuritySettings(BaseModel):
@@ -34,7 +37,11 @@ class SecuritySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    access_ttl_s: int = Field(default=15 * 60, ge=60)
+    # Access tokens (JWT, not revocable): short. Clients refresh them with the refresh
+    # token, which rotates on every use; ``refresh_ttl_s`` is how long an unused one lives
+    # (each refresh starts it again). Below 60 s only in demo mode (``Settings`` checks):
+    # tests use a few seconds to watch tokens expire and be refreshed.
+    access_ttl_s: int = Field(default=15 * 60, ge=MIN_ACCESS_TTL_DEMO_S)
     refresh_ttl_s: int = Field(default=12 * 3600, ge=300)
     login_window_s: float = Field(default=15 * 60.0, gt=0)
     max_failures_per_user: int = Field(default=5, ge=1)

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+import httpx
+import jwt
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright, expect
 
 from alarms.model import Alarm, Hop
+from gateway.auth import TokenError
 from gateway.push import push_payload
 from gateway.runtime import Gateway
+from gateway.security import MIN_ACCESS_TTL_DEMO_S, SESSIONS_FILENAME, RefreshStore
 from gateway.views import alarm_json
 from tests.conftest import PASSWORD
 from tests.helpers import device, login
@@ -36,6 +43,11 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TIMEOUT_MS = 10_000
+# Access tokens of the short-lived gateway: the shortest demo mode allows. The app refreshes
+# at 70–85 % of the lifetime, so a refresh is due every 7–8.5 s.
+SHORT_TTL_S = MIN_ACCESS_TTL_DEMO_S
+EXPIRED = "Sessionen har gått ut – logga in igen"
+EXPIRED_EN = "Session expired – log in again"
 
 pytestmark = [
     pytest.mark.network,
@@ -65,6 +77,16 @@ async def gateway(
 ) -> AsyncIterator[Gateway]:
     """A seeded gateway with Web Push, on the real Mosquitto."""
     async with gateway_with_push(mosquitto, tmp_path / "gw", prefix) as (gw, _notifier):
+        yield gw
+
+
+@pytest.fixture
+async def short_gateway(
+    mosquitto: tuple[str, int], tmp_path: Path, prefix: str
+) -> AsyncIterator[Gateway]:
+    """As ``gateway``, with access tokens that expire after ``SHORT_TTL_S``."""
+    async with gateway_with_push(mosquitto, tmp_path / "gw", prefix,
+                                 security={"access_ttl_s": SHORT_TTL_S}) as (gw, _notifier):
         yield gw
 
 
@@ -325,4 +347,291 @@ async def test_service_worker_push_records_the_delivered_hop(
     )
     assert titles == ["Larm: Brandlarm"]
     await cdp.detach()
+    await context.close()
+
+
+# -- the session: short access tokens, rotating refresh tokens ---------------------------------
+
+STORED_SESSION = "import('/static/js/idb.js').then(idb => idb.kvGet('session')).then(s => s ?? null)"
+
+
+async def stored_session(page: Page) -> dict[str, Any] | None:
+    """The session the app keeps in IndexedDB (shared with the service worker)."""
+    session: dict[str, Any] | None = await page.evaluate(STORED_SESSION)
+    return session
+
+
+def refresh_rows(gw: Gateway, staff_id: str) -> list[tuple[int, int]]:
+    """(used, revoked) of every refresh token the gateway issued to ``staff_id``."""
+    with closing(sqlite3.connect(gw.settings.data_dir / SESSIONS_FILENAME)) as conn:
+        rows: list[tuple[int, int]] = conn.execute(
+            "SELECT used, revoked FROM refresh WHERE staff_id = ?", (staff_id,)).fetchall()
+    return rows
+
+
+def issued_at(gw: Gateway, staff_id: str) -> list[float]:
+    """When each refresh token of ``staff_id`` was issued (login, then every refresh)."""
+    with closing(sqlite3.connect(gw.settings.data_dir / SESSIONS_FILENAME)) as conn:
+        rows = conn.execute("SELECT expires_at FROM refresh WHERE staff_id = ? ORDER BY rowid",
+                            (staff_id,)).fetchall()
+    return [expires - gw.settings.security.refresh_ttl_s for (expires,) in rows]
+
+
+def rotations(gw: Gateway, staff_id: str) -> int:
+    """How many refresh tokens of ``staff_id`` have been spent (= refreshes)."""
+    return sum(used for used, _ in refresh_rows(gw, staff_id))
+
+
+def revoked(gw: Gateway, staff_id: str) -> bool:
+    return any(flag for _, flag in refresh_rows(gw, staff_id))
+
+
+def valid(gw: Gateway, token: str) -> bool:
+    try:
+        gw.tokens.check(token)
+    except TokenError:
+        return False
+    return True
+
+
+def socket_token(url: str) -> str:
+    return parse_qs(urlparse(url).query)["token"][0]
+
+
+async def test_access_token_is_refreshed_before_it_expires_and_the_feed_survives(
+    browser: Browser, short_gateway: Gateway, mosquitto: tuple[str, int], prefix: str
+) -> None:
+    """Short access tokens: the app refreshes them on its timer, reconnects its socket with
+    the new one, receives and works alarms; logging out revokes the refresh token."""
+    gw = short_gateway
+    context = await phone(browser, gw)
+    page = await context.new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await log_in(page, "anna")
+    first = await stored_session(page)
+    assert first is not None and first["refresh_token"]
+    assert socket_token(sockets[0]) == first["access_token"]
+
+    # Refreshed by the timer before the token ran out, then the old token expires.
+    await until(lambda: rotations(gw, "anna") >= 1, timeout=SHORT_TTL_S)
+    expires = jwt.decode(first["access_token"], options={"verify_signature": False})["exp"]
+    assert issued_at(gw, "anna")[1] < expires
+    await until(lambda: not valid(gw, first["access_token"]), timeout=SHORT_TTL_S + 2)
+    await expect(page.locator("#conn.on")).to_be_visible()
+    renewed = await stored_session(page)
+    assert renewed is not None and renewed["access_token"] != first["access_token"]
+    assert valid(gw, renewed["access_token"])
+
+    # The socket reconnects with the new token at once (no 4401 round first).
+    await context.set_offline(True)
+    await expect(page.locator("#conn.off")).to_be_visible()
+    await context.set_offline(False)
+    await expect(page.locator("#conn.on")).to_be_visible()
+    assert len(sockets) == 2, sockets
+    assert socket_token(sockets[1]) != first["access_token"]
+    assert valid(gw, socket_token(sockets[1]))
+
+    alarm = await raise_alarm(gw, mosquitto, prefix, "t1")
+    item = page.locator(f'#alarm-list li[data-alarm-id="{alarm.id}"]')
+    await expect(item).to_have_class("alarm new")
+    await until(lambda: ("delivered", "anna") in hops(alarm_of(gw, "dev-a", "t1")))
+
+    # Another refresh later the API still answers (with whatever token is current).
+    done = rotations(gw, "anna")
+    await until(lambda: rotations(gw, "anna") > done, timeout=SHORT_TTL_S)
+    await item.get_by_role("link").click()
+    await page.locator("#detail-view").get_by_role("button", name="Ta larmet").click()
+    await expect(page.locator("#detail-view")).to_have_attribute("data-state", "handling")
+    assert not revoked(gw, "anna")
+    # The service worker reads the same store: it has the current token.
+    latest = await stored_session(page)
+    assert latest is not None and valid(gw, latest["access_token"])
+
+    # Logging out revokes the session at the gateway.
+    await page.get_by_role("button", name="Logga ut").click()
+    await expect(page.get_by_role("heading", name="Logga in")).to_be_visible()
+    await expect(page.locator("#login-error")).to_have_text("")
+    assert await stored_session(page) is None
+    await until(lambda: revoked(gw, "anna"))
+    async with httpx.AsyncClient(base_url=base_url(gw)) as client:
+        refused = await client.post("/api/v1/auth/refresh",
+                                    json={"refresh_token": latest["refresh_token"]})
+    assert refused.status_code == 401
+    await context.close()
+
+
+async def test_service_worker_refreshes_the_token_for_a_push_receipt(
+    browser: Browser, short_gateway: Gateway, mosquitto: tuple[str, int], prefix: str
+) -> None:
+    """The app is closed and its access token expired: the worker refreshes it to post the
+    push receipt, and the app opened again carries on with the worker's tokens."""
+    gw = short_gateway
+    base = base_url(gw)
+    context = await phone(browser, gw)
+    await context.grant_permissions(["notifications"], origin=base)
+    page = await context.new_page()
+    await log_in(page, "anna")
+    await page.evaluate("navigator.serviceWorker.ready")
+    cdp = await context.new_cdp_session(page)
+    registrations: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+    cdp.on("ServiceWorker.workerRegistrationUpdated",
+           lambda event: registrations.put_nowait(event["registrations"]))
+    await cdp.send("ServiceWorker.enable")
+    registration_id = None
+    async with asyncio.timeout(10):
+        while registration_id is None:
+            for registration in await registrations.get():
+                if registration["scopeURL"] == f"{base}/app/" and not registration["isDeleted"]:
+                    registration_id = registration["registrationId"]
+
+    await page.goto("/healthz")  # the app is closed: no timer refreshes anything now
+    await until(lambda: "anna" not in gw.hub.connected_staff())
+    closed_with = await stored_session(page)
+    assert closed_with is not None
+    await until(lambda: not valid(gw, closed_with["access_token"]), timeout=SHORT_TTL_S + 2)
+    before = rotations(gw, "anna")
+
+    alarm = await raise_alarm(gw, mosquitto, prefix, "w1", "smoke")
+    payload = push_payload(alarm_json(alarm, gw.org))
+    await cdp.send("ServiceWorker.deliverPushMessage", {
+        "origin": base, "registrationId": registration_id, "data": json.dumps(payload)})
+    await until(lambda: ("delivered", "anna") in hops(alarm_of(gw, "dev-a", "w1")))
+    assert rotations(gw, "anna") == before + 1
+    assert not revoked(gw, "anna")
+
+    # Back in the app: it picks up the worker's tokens; nothing was spent twice.
+    await page.goto("/app/")
+    await expect(page.locator("#conn.on")).to_be_visible()
+    await expect(page.locator(f'li[data-alarm-id="{alarm.id}"]')).to_be_visible()
+    assert not revoked(gw, "anna")
+    await cdp.detach()
+    await context.close()
+
+
+async def test_concurrent_401s_in_two_tabs_refresh_once(
+    browser: Browser, gateway: Gateway, mosquitto: tuple[str, int], prefix: str
+) -> None:
+    """Two tabs whose calls get 401 at the same moment: one refresh between them (a second
+    one with the same refresh token would revoke the session), and both retry and succeed."""
+    gw = gateway
+    alarm = await raise_alarm(gw, mosquitto, prefix, "x1")
+    anna = await login(base_url(gw), "anna")
+    assert (await anna.post(f"/alarms/{alarm.id}/accept")).status_code == 200
+    closing_body = {"cause": "ingen åtgärd"}
+    assert (await anna.post(f"/alarms/{alarm.id}/close", json=closing_body)).status_code == 200
+    await anna.http.aclose()
+    before = rotations(gw, "anna")
+
+    context = await phone(browser, gw)
+    tabs = [await context.new_page(), await context.new_page()]
+    await log_in(tabs[0], "anna")
+    await tabs[1].goto("/app/")  # the second tab picks up the same session
+    await expect(tabs[1].locator("#conn.on")).to_be_visible()
+
+    # The closed alarm is not in the live list, so opening it calls the API. Both calls are
+    # held until both have arrived, then both are refused as if the token had expired.
+    held: list[Route] = []
+    both = asyncio.Event()
+
+    async def refuse_both(route: Route) -> None:
+        if both.is_set():
+            await route.continue_()
+            return
+        held.append(route)
+        if len(held) < 2:
+            return
+        both.set()
+        for waiting in held:
+            await waiting.fulfill(status=401, json={"detail": "invalid or expired token"},
+                                  headers={"WWW-Authenticate": "Bearer"})
+
+    await context.route(f"**/api/v1/alarms/{alarm.id}", refuse_both)
+    await asyncio.gather(*(tab.evaluate("id => { location.hash = `#/alarm/${id}`; }", alarm.id)
+                           for tab in tabs))
+    for tab in tabs:
+        await expect(tab.locator("#detail-view dd.cause")).to_have_text("ingen åtgärd")
+        await expect(tab.locator("#login-view")).to_be_hidden()
+    assert both.is_set()
+    assert rotations(gw, "anna") == before + 1
+    assert not revoked(gw, "anna")
+
+    # Within one tab: three calls refused at once (a token the server does not take) share
+    # one refresh as well.
+    first = await tabs[0].evaluate("""async () => {
+      const { Api } = await import("/static/js/api.js");
+      const { Session, sharedStore } = await import("/static/js/session.js");
+      const stored = await sharedStore.load();
+      await sharedStore.save({ ...stored, access_token: "not-a-token" });
+      const session = new Session(sharedStore, { lock: "trygg-auth" });
+      await session.resume();
+      const api = new Api(() => { throw new Error("logged out"); }, session);
+      const answers = await Promise.all([api.get("/me"), api.get("/me"), api.get("/alarms")]);
+      return answers[0].id;
+    }""")
+    assert first == "anna"
+    assert rotations(gw, "anna") == before + 2
+    assert not revoked(gw, "anna")
+    await context.close()
+
+
+async def test_socket_refusing_its_token_refreshes_and_reconnects(
+    browser: Browser, gateway: Gateway
+) -> None:
+    """A socket closed with 4401 (its token refused): the app refreshes and reconnects
+    instead of logging out."""
+    gw = gateway
+    context = await phone(browser, gw)
+    page = await context.new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await log_in(page, "anna")
+    before = rotations(gw, "anna")
+
+    # While offline, the stored session gets an access token the gateway will refuse (as
+    # after a phone slept past its expiry) and the app is told, as after another tab's
+    # refresh. Back online, the socket reconnects with it first.
+    await context.set_offline(True)
+    await expect(page.locator("#conn.off")).to_be_visible()
+    await page.evaluate("""async () => {
+      const { sharedStore } = await import("/static/js/session.js");
+      const stored = await sharedStore.load();
+      await sharedStore.save({ ...stored, access_token: "not-a-token", issued_at: Date.now() });
+      new BroadcastChannel("trygg-auth").postMessage({ type: "tokens" });
+    }""")
+    await page.wait_for_function("""() => import("/static/js/session.js")
+      .then(m => m.sharedStore.load()).then(s => s.access_token === "not-a-token")""")
+    await context.set_offline(False)
+    await expect(page.locator("#conn.on")).to_be_visible()
+    assert [socket_token(url) for url in sockets][-2] == "not-a-token"
+    assert valid(gw, socket_token(sockets[-1]))
+    assert rotations(gw, "anna") == before + 1
+    assert not revoked(gw, "anna")
+    await expect(page.locator("#login-view")).to_be_hidden()
+    await context.close()
+
+
+async def test_refused_refresh_returns_to_the_login_screen(
+    browser: Browser, short_gateway: Gateway
+) -> None:
+    """The session was revoked at the gateway: the next refresh is refused and the app
+    shows the login screen, saying why."""
+    gw = short_gateway
+    context = await phone(browser, gw)
+    page = await context.new_page()
+    await log_in(page, "anna")
+    # E.g. an administrator reset anna's password: every session of hers is revoked.
+    RefreshStore(gw.settings.data_dir / SESSIONS_FILENAME, 3600).revoke_staff("anna")
+
+    # Nothing else calls the gateway meanwhile: it is the refresh timer that finds out.
+    await expect(page.get_by_role("heading", name="Logga in")).to_be_visible(
+        timeout=(SHORT_TTL_S + 5) * 1000)
+    await expect(page.locator("#login-error")).to_contain_text(EXPIRED)
+    await expect(page.locator("#login-error")).to_contain_text(EXPIRED_EN)
+    await expect(page.locator("#list-view")).to_be_hidden()
+    await expect(page.locator("#offline")).to_be_hidden()
+    await expect(page.locator("#logout")).to_be_hidden()
+    assert await stored_session(page) is None
+    await until(lambda: "anna" not in gw.hub.connected_staff())
+    await shot(page, "session-expired")
     await context.close()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
@@ -377,6 +378,53 @@ async def test_ops_dashboard_in_chromium(
         await shot(page, "ops")
         assert not page.errors, page.errors  # type: ignore[attr-defined]
         await tove.http.aclose()
+
+
+@pytest.mark.network
+@browser_only
+async def test_ops_dashboard_refreshes_its_token_and_logs_out(
+    browser: Browser, mosquitto: tuple[str, int], tmp_path: Path, prefix: str
+) -> None:
+    """The ops page (like the console) keeps access and refresh token for its tab: a 401
+    refreshes once and carries on, a refused refresh shows the login with the reason, and
+    logging out revokes the session."""
+    async with console_gateway(mosquitto, tmp_path / "gw", prefix) as gw:
+        page = await desktop(browser, gw)
+        await log_in(page, "/ops/", "lena")
+        await expect(page.locator("#ops-view")).to_be_visible()
+        key = "trygg.ops.session"
+        first = json.loads(await page.evaluate("k => sessionStorage.getItem(k)", key))
+        assert first["refresh_token"]
+
+        # The access token stops working (as after it expired): one refresh, then the data.
+        await page.evaluate("""k => sessionStorage.setItem(k, JSON.stringify(
+            { ...JSON.parse(sessionStorage.getItem(k)), access_token: "not-a-token" }))""", key)
+        await page.reload()
+        await expect(page.locator("#ops-view")).to_be_visible()
+        await expect(page.locator("#updated")).to_contain_text("Uppdaterad")
+        second = json.loads(await page.evaluate("k => sessionStorage.getItem(k)", key))
+        assert second["refresh_token"] != first["refresh_token"]
+        assert gw.tokens.check(second["access_token"]) == "lena"
+
+        # Logging out revokes the session: its refresh token is refused afterwards.
+        await page.get_by_role("button", name="Logga ut").click()
+        await expect(page.locator("#login-view")).to_be_visible()
+        assert await page.evaluate("k => sessionStorage.getItem(k)", key) is None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as client:
+            refused = await client.post("/api/v1/auth/refresh",
+                                        json={"refresh_token": second["refresh_token"]})
+        assert refused.status_code == 401
+
+        # A session whose refresh token is refused ends on the login screen, saying why.
+        await log_in(page, "/ops/", "lena")
+        await expect(page.locator("#ops-view")).to_be_visible()
+        await page.evaluate("""k => sessionStorage.setItem(k, JSON.stringify({ ...JSON.parse(
+            sessionStorage.getItem(k)), access_token: "not-a-token", refresh_token: "spent" }))""",
+                            key)
+        await page.reload()
+        await expect(page.locator("#login-view")).to_be_visible()
+        await expect(page.locator("#login-error")).to_contain_text(
+            "Sessionen har gått ut – logga in igen / Session expired – log in again")
 
 
 # -- Grafana ----------------------------------------------------------------------------------

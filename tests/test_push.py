@@ -149,18 +149,18 @@ def find_push(gateway: Gateway) -> PushNotifier | None:
 
 @contextlib.asynccontextmanager
 async def gateway_with_push(
-    broker: tuple[str, int], data_dir: Path, prefix: str
+    broker: tuple[str, int], data_dir: Path, prefix: str, **overrides: Any
 ) -> AsyncIterator[tuple[Gateway, PushNotifier]]:
     """A seeded gateway with Web Push wired in the way the runtime is asked to wire it.
 
     ``make_gateway`` cannot be used: routers must be in place before the gateway starts
-    its HTTP server, and it starts it while entering.
+    its HTTP server, and it starts it while entering. ``overrides`` go to the settings.
     """
     org = OrgStore(data_dir / "org.sqlite3")
     if org.is_empty():
         seed_small(org)
     try:
-        gw = Gateway(settings_for(data_dir, broker, prefix), org=org)
+        gw = Gateway(settings_for(data_dir, broker, prefix, **overrides), org=org)
         async with contextlib.AsyncExitStack() as stack:
             notifier = find_push(gw)
             if notifier is None:

@@ -4,19 +4,29 @@ import { AlarmStore, stateOf } from "./js/alarms.js";
 import { alertNewAlarm, unlockAudio } from "./js/alert.js";
 import { Api } from "./js/api.js";
 import { $, bi, clock, h } from "./js/dom.js";
+import { kvDelete } from "./js/idb.js";
 import { CAUSES, STATES, hopLabel, typeLabel } from "./js/i18n.js";
 import { Live } from "./js/live.js";
 import * as push from "./js/push.js";
+import { EXPIRED, RefreshRefused, Session, sharedStore } from "./js/session.js";
 
 // While an unhandled alarm waits, remind every 20 s: one beep is easy to miss in a car.
 const REMIND_MS = 20_000;
 const OFFLINE_TICK_MS = 5_000;
 
 const store = new AlarmStore();
-const api = new Api(() => logout("Sessionen har gått ut / Session expired"));
-const live = new Live({ message: onMessage, online: onOnline, authFailed: () => logout("Sessionen har gått ut / Session expired") });
+// The session lives in IndexedDB, shared with the service worker (it posts push receipts
+// and refreshes the token itself while the app is closed) and the app's other tabs.
+const session = new Session(sharedStore, {
+  lock: "trygg-auth", channel: "trygg-auth", onToken: (token) => live.renew(token), onEnd: (message) => logout(message),
+});
+const api = new Api(() => logout(EXPIRED), session);
+const live = new Live({ message: onMessage, online: onOnline, authFailed: onSocketRefused });
 let me = null;
 let detail = null; // the alarm shown in the detail view (a copy survives a resync)
+let signedIn = false;
+let leaving = false; // logging out (a 401 meanwhile must not start another logout)
+let socketRetried = false; // a refreshed token was refused by the socket as well
 
 // -- session -----------------------------------------------------------------------------
 
@@ -32,13 +42,9 @@ $("login").addEventListener("submit", async (event) => {
   }
   $("login-error").textContent = "";
   try {
-    const token = await api.login(username, password);
-    const expiresAt = Date.now() + token.expires_in * 1000;
-    localStorage.setItem("trygg.token", token.access_token);
-    localStorage.setItem("trygg.expires", String(expiresAt));
-    await push.shareToken(token.access_token, expiresAt);
+    await session.begin(await api.login(username, password));
     form.password.value = "";
-    await start(token.access_token);
+    await start();
   } catch (error) {
     $("login-error").textContent = error.status === 401
       ? "Fel användarnamn eller lösenord / Wrong username or password"
@@ -46,8 +52,8 @@ $("login").addEventListener("submit", async (event) => {
   }
 });
 
-async function start(token) {
-  api.token = token;
+async function start() {
+  signedIn = true;
   try {
     me = await api.get("/me");
     localStorage.setItem("trygg.me", JSON.stringify(me));
@@ -56,30 +62,62 @@ async function start(token) {
     if (error.status !== 0) return;
     me = JSON.parse(localStorage.getItem("trygg.me") || "null") || { id: null, name: "" };
   }
+  if (!signedIn) return;
   $("who").textContent = me.name || "";
   $("login-view").hidden = true;
   $("logout").hidden = false;
-  live.start(token);
+  socketRetried = false;
+  live.start(session.token);
   route();
   setupPushButton();
   push.resubscribe(api).then((on) => { if (on) pushStatus("Aviseringar på / Notifications on"); })
     .catch((error) => pushStatus(`Aviseringar: ${error.message}`));
 }
 
+/** The socket refused its token (4401): refresh and reconnect, or the session is over. */
+async function onSocketRefused(refused) {
+  if (!signedIn) return;
+  if (socketRetried) { logout(EXPIRED); return; }
+  try {
+    const renewed = await session.refresh(refused);
+    socketRetried = true;
+    live.start(renewed.access_token);
+  } catch (error) {
+    if (!(error instanceof RefreshRefused)) live.schedule(); // offline: back off, try again
+  }
+}
+
+/** Back to the login screen. `message` empty: the user logged out; else why. */
 async function logout(message = "") {
-  const wasIn = api.token !== null;
-  live.stop();
-  if (wasIn) await push.disablePush(api);
-  await push.forgetToken();
-  localStorage.removeItem("trygg.token");
-  localStorage.removeItem("trygg.expires");
-  localStorage.removeItem("trygg.me");
-  api.token = null; me = null; detail = null;
+  if (leaving) return;
+  if (!signedIn && !session.active) { showLogin(message); return; }
+  leaving = true;
+  signedIn = false;
+  try {
+    live.stop();
+    if (session.active) {
+      // Logged out here: stop pushes for this user on this phone (the gateway is told while
+      // the token still works), then revoke the refresh token. A session that ended (refresh
+      // refused, or logged out in another tab) keeps the subscription: a notification still
+      // shows, and its receipt waits for a login.
+      await push.disablePush(api);
+      await session.logout();
+    }
+    localStorage.removeItem("trygg.me");
+    showLogin(message);
+  } finally {
+    leaving = false;
+  }
+}
+
+function showLogin(message) {
+  me = null; detail = null;
   store.clear();
   $("login-view").hidden = false;
   $("list-view").hidden = true;
   $("detail-view").hidden = true;
   $("logout").hidden = true;
+  $("offline").hidden = true;
   $("who").textContent = "";
   $("login-error").textContent = message;
   if (location.hash) history.replaceState(null, "", location.pathname);
@@ -107,6 +145,7 @@ function onMessage(message) {
 }
 
 function onOnline(online, since) {
+  if (online) socketRetried = false;
   $("conn").replaceChildren(online ? bi("Ansluten", "Online") : bi("Frånkopplad", "Offline"));
   $("conn").className = `conn ${online ? "on" : "off"}`;
   document.documentElement.dataset.online = String(online);
@@ -115,7 +154,7 @@ function onOnline(online, since) {
 
 function showOffline() {
   const banner = $("offline");
-  const show = api.token !== null && !live.online;
+  const show = signedIn && !live.online;
   banner.hidden = !show;
   if (!show) return;
   const minutes = Math.floor((Date.now() - live.offlineSince) / 60_000);
@@ -127,7 +166,7 @@ function showOffline() {
 
 setInterval(showOffline, OFFLINE_TICK_MS);
 setInterval(() => {
-  if (api.token && store.unhandled().some((a) => !a.test)) alertNewAlarm();
+  if (signedIn && store.unhandled().some((a) => !a.test)) alertNewAlarm();
 }, REMIND_MS);
 
 // -- views -------------------------------------------------------------------------------
@@ -136,7 +175,7 @@ window.addEventListener("hashchange", route);
 $("back").addEventListener("click", () => { location.hash = ""; });
 
 function route() {
-  if (!api.token) return;
+  if (!signedIn) return;
   const match = location.hash.match(/^#\/alarm\/(.+)$/);
   if (match) openDetail(decodeURIComponent(match[1]));
   else { detail = null; $("detail-view").hidden = true; $("list-view").hidden = false; render(); }
@@ -310,16 +349,29 @@ function setupPushButton() {
 if ("serviceWorker" in navigator) {
   navigator.serviceWorker.addEventListener("message", (event) => {
     // The worker showed a push; the socket brings the alarm itself.
-    if (event.data && event.data.type === "push" && !live.online && api.token) live.connectNow();
+    if (event.data && event.data.type === "push" && !live.online && signedIn) live.connectNow();
   });
 }
 
 // -- boot --------------------------------------------------------------------------------
 
 push.registerWorker();
-const saved = localStorage.getItem("trygg.token");
-if (saved && Number(localStorage.getItem("trygg.expires") || 0) > Date.now()) {
-  start(saved);
-} else if (saved) {
-  logout("Sessionen har gått ut / Session expired");
+
+async function boot() {
+  // Before refresh tokens the app kept a 12 h access token in localStorage: use it up.
+  const legacy = localStorage.getItem("trygg.token");
+  const legacyExpires = Number(localStorage.getItem("trygg.expires") || 0);
+  localStorage.removeItem("trygg.token");
+  localStorage.removeItem("trygg.expires");
+  for (const key of ["token", "token_expires"]) kvDelete(key).catch(() => {}); // the old worker's copy
+  if (await session.resume()) {
+    await start();
+  } else if (legacy && legacyExpires > Date.now()) {
+    await session.begin({ access_token: legacy, expires_in: (legacyExpires - Date.now()) / 1000 });
+    await start();
+  } else if (legacy) {
+    showLogin(EXPIRED);
+  }
 }
+
+boot();

@@ -2,6 +2,8 @@
 // No libraries, nothing fetched. Every chart is role="img" with a <title> and <desc>, and
 // each bar carries its own <title> (tooltip / screen-reader text).
 
+import { Session, tabStore } from "./session.js";
+
 const NS = "http://www.w3.org/2000/svg";
 
 function s(tag, attrs = {}, ...children) {
@@ -221,37 +223,57 @@ export function installStyles() {
 // -- shared by the console pages: a login kept for this tab --------------------------------
 
 /**
- * A page's login: tokens live in sessionStorage under ``trygg.<name>.*`` (this tab only),
- * apart from the staff app's. Only the given roles get in; the server checks again.
+ * A page's login, kept for this tab only: the session (access and refresh token,
+ * js/session.js) in sessionStorage under ``trygg.<name>.session``, who is logged in under
+ * ``trygg.<name>.me``; apart from the staff app's. The access token is refreshed before it
+ * expires and after a 401. Only the given roles get in; the server checks again.
+ *
+ * ``auth.message`` says why the login screen is shown (empty after a logout by hand).
  */
 export function session(name, roles) {
-  const key = (k) => `trygg.${name}.${k}`;
+  const store = tabStore(`trygg.${name}.session`);
+  const meKey = `trygg.${name}.me`;
+  for (const old of ["token", "expires"]) sessionStorage.removeItem(`trygg.${name}.${old}`);
   const auth = {
     me: null,
+    message: "",
     onChange: () => {},
+    session: new Session(store, { onEnd: (message) => auth.ended(message) }),
     async login(api, username, password) {
-      const token = await api.login(username, password);
-      api.token = token.access_token;
-      const me = await api.get("/me");
+      await auth.session.begin(await api.login(username, password));
+      let me;
+      try {
+        me = await api.get("/me");
+      } catch (error) {
+        await auth.session.logout();
+        throw error;
+      }
       if (!roles.includes(me.role)) {
-        api.token = null;
+        await auth.session.logout();
         throw new Error("Den här sidan är inte för din roll. / This page is not for your role.");
       }
-      sessionStorage.setItem(key("token"), token.access_token);
-      sessionStorage.setItem(key("expires"), String(Date.now() + token.expires_in * 1000));
-      sessionStorage.setItem(key("me"), JSON.stringify(me));
+      sessionStorage.setItem(meKey, JSON.stringify(me));
       auth.me = me;
+      auth.message = "";
     },
-    resume(api) {
-      const token = sessionStorage.getItem(key("token"));
-      if (!token || Number(sessionStorage.getItem(key("expires")) || 0) <= Date.now()) return false;
-      api.token = token;
-      auth.me = JSON.parse(sessionStorage.getItem(key("me")) || "null");
+    resume() {
+      if (!auth.session.active) {
+        const state = store.peek();
+        if (!state || (!state.refresh_token && state.expires_at <= Date.now())) return false;
+        auth.session.adopt(state); // an expired access token is refreshed by the first call
+      }
+      auth.me = JSON.parse(sessionStorage.getItem(meKey) || "null");
       return true;
     },
-    logout() {
-      for (const k of ["token", "expires", "me"]) sessionStorage.removeItem(key(k));
+    /** Log out by hand (message empty) or after a refused token; revokes the session. */
+    async logout(message = "") {
+      if (auth.session.active) await auth.session.logout();
+      auth.ended(message);
+    },
+    ended(message) {
+      sessionStorage.removeItem(meKey);
       auth.me = null;
+      auth.message = message;
       auth.onChange();
     },
   };

@@ -1,5 +1,6 @@
 // Technician console: the fleet, one device in detail, and the live end-to-end test.
 import { Api, ApiError } from "./api.js";
+import { EXPIRED } from "./session.js";
 import { $, h, bi } from "./dom.js";
 import { installStyles, session, sparkline } from "./charts.js";
 
@@ -23,7 +24,7 @@ const METRICS = {
 };
 
 const auth = session("console", ["technician", "admin"]);
-const api = new Api(() => auth.logout());
+const api = new Api(() => auth.logout(EXPIRED), auth.session);
 let fleet = null;
 let timer = null;
 let testing = null;
@@ -55,7 +56,12 @@ function show(view) {
 
 async function route() {
   clearTimeout(timer);
-  if (!auth.resume(api)) { show("login-view"); $("who").textContent = ""; return; }
+  if (!auth.resume(api)) {
+    show("login-view");
+    $("who").textContent = "";
+    if (auth.message) $("login-error").textContent = auth.message;
+    return;
+  }
   $("who").textContent = auth.me ? `${auth.me.name} (${auth.me.role})` : "";
   const match = location.hash.match(/^#\/device\/(.+)$/);
   if (match) {

@@ -1,5 +1,6 @@
 // A key-value store in IndexedDB, shared with the service worker (which cannot read
-// localStorage): the page keeps the bearer token here so the worker can post receipts.
+// localStorage): js/session.js keeps the session (access and refresh token) under
+// "session", so the worker can post receipts and refresh the token while the app is closed.
 const DB = "trygg";
 const STORE = "kv";
 

@@ -3,6 +3,11 @@
 // Online means: socket open and the server's "hello" received. Anything else is offline,
 // shown with the time it started. On every (re)connect the server sends the open alarms
 // and then {"type":"sync","open":[ids]}; the app drops what is not in that list.
+//
+// The access token is a query parameter, checked when the socket opens. A refreshed token
+// (renew) is used from the next (re)connect on; an open socket is kept. The server's close
+// code 4401 (token refused) goes to authFailed(token) with the token that was refused: the
+// app refreshes and starts again, or logs out.
 
 const BACKOFF_BASE_MS = 500;     // first retry after ~0.25–0.5 s
 const BACKOFF_MAX_MS = 30_000;   // never wait longer than 30 s between tries
@@ -10,7 +15,7 @@ const HELLO_TIMEOUT_MS = 10_000; // an open socket that says nothing is as good 
 const AUTH_FAILED = 4401;        // the server's close code for a bad or expired token
 
 export class Live {
-  /** handlers: {message(msg), online(bool, sinceDate), authFailed()} */
+  /** handlers: {message(msg), online(bool, sinceDate), authFailed(refusedToken)} */
   constructor(handlers) {
     this.handlers = handlers;
     this.socket = null;
@@ -29,6 +34,9 @@ export class Live {
 
   start(token) { this.token = token; this.attempt = 0; this.connectNow(); }
 
+  /** A refreshed access token, for the next (re)connect. */
+  renew(token) { if (this.token) this.token = token; }
+
   stop() {
     this.token = null;
     clearTimeout(this.timer);
@@ -42,7 +50,8 @@ export class Live {
     if (this.socket || !this.token) return;
     if (navigator.onLine === false) { this.setOnline(false); return; } // the "online" event resumes
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const url = `${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(this.token)}`;
+    const token = this.token;
+    const url = `${scheme}://${location.host}/api/v1/ws?token=${encodeURIComponent(token)}`;
     const socket = new WebSocket(url);
     this.socket = socket;
     this.receipted = new Set();
@@ -59,7 +68,7 @@ export class Live {
       if (socket !== this.socket) return;
       this.socket = null;
       this.setOnline(false);
-      if (event.code === AUTH_FAILED) { this.handlers.authFailed(); return; }
+      if (event.code === AUTH_FAILED) { this.handlers.authFailed(token); return; }
       this.schedule();
     };
   }

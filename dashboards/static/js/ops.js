@@ -1,6 +1,7 @@
 // Operations dashboard: alarm volumes, response times against the target, technical
 // alarms and supervision, for team leads (their teams) and administrators (all).
 import { Api, ApiError } from "./api.js";
+import { EXPIRED } from "./session.js";
 import { $, h, bi } from "./dom.js";
 import { typeLabel } from "./i18n.js";
 import { barChart, histogram, installStyles, session } from "./charts.js";
@@ -9,7 +10,7 @@ installStyles();
 
 const REFRESH_MS = 30_000;
 const auth = session("ops", ["lead", "admin"]);
-const api = new Api(() => auth.logout());
+const api = new Api(() => auth.logout(EXPIRED), auth.session);
 let timer = null;
 
 $("login").addEventListener("submit", async (event) => {
@@ -34,6 +35,7 @@ function start() {
   $("ops-view").hidden = !signedIn;
   $("logout").hidden = !signedIn;
   $("who").textContent = signedIn && auth.me ? `${auth.me.name} (${auth.me.role})` : "";
+  if (!signedIn && auth.message) $("login-error").textContent = auth.message;
   if (signedIn) load();
 }
 

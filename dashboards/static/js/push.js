@@ -1,5 +1,6 @@
 // Web Push on the page side: register the service worker, subscribe, tell the gateway.
-import { kvDelete, kvSet } from "./idb.js";
+// The worker finds the access token (and refreshes it) in the session store that
+// js/session.js keeps in IndexedDB.
 
 export const supported = "serviceWorker" in navigator && "PushManager" in window && "Notification" in window;
 
@@ -11,18 +12,6 @@ export async function registerWorker() {
     console.warn("service worker registration failed", error);
     return null;
   }
-}
-
-/** Hand the bearer token to the service worker (it posts receipts for pushes). */
-export async function shareToken(token, expiresAt) {
-  try {
-    await kvSet("token", token);
-    await kvSet("token_expires", expiresAt);
-  } catch (error) { console.warn("could not store token for the service worker", error); }
-}
-
-export async function forgetToken() {
-  try { await kvDelete("token"); await kvDelete("token_expires"); } catch { /* nothing stored */ }
 }
 
 function keyBytes(base64url) {
