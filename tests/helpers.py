@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,9 +51,14 @@ class Device:
 
 
 @asynccontextmanager
-async def device(broker: tuple[str, int], prefix: str, device_id: str) -> AsyncIterator[Device]:
-    """A connected device subscribed to its ack topic."""
-    async with aiomqtt.Client(broker[0], broker[1], identifier=f"dev-{device_id}") as client:
+async def device(
+    broker: tuple[str, int], prefix: str, device_id: str,
+    tls_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[Device]:
+    """A connected device subscribed to its ack topic (over TLS with ``tls_context``)."""
+    async with aiomqtt.Client(
+        broker[0], broker[1], identifier=f"dev-{device_id}", tls_context=tls_context
+    ) as client:
         await client.subscribe(f"{prefix}/{device_id}/ack", qos=1)
         dev = Device(client, prefix, device_id)
         listener = asyncio.create_task(dev._listen(), name=f"device {device_id} listener")

@@ -8,6 +8,7 @@ broker link is down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -31,7 +31,7 @@ from gateway.config import MqttSettings
 from gateway.runtime import Gateway
 from gateway.tls import Issued, create_ca, issue, mosquitto_tls_listener
 from tests.conftest import GatewayFactory, free_port, settings_for
-from tests.helpers import Device
+from tests.helpers import Device, device
 
 network = pytest.mark.network
 
@@ -88,21 +88,12 @@ async def tls_mosquitto(
         proc.wait(10)
 
 
-@asynccontextmanager
-async def tls_device(port: int, prefix: str, device_id: str, ca: Issued) -> AsyncIterator[Device]:
+def tls_device(
+    port: int, prefix: str, device_id: str, ca: Issued
+) -> contextlib.AbstractAsyncContextManager[Device]:
     """``tests.helpers.device`` over TLS, trusting ``ca``."""
-    context = ssl.create_default_context(cafile=ca.cert)
-    async with aiomqtt.Client(
-        "127.0.0.1", port, identifier=f"dev-{device_id}", tls_context=context
-    ) as client:
-        await client.subscribe(f"{prefix}/{device_id}/ack", qos=1)
-        dev = Device(client, prefix, device_id)
-        listener = asyncio.create_task(dev._listen(), name=f"device {device_id} listener")
-        try:
-            yield dev
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+    context = ssl.create_default_context(cafile=str(ca.cert))
+    return device(("127.0.0.1", port), prefix, device_id, tls_context=context)
 
 
 @asynccontextmanager
