@@ -242,10 +242,15 @@ def run_retention(data_dir: Path, settings: RetentionSettings, *, now: float | N
     if settings.provisioning_days and registry_path.exists():
         cutoff_s = now - settings.provisioning_days * DAY_S
         with closing(sqlite3.connect(registry_path, timeout=30)) as conn, conn:
-            done["provisioning"] = conn.execute(
-                "DELETE FROM history WHERE at < ? AND device_id IN"
-                " (SELECT device_id FROM registry WHERE state = 'decommissioned')",
-                (cutoff_s,)).rowcount
-            conn.execute("DELETE FROM claims WHERE expires_at < ? OR consumed_at < ?",
-                         (cutoff_s, cutoff_s))
+            # The registry may have created its file but not yet its tables (the first
+            # pass runs as the gateway starts): nothing to prune then.
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if {"history", "registry"} <= tables:
+                done["provisioning"] = conn.execute(
+                    "DELETE FROM history WHERE at < ? AND device_id IN"
+                    " (SELECT device_id FROM registry WHERE state = 'decommissioned')",
+                    (cutoff_s,)).rowcount
+            if "claims" in tables:
+                conn.execute("DELETE FROM claims WHERE expires_at < ? OR consumed_at < ?",
+                             (cutoff_s, cutoff_s))
     return done

@@ -107,3 +107,15 @@ def test_retention_prunes_old_telemetry(tmp_path: Path) -> None:
     assert done["telemetry_raw"] == 1
     with sqlite3.connect(tmp_path / "telemetry.sqlite3") as conn:
         assert conn.execute("SELECT count(*) FROM raw").fetchone()[0] == 1
+
+
+def test_retention_before_the_registry_made_its_tables(tmp_path: Path) -> None:
+    # The first pass runs as the gateway starts, perhaps between the registry creating its
+    # file and its tables: that is nothing to prune, not an error.
+    import sqlite3
+
+    from gateway.privacy import RetentionSettings, run_retention
+
+    sqlite3.connect(tmp_path / "provisioning.sqlite3").close()
+    done = run_retention(tmp_path, RetentionSettings())
+    assert done["provisioning"] == 0
