@@ -129,9 +129,7 @@ class Cluster:
 
     async def __aenter__(self) -> Self:
         try:
-            async with await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-            ) as conn:
+            async with await self._connect() as conn:
                 await migrate(conn, MIGRATIONS_COMPONENT, applied_by=self.gateway_id)
         except psycopg.Error as exc:
             raise JournalError(f"cannot open the cluster tables: {exc}") from exc
@@ -160,15 +158,20 @@ class Cluster:
             self._runner = None
         try:
             # Gone at once rather than after the expiry: routing stops counting our staff.
-            async with await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-            ) as conn:
+            async with await self._connect() as conn:
                 await conn.execute(
                     "DELETE FROM trygg_presence WHERE gateway_id = %s", (self.gateway_id,)
                 )
         except psycopg.Error as exc:
             _LOGGER.warning("could not remove this gateway's presence row (it expires): %s", exc)
         await self.leases.__aexit__(None, None, None)
+
+    async def _connect(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        """A connection of its own: presence and organisation exchanges are rare and
+        brief, and the listener holds its connection for as long as it lives."""
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        )
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -214,9 +217,7 @@ class Cluster:
         attempt = 0
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                ) as conn:
+                async with await self._connect() as conn:
                     await conn.execute(f"LISTEN {JOURNAL_CHANNEL}")
                     await conn.execute(f"LISTEN {PRESENCE_CHANNEL}")
                     await conn.execute(f"LISTEN {ORG_CHANNEL}")
@@ -281,9 +282,7 @@ class Cluster:
             attempt = 0
             while True:
                 try:
-                    async with await psycopg.AsyncConnection.connect(
-                        self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                    ) as conn, conn.transaction():
+                    async with await self._connect() as conn, conn.transaction():
                         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ORG_LOCK,))
                         await conn.execute(
                             _WRITE_ORG, (change.kind, change.id, self.gateway_id, change.body())
@@ -304,9 +303,7 @@ class Cluster:
             await self._org_changed.wait()
             self._org_changed.clear()
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-                ) as conn:
+                async with await self._connect() as conn:
                     cur = await conn.execute(_READ_ORG, (self.org_head,))
                     rows: list[tuple[Any, ...]] = await cur.fetchall()
             except psycopg.Error as exc:
@@ -361,9 +358,7 @@ class Cluster:
 
     async def _publish(self) -> None:
         staff = sorted(self._local)
-        async with await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-        ) as conn, conn.transaction():
+        async with await self._connect() as conn, conn.transaction():
             await conn.execute(_UPSERT_PRESENCE, {
                 "gw": self.gateway_id, "staff": staff,
                 "ttl": self.lease_ttl_s * PRESENCE_TTL_FACTOR,
@@ -376,9 +371,7 @@ class Cluster:
 
     async def _read(self) -> float:
         """Read the other gateways' presence; returns seconds until the first row expires."""
-        async with await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-        ) as conn:
+        async with await self._connect() as conn:
             cur = await conn.execute(_READ_PRESENCE, (self.gateway_id,))
             rows: list[tuple[Any, ...]] = await cur.fetchall()
         remote = frozenset(s for staff, _ in rows for s in staff)
