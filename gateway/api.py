@@ -26,6 +26,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketDisconnected
@@ -214,7 +215,9 @@ class _TooSlowError(Exception):
 
 def create_app(gateway: Gateway) -> FastAPI:
     """The ASGI app for one gateway."""
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) from files shipped in the package, not a CDN: a
+    # gateway in a municipal network often has no internet.
+    app = FastAPIOffline(
         title="trygg gateway",
         version=__version__,
         description="Staff API of the trygg welfare-technology gateway.",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,45 @@ from typing import Any
 from gateway import __version__
 
 _LOGGER = logging.getLogger("trygg")
+
+# The demo's preferred ports; a port already taken (a Mosquitto on 1883, say) is replaced by a
+# free one unless the user asked for it by flag.
+DEMO_MQTT_PORT = 1883
+DEMO_HTTP_PORT = 8080
+
+
+class PortBusyError(Exception):
+    """A port the user asked for is taken; the message is one line that names the flag."""
+
+
+def _port_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR as asyncio's servers set it: a port in TIME_WAIT is usable, a listening
+    # one (on this address or the wildcard) is not.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def choose_port(requested: int | None, default: int, flag: str, host: str = "127.0.0.1") -> int:
+    """The port to use: the requested one (it must be free), else the default or a free one."""
+    if requested is not None:
+        if requested and not _port_free(host, requested):
+            raise PortBusyError(
+                f"trygg demo: port {requested} on {host} is already in use; "
+                f"choose another with {flag} N"
+            )
+        return requested
+    if _port_free(host, default):
+        return default
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    print(f"Port {default} is in use; using {port} instead ({flag} N chooses one).", flush=True)
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="run everything embedded with a simulated fleet")
     demo.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
-    demo.add_argument("--mqtt-port", type=int, default=1883)
-    demo.add_argument("--http-port", type=int, default=8080)
+    demo.add_argument(
+        "--mqtt-port", type=int, default=None,
+        help=f"embedded broker port (default {DEMO_MQTT_PORT}, or a free one if that is taken)",
+    )
+    demo.add_argument(
+        "--http-port", type=int, default=None,
+        help=f"web app and API port (default {DEMO_HTTP_PORT}, or a free one if that is taken)",
+    )
     demo.add_argument(
         "--fleet", type=int, default=None,
         help="simulated devices sending traffic (default: every provisioned device; 0 = none)",
@@ -79,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "demo":
+        try:
+            args.mqtt_port = choose_port(args.mqtt_port, DEMO_MQTT_PORT, "--mqtt-port")
+            args.http_port = choose_port(args.http_port, DEMO_HTTP_PORT, "--http-port")
+        except PortBusyError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         return _run_async(_demo(args))
     if args.command == "run":
         return _run_async(_run(args.config))
@@ -95,6 +148,13 @@ def _run_async(coro: Any) -> int:
         return int(asyncio.run(coro))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # Taken between the check and the bind, or a port from the settings file: one line,
+        # not a traceback.
+        print(f"trygg: a port is already in use: {exc.strerror} ({exc})", file=sys.stderr)
+        return 2
 
 
 @contextlib.asynccontextmanager
@@ -169,8 +229,11 @@ async def _demo(args: argparse.Namespace) -> int:
                 passwords,
                 {
                     "app": f"{base}/app/",
+                    "console": f"{base}/console/",
+                    "ops": f"{base}/ops/",
                     "api": f"{base}/api/v1",
                     "docs": f"{base}/docs",
+                    "redoc": f"{base}/redoc",
                     "metrics": f"{base}/metrics",
                     "healthz": f"{base}/healthz",
                     "mqtt": f"mqtt://127.0.0.1:{args.mqtt_port}",

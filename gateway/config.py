@@ -176,6 +176,11 @@ class EscalationSettings(BaseModel):
     # The external alarm centre (larmcentral): JSON POSTed here; a 2xx answer confirms it.
     centre_url: str | None = None
 
+    @property
+    def has_centre(self) -> bool:
+        """Whether an alarm centre is configured (else the ladder has no centre step)."""
+        return self.centre_url is not None
+
     @model_validator(mode="after")
     def _increasing(self) -> EscalationSettings:
         if not self.team_s < self.next_level_s < self.centre_s:

@@ -39,6 +39,8 @@ class DemoLogin:
 
 def seed(org: OrgStore, recipients: int = 20) -> dict[str, str]:
     """Fill an empty organisation; returns username -> password."""
+    if recipients > len(FIRST) * len(LAST):
+        raise ValueError(f"at most {len(FIRST) * len(LAST)} demo recipients have unique names")
     passwords: dict[str, str] = {}
     for team_id, name in TEAMS:
         org.put_team(Team(team_id, name))
@@ -52,7 +54,7 @@ def seed(org: OrgStore, recipients: int = 20) -> dict[str, str]:
     for n in range(1, recipients + 1):
         team_id = TEAMS[(n - 1) % len(TEAMS)][0]
         recipient_id = f"rcp-{n:03d}"
-        name = f"{FIRST[(n - 1) % len(FIRST)]} {LAST[(n - 1) % len(LAST)]}"
+        name = demo_name(n - 1)
         org.put_recipient(
             RecipientInfo(
                 recipient_id,
@@ -71,6 +73,17 @@ def seed(org: OrgStore, recipients: int = 20) -> dict[str, str]:
                 DeviceInfo(f"{sensor}-{n:03d}", sensor, recipient_id, f"{sensor}-sensor")
             )
     return passwords
+
+
+def demo_name(index: int) -> str:
+    """A recipient's name; unique for the first ``len(FIRST) * len(LAST)`` indices.
+
+    The surname moves on by one each time the first names come round again, so a first name
+    never meets the same surname twice (gcd(len(FIRST) + 1, len(LAST)) == 1).
+    """
+    first = FIRST[index % len(FIRST)]
+    last = LAST[(index + index // len(FIRST)) % len(LAST)]
+    return f"{first} {last}"
 
 
 def describe(org: OrgStore, passwords: dict[str, str], urls: dict[str, str],
@@ -129,7 +142,10 @@ def print_summary(info: dict[str, Any]) -> str:
         "trygg demo is running — Ctrl-C stops it.",
         "",
         f"  Staff app      {info['urls']['app']}",
-        f"  API docs       {info['urls']['docs']}",
+        f"  Technicians    {info['urls']['console']}",
+        f"  Operations     {info['urls']['ops']}",
+        f"  API docs       {info['urls']['docs']}  (ReDoc: {info['urls']['redoc']})",
+        f"  Health         {info['urls']['healthz']}",
         f"  Metrics        {info['urls']['metrics']}",
         f"  MQTT broker    {info['urls']['mqtt']}  (prefix {info['mqtt']['prefix']})",
         "",

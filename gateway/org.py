@@ -134,6 +134,10 @@ class EscalationTimes(Protocol):
     reminder_s: float
     centre_retry_s: float
 
+    @property
+    def has_centre(self) -> bool:
+        """Whether an alarm centre is configured to escalate to."""
+
 
 class OrgStore:
     """Organisation data with an in-memory copy. Writes are synchronous and rare."""
@@ -335,10 +339,14 @@ class OrgStore:
         if escalation is not None:
             base = dataclasses.replace(
                 base,
+                # Without an alarm centre the ladder ends at the next level; reminders to
+                # everyone who has the alarm follow (alarms.escalation), rather than a step
+                # that would hand the alarm to nobody.
                 ladder=(
                     EscalationStep(EscalationKind.TEAM, escalation.team_s),
                     EscalationStep(EscalationKind.NEXT_LEVEL, escalation.next_level_s),
-                    EscalationStep(EscalationKind.CENTRE, escalation.centre_s),
+                    *((EscalationStep(EscalationKind.CENTRE, escalation.centre_s),)
+                      if escalation.has_centre else ()),
                 ),
                 presence_deadline_s=escalation.presence_deadline_s,
                 reminder_s=escalation.reminder_s,

@@ -203,12 +203,12 @@ _APP_CSP = (
     "connect-src 'self' {ws}; worker-src 'self'; manifest-src 'self'; object-src 'none'; "
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
-# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from jsDelivr with an inline
-# script; they get a CSP that allows exactly that and nothing else new.
+# The /docs and /redoc pages (Swagger UI, ReDoc) load their scripts from this gateway
+# (fastapi-offline's copies, never a CDN) and start them with an inline script; they get a
+# CSP that allows that inline script and nothing from elsewhere.
 _DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "worker-src 'self' blob:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
 )
 _DOCS_PATHS = ("/docs", "/redoc")
