@@ -635,3 +635,31 @@ async def test_refused_refresh_returns_to_the_login_screen(
     await until(lambda: "anna" not in gw.hub.connected_staff())
     await shot(page, "session-expired")
     await context.close()
+
+
+async def test_api_docs_render_offline(browser: Browser, gateway: Gateway) -> None:
+    """/docs and /redoc render with every request off this gateway refused (no internet)."""
+    base = f"http://127.0.0.1:{gateway.http_port}"
+    context = await browser.new_context()
+    elsewhere: list[str] = []
+
+    async def only_local(route: Route) -> None:
+        if route.request.url.startswith(base):
+            await route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            await route.abort()
+
+    await context.route("**/*", only_local)
+    page = await context.new_page()
+    try:
+        await page.goto(f"{base}/docs")
+        # One operation block per API operation: the spec was fetched, parsed and shown.
+        await expect(page.locator(".opblock").first).to_be_visible(timeout=TIMEOUT_MS)
+        assert await page.locator(".opblock").count() > 20
+        await page.goto(f"{base}/redoc")
+        await expect(page.get_by_text("/api/v1/auth/token").first).to_be_attached(
+            timeout=TIMEOUT_MS)
+    finally:
+        await context.close()
+    assert elsewhere == []
