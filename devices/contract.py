@@ -146,7 +146,7 @@ def decode(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> DeviceMe
         return Rejected(Reason.BAD_TOPIC, f"topic {topic[:120]!r} is not {prefix}/<device>/<kind>")
     device_id, channel = parsed
     try:
-        body = json.loads(payload)
+        body = json.loads(payload, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return Rejected(Reason.BAD_JSON, f"not JSON: {exc}"[:200], device_id=device_id)
     if not isinstance(body, dict):
@@ -157,6 +157,26 @@ def decode(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> DeviceMe
         return _decode_body(device_id, channel, body)
     except _Invalid as exc:
         return Rejected(exc.reason, exc.detail, device_id=device_id, ref=ref)
+
+
+def _no_constant(name: str) -> object:
+    # NaN and Infinity are not JSON (RFC 8259) although Python's parser takes them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None if it is not a number a float can hold.
+
+    An integer too large for a float (400 digits, say) must be refused here like any other
+    bad value: ``math.isfinite`` and ``float`` raise OverflowError on it.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _decode_body(device_id: str, channel: Channel, body: dict[str, object]) -> DeviceMessage:
@@ -197,11 +217,12 @@ def _ts(body: dict[str, object]) -> int:
     ts = body.get("ts")
     if ts is None:
         raise _Invalid(Reason.MISSING_FIELD, "missing 'ts'")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+    number = _finite(ts)
+    if number is None:
         raise _Invalid(Reason.BAD_FIELD, "'ts' must be epoch milliseconds")
-    if not 0 <= ts < 2**53:
+    if not 0 <= number < 2**53:
         raise _Invalid(Reason.BAD_FIELD, "'ts' out of range")
-    return int(ts)
+    return int(number)
 
 
 def _str(body: dict[str, object], key: str, *, required: bool) -> str | None:
@@ -212,6 +233,11 @@ def _str(body: dict[str, object], key: str, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > 64:
         raise _Invalid(Reason.BAD_FIELD, f"{key!r} must be a string of at most 64 chars")
+    # A lone surrogate cannot be stored or sent on as UTF-8 (one such unit once made the
+    # store drop a whole batch of other devices' samples); control characters have no place
+    # in a unit or firmware name. Refused here, one message at a time.
+    if not value.isprintable():
+        raise _Invalid(Reason.BAD_FIELD, f"{key!r} must be printable text")
     return value
 
 
@@ -225,9 +251,10 @@ def _number(body: dict[str, object], key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    number = _finite(value)
+    if number is None:
         raise _Invalid(Reason.BAD_FIELD, f"{key!r} must be a finite number")
-    return float(value)
+    return number
 
 
 def _fraction(body: dict[str, object], key: str) -> float | None:
@@ -244,16 +271,15 @@ def _value(body: dict[str, object]) -> float | tuple[float, ...]:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise _Invalid(Reason.BAD_FIELD, "'value' must be finite")
-        return float(value)
+        number = _finite(value)
+        if number is None:
+            raise _Invalid(Reason.BAD_FIELD, "'value' must be a finite number")
+        return number
     if isinstance(value, list) and 0 < len(value) <= 4096:
-        if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value
-        ):
+        numbers = [_finite(v) for v in value]
+        if any(n is None for n in numbers):
             raise _Invalid(Reason.BAD_FIELD, "'value' list must hold finite numbers")
-        return tuple(float(v) for v in value)
+        return tuple(n for n in numbers if n is not None)
     raise _Invalid(Reason.BAD_FIELD, "'value' must be a number or a list of 1-4096 numbers")
 
 
