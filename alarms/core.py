@@ -26,7 +26,10 @@ from alarms.events import (
     ForwardRequested,
     HandBackRequested,
     OnSiteRequested,
+    Presence,
     ReceiptConfirmed,
+    StaffConnected,
+    StaffDisconnected,
     TakeOverRequested,
     TechnicalCleared,
     TestCompleted,
@@ -134,16 +137,17 @@ class AlarmCore:
 
     # -- presence --------------------------------------------------------------------------
 
-    def staff_connected(self, staff_id: str) -> None:
-        """A staff client connected (WebSocket open). Call once per connection."""
-        self._connections[staff_id] += 1
-
-    def staff_disconnected(self, staff_id: str) -> None:
-        """A staff client disconnected. Call once per connection that was reported."""
-        if self._connections[staff_id] <= 1:
-            del self._connections[staff_id]
+    def observe(self, event: Presence) -> None:
+        """Presence changed: who is connected, here (per connection) or on other gateways."""
+        if isinstance(event, StaffConnected):
+            self._connections[event.staff_id] += 1
+        elif isinstance(event, StaffDisconnected):
+            if self._connections[event.staff_id] <= 1:
+                del self._connections[event.staff_id]
+            else:
+                self._connections[event.staff_id] -= 1
         else:
-            self._connections[staff_id] -= 1
+            self.remote_connected = event.staff_ids
 
     def connected(self) -> frozenset[str] | None:
         """Staff with at least one client connected; None if presence is not tracked."""

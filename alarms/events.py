@@ -130,3 +130,33 @@ StaffEvent: TypeAlias = (
 Event: TypeAlias = (
     AlarmReceived | TechnicalCleared | TestCompleted | StaffEvent | CentreConfirmed | Tick
 )
+
+
+# -- presence: observed, never journaled -------------------------------------------------------
+# Who is connected decides routing now, but a replayed "connected" after a restart would be a
+# lie (every client reconnects anyway), and routing journals its result. So presence is fed to
+# ``AlarmCore.observe`` rather than ``decide``.
+
+
+@dataclass(frozen=True, slots=True)
+class StaffConnected:
+    """A staff client connected to this gateway (one event per connection)."""
+
+    staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaffDisconnected:
+    """A staff client that was reported connected went away."""
+
+    staff_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePresence:
+    """Staff connected to the other gateways of a cluster, as last read from the database."""
+
+    staff_ids: frozenset[str]
+
+
+Presence: TypeAlias = StaffConnected | StaffDisconnected | RemotePresence

@@ -45,6 +45,11 @@ class Auditor:
         )
         return self
 
+    async def wait(self) -> None:
+        """Until the writer thread ends (on close, or if it dies)."""
+        assert self._writer is not None
+        await asyncio.shield(self._writer)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

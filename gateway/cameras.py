@@ -1,4 +1,4 @@
-"""Night camera supervision (digital nattillsyn): the service and its API.
+"""Night camera supervision (digital nattillsyn): the service (its API: ``gateway.web.cameras``).
 
 The rules live in ``alarms.nattillsyn`` (pure); this module carries them out:
 
@@ -16,13 +16,13 @@ chunk on their way to the one viewer and are never written (no files, no logs of
 ``Cache-Control: no-store`` so the browser does not keep them either). The audit log gets
 time, duration, viewer and outcome of every allowed look and the reason of every refusal.
 
-Wiring (the gateway does this): ``service = CameraService(gateway)``;
-``gateway.routers.append(service.router)`` before the HTTP server starts;
-``gateway.status_listeners.append(service.on_status)``; ``async with service`` in the
-gateway's stack.
+Wiring (the gateway does this): ``service = CameraService(host)``; its status listener
+``service.on_status`` on the device status stream; ``async with service`` for its HTTP
+session and ``service.run()`` under the gateway's supervisor.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime.
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import hmac
@@ -38,19 +38,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import Any, Self
 
 import aiohttp
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from alarms.events import AlarmReceived, Event, TechnicalCleared
 from alarms.model import AlarmType
 from alarms.nattillsyn import (
     DEFAULT_MAX_LOOK_S,
     DEFAULT_RETRY_S,
-    DEFAULT_TOLERANCE_S,
     AdHoc,
     Allowed,
     Consent,
@@ -70,18 +66,21 @@ from alarms.nattillsyn import (
     Viewer,
     Window,
     decide_access,
-    parse_hhmm,
 )
-from devices.contract import StatusMessage, encode_command, topic
+from devices.contract import StatusMessage, encode_command
 from gateway.audit import AuditKind
-from gateway.deps import staff_dependency
+from gateway.errors import (
+    ConflictError,
+    DomainError,
+    ForbiddenError,
+    NotFoundError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from gateway.ids import new_alarm_id
-from gateway.mqtt import Outbound
 from gateway.org import StaffMember
+from gateway.ports import ServiceHost
 from gateway.waiting import wait_set
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ STREAM_CONNECT_S = 3.0
 MIN_TIMER_SLEEP_S = 0.05
 # Content types a camera stream may have; anything else is not relayed.
 _STREAM_TYPES = ("multipart/x-mixed-replace", "image/jpeg")
-_UNPROCESSABLE = 422
+HTTP_OK = 200
 
 
 def is_camera(device_type: str) -> bool:
@@ -199,7 +198,7 @@ class CameraService:
 
     def __init__(
         self,
-        gateway: "Gateway",
+        gateway: ServiceHost,
         clock: Callable[[], float] = time.time,
         *,
         max_look_s: float = DEFAULT_MAX_LOOK_S,
@@ -227,19 +226,20 @@ class CameraService:
         self._changed = asyncio.Event()
         self._save_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
-        self._timer: asyncio.Task[None] | None = None
-        self.router = self._create_router()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._timer is not None:
+        if self._session is not None:
             raise RuntimeError("CameraService is already running")
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=STREAM_CONNECT_S)
         )
-        self._timer = asyncio.create_task(self._run_timer(), name="nattillsyn timer")
         return self
+
+    async def wait(self) -> None:
+        """The looks' timer (a supervised task while the service is open)."""
+        await self._run_timer()
 
     async def __aexit__(
         self,
@@ -247,11 +247,6 @@ class CameraService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
         for active in self._active.values():
             self._close_relays(active)
         for waiter in self._waking.values():
@@ -417,26 +412,21 @@ class CameraService:
         })
 
     def _command(self, device_id: str, command: str, **args: str | int | float | bool) -> bool:
-        link = self.gateway.link
-        if link is None:
-            return False
-        prefix = self.gateway.settings.mqtt.prefix
         ref = f"cam-{uuid.uuid4().hex[:12]}"
-        return link.publish_nowait(
-            Outbound(topic(prefix, device_id, "cmd"), encode_command(ref, command, **args))
-        )
+        return self.gateway.send_command(device_id, encode_command(ref, command, **args))
 
     def _audit(self, actor: str, subject: str, detail: dict[str, Any]) -> None:
         self.gateway.audit.record(AuditKind.CAMERA_VIEW, actor=actor, subject=subject,
                                   detail=detail)
 
     def _refuse(self, viewer: str, recipient_id: str, refusal: Refused, now: float,
-                http_status: int, **extra: Any) -> HTTPException:
+                http_status: int, **extra: Any) -> DomainError:
         self._audit(viewer, recipient_id, {
             "event": "refused", "code": refusal.code.value, "reason": refusal.reason,
             "at": now, **extra,
         })
-        return HTTPException(http_status, {"code": refusal.code.value, "reason": refusal.reason})
+        return DomainError({"code": refusal.code.value, "reason": refusal.reason},
+                           status=http_status)
 
     def _close_relays(self, active: _Active) -> None:
         for response in list(active.relays):
@@ -473,16 +463,16 @@ class CameraService:
         self, member: StaffMember, recipient_id: str, *, reason: str | None = None,
         alarm_id: str | None = None, duration_s: float | None = None,
     ) -> tuple[Look, str]:
-        """Decide, wake the camera and wait for it; the look and its token, or HTTPException."""
+        """Decide, wake the camera and wait for it; the look and its token, or a DomainError."""
         now = self._clock()
         recipient = self.gateway.org.recipients.get(recipient_id)
         if recipient is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown recipient")
+            raise NotFoundError("unknown recipient")
         device_id = self.camera_of(recipient_id)
         if device_id is None:
             raise self._refuse(member.id, recipient_id, Refused(
                 RefusalCode.NO_CAMERA, "ingen kamera hos brukaren / no camera"), now,
-                status.HTTP_409_CONFLICT)
+                409)
         ad_hoc = AdHoc(reason or "", alarm_id) if reason or alarm_id else None
         decision = decide_access(
             viewer=Viewer(member.id, frozenset(member.team_ids)),
@@ -500,7 +490,7 @@ class CameraService:
             max_look_s=self.max_look_s,
         )
         if isinstance(decision, Refused):
-            raise self._refuse(member.id, recipient_id, decision, now, status.HTTP_403_FORBIDDEN,
+            raise self._refuse(member.id, recipient_id, decision, now, 403,
                                device_id=device_id, ad_hoc=ad_hoc is not None)
         return await self._wake(member, recipient_id, device_id, decision, now)
 
@@ -536,7 +526,7 @@ class CameraService:
         active = _Active(look, secrets.token_urlsafe(32))
         if stream_url is None:
             self._camera_failed(active, now, failure)
-            raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, {
+            raise UpstreamTimeoutError({
                 "code": "camera_failed", "reason": failure, "look_id": look.id,
                 "visit": "besök beställt / visit requested"})
         active.look = look.woken(now)
@@ -564,46 +554,41 @@ class CameraService:
         if active is None:
             code = RefusalCode.LOOK_ENDED if ended is not None else RefusalCode.TOKEN_INVALID
             raise self._refuse(member.id, subject, Refused(code, "ingen pågående titt / no "
-                               "look in progress"), now, status.HTTP_403_FORBIDDEN,
+                               "look in progress"), now, 403,
                                look_id=look_id)
         if token is None or not hmac.compare_digest(token.encode(), active.token.encode()):
             raise self._refuse(member.id, subject, Refused(
                 RefusalCode.TOKEN_INVALID, "ogiltig titt-token / invalid look token"), now,
-                status.HTTP_403_FORBIDDEN, look_id=look_id)
+                403, look_id=look_id)
         if member.id != active.look.viewer_id:
             raise self._refuse(member.id, subject, Refused(
                 RefusalCode.WRONG_VIEWER, "titten är någon annans / another viewer's look"),
-                now, status.HTTP_403_FORBIDDEN, look_id=look_id)
+                now, 403, look_id=look_id)
         expires = active.look.expires_at
         if expires is None or now >= expires:
             raise self._refuse(member.id, subject, Refused(
                 RefusalCode.TOKEN_EXPIRED, "titten har gått ut / look expired"), now,
-                status.HTTP_403_FORBIDDEN, look_id=look_id)
+                403, look_id=look_id)
         return active
 
-    async def open_stream(self, active: _Active) -> StreamingResponse:
-        """Connect to the camera and relay its stream; frames stay in memory, chunk by chunk."""
+    async def open_stream(self, active: _Active) -> tuple[str, AsyncIterator[bytes]]:
+        """Connect to the camera; its content type and a relay of its stream (frames stay in
+        memory, chunk by chunk)."""
         assert self._session is not None
         assert active.stream_url is not None
         try:
             upstream = await self._session.get(active.stream_url)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HTTPException(status.HTTP_502_BAD_GATEWAY,
-                                f"camera stream unreachable: {type(exc).__name__}") from None
+            raise UpstreamError(f"camera stream unreachable: {type(exc).__name__}") from None
         content_type = upstream.headers.get("Content-Type", "")
-        if upstream.status != status.HTTP_200_OK or not content_type.startswith(_STREAM_TYPES):
+        if upstream.status != HTTP_OK or not content_type.startswith(_STREAM_TYPES):
             upstream.close()
-            raise HTTPException(status.HTTP_502_BAD_GATEWAY, "camera stream refused")
+            raise UpstreamError("camera stream refused")
         active.relays.add(upstream)
         active.look = active.look.streaming(self._clock())
         self.looks[active.look.id] = active.look
         self._poke()
-        return StreamingResponse(
-            self._relay(active, upstream),
-            media_type=content_type,
-            headers={"Cache-Control": "no-store, no-cache, must-revalidate, private",
-                     "Pragma": "no-cache", "X-Content-Type-Options": "nosniff"},
-        )
+        return content_type, self._relay(active, upstream)
 
     async def _relay(self, active: _Active, upstream: aiohttp.ClientResponse
                      ) -> AsyncIterator[bytes]:
@@ -630,17 +615,17 @@ class CameraService:
         active = self._active.get(look_id)
         if active is not None:
             if active.look.viewer_id != member.id:
-                raise HTTPException(status.HTTP_403_FORBIDDEN, "another viewer's look")
+                raise ForbiddenError("another viewer's look")
             return self._end(active, now, EndedBy.VIEWER, outcome)
         look = self.looks.get(look_id)
         if look is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such look")
+            raise NotFoundError("no such look")
         if look.viewer_id != member.id:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "another viewer's look")
+            raise ForbiddenError("another viewer's look")
         try:
             look = look.with_outcome(now, outcome)
         except LookError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+            raise ConflictError(str(exc)) from None
         self.looks[look.id] = look
         self._audit(member.id, look.recipient_id, {"event": "outcome", **look.audit_detail()})
         self._outcome(look, now)
@@ -666,7 +651,7 @@ class CameraService:
         now = self._clock()
         withdrawn = self.store.consents.withdraw(recipient_id, by=member.id, now=now)
         if withdrawn is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no consent in force")
+            raise NotFoundError("no consent in force")
         for active in [a for a in self._active.values() if a.look.recipient_id == recipient_id]:
             self._end(active, now, EndedBy.CONSENT_WITHDRAWN)
         await self._save()
@@ -681,7 +666,7 @@ class CameraService:
         if schedule is None:
             removed = self.store.schedules.pop(recipient_id, None)
             if removed is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, "no schedule")
+                raise NotFoundError("no schedule")
         else:
             self.store.schedules[recipient_id] = schedule
         await self._save()
@@ -698,156 +683,3 @@ class CameraService:
 
     # -- the HTTP API ------------------------------------------------------------------------
 
-    def _create_router(self) -> APIRouter:
-        return create_camera_router(self)
-
-
-# -- API models -------------------------------------------------------------------------------
-
-
-class ConsentIn(BaseModel):
-    """Body of ``PUT /cameras/consents/{recipient_id}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    given_by: str = Field(min_length=1, max_length=200)
-    scope: list[ConsentScope] = Field(default=[ConsentScope.SCHEDULED], min_length=1)
-    consented_at: float | None = None
-
-
-class ScheduleIn(BaseModel):
-    """Body of ``PUT /cameras/schedules/{recipient_id}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    team_id: str = Field(min_length=1, max_length=64)
-    times: list[str] = Field(min_length=1, max_length=12)
-    tolerance_min: float = Field(default=DEFAULT_TOLERANCE_S / 60, gt=0, le=60)
-
-
-class LookIn(BaseModel):
-    """Body of ``POST /cameras/looks``. ``reason`` and ``alarm_id`` make it an ad hoc look."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    recipient_id: str = Field(min_length=1, max_length=64)
-    reason: str | None = Field(default=None, max_length=500)
-    alarm_id: str | None = Field(default=None, max_length=64)
-    duration_s: float | None = None
-
-
-class EndIn(BaseModel):
-    """Body of ``POST /cameras/looks/{look_id}/end``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    outcome: Outcome
-
-
-def _look_json(look: Look) -> dict[str, Any]:
-    return {"id": look.id, "viewer": look.viewer_id, **look.audit_detail(),
-            "expires_at": look.expires_at}
-
-
-def create_camera_router(service: CameraService) -> APIRouter:
-    """The night camera API (``/api/v1/cameras/...``)."""
-    gateway = service.gateway
-    router = APIRouter()
-
-    current_staff = staff_dependency(gateway)
-
-    Me = Annotated[StaffMember, Depends(current_staff)]
-
-    def require_manager(member: StaffMember, recipient_id: str) -> None:
-        # Consents and schedules are care decisions: an administrator, or a team lead of
-        # the recipient's team.
-        recipient = gateway.org.recipients.get(recipient_id)
-        if recipient is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown recipient")
-        if member.role == "admin":
-            return
-        if member.role == "lead" and recipient.team_id in member.team_ids:
-            return
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            "only an administrator or the team's lead may do this")
-
-    @router.get("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
-    async def get_consents(recipient_id: str, member: Me) -> list[dict[str, object]]:
-        require_manager(member, recipient_id)
-        return [c.to_json() for c in service.store.consents.history(recipient_id)]
-
-    @router.put("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
-    async def put_consent(recipient_id: str, body: ConsentIn, member: Me) -> dict[str, object]:
-        require_manager(member, recipient_id)
-        consent = await service.register_consent(
-            member, recipient_id, body.given_by, frozenset(body.scope), body.consented_at)
-        return consent.to_json()
-
-    @router.delete("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
-    async def withdraw_consent(recipient_id: str, member: Me) -> dict[str, object]:
-        # Anyone in the recipient's team may register a withdrawal: the recipient says it
-        # to whoever is there, and it must take effect at once.
-        recipient = gateway.org.recipients.get(recipient_id)
-        if recipient is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "unknown recipient")
-        if member.role != "admin" and recipient.team_id not in member.team_ids:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "recipient of another team")
-        return (await service.withdraw_consent(member, recipient_id)).to_json()
-
-    @router.get("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"])
-    async def get_schedule(recipient_id: str, member: Me) -> dict[str, object]:
-        require_manager(member, recipient_id)
-        schedule = service.store.schedules.get(recipient_id)
-        if schedule is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no schedule")
-        return schedule.to_json()
-
-    @router.put("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"])
-    async def put_schedule(recipient_id: str, body: ScheduleIn, member: Me) -> dict[str, object]:
-        require_manager(member, recipient_id)
-        if body.team_id not in gateway.org.teams:
-            raise HTTPException(_UNPROCESSABLE, "unknown team")
-        try:
-            times = tuple(sorted({parse_hhmm(t) for t in body.times}))
-        except ValueError as exc:
-            raise HTTPException(_UNPROCESSABLE, str(exc)) from None
-        schedule = Schedule(recipient_id, body.team_id, times, body.tolerance_min * 60)
-        await service.set_schedule(member, schedule, recipient_id)
-        return schedule.to_json()
-
-    @router.delete("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"],
-                   status_code=status.HTTP_204_NO_CONTENT)
-    async def delete_schedule(recipient_id: str, member: Me) -> None:
-        require_manager(member, recipient_id)
-        await service.set_schedule(member, None, recipient_id)
-
-    @router.post("/api/v1/cameras/looks", tags=["cameras"],
-                 status_code=status.HTTP_201_CREATED)
-    async def request_look(body: LookIn, member: Me) -> dict[str, Any]:
-        look, token = await service.request_look(
-            member, body.recipient_id, reason=body.reason, alarm_id=body.alarm_id,
-            duration_s=body.duration_s)
-        return {**_look_json(look), "token": token,
-                "stream_url": f"/api/v1/cameras/looks/{look.id}/stream"}
-
-    @router.get("/api/v1/cameras/looks/{look_id}", tags=["cameras"])
-    async def get_look(look_id: str, member: Me) -> dict[str, Any]:
-        look = service.looks.get(look_id)
-        if look is None or (look.viewer_id != member.id and member.role != "admin"):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such look")
-        return _look_json(look)
-
-    @router.get("/api/v1/cameras/looks/{look_id}/stream", tags=["cameras"])
-    async def stream(
-        look_id: str, member: Me,
-        token: Annotated[str | None, Query(max_length=200)] = None,
-        x_look_token: Annotated[str | None, Header(max_length=200)] = None,
-    ) -> StreamingResponse:
-        active = service.check_token(member, look_id, x_look_token or token)
-        return await service.open_stream(active)
-
-    @router.post("/api/v1/cameras/looks/{look_id}/end", tags=["cameras"])
-    async def end_look(look_id: str, body: EndIn, member: Me) -> dict[str, Any]:
-        return _look_json(await service.end_look(member, look_id, body.outcome))
-
-    return router

@@ -39,13 +39,11 @@ class CentreAdapter:
         self.url = url
         self._confirm = confirm
         self._queue: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue(MAX_PENDING)
-        self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.failed = 0
         self.dropped = 0
 
     async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run(), name="alarm centre senders")
         return self
 
     async def __aexit__(
@@ -54,11 +52,11 @@ class CentreAdapter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        return None
+
+    async def wait(self) -> None:
+        """The senders (a supervised task while the adapter is open)."""
+        await self._run()
 
     def send(self, alarm: dict[str, Any], attempt: int) -> None:
         """Queue one delivery attempt (never blocks)."""

@@ -102,6 +102,10 @@ class Journal(Protocol):
         """Every record, in journal order (for replay)."""
         ...
 
+    async def wait(self) -> None:
+        """Until the journal's writer ends (on close; if it dies, the gateway must stop)."""
+        ...
+
 
 # Called by the writer thread after each commit with (seconds taken, batches folded in).
 CommitObserver: TypeAlias = Callable[[float, int], None]
@@ -141,6 +145,11 @@ class SqliteJournal:
             asyncio.to_thread(self._write_loop, conn), name=f"journal writer {self.path.name}"
         )
         return self
+
+    async def wait(self) -> None:
+        """Until the writer thread ends (on close; if it dies, the gateway must stop)."""
+        assert self._writer is not None
+        await asyncio.shield(self._writer)
 
     async def __aexit__(
         self,

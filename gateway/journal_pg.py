@@ -426,6 +426,11 @@ class PostgresJournal:
         )
         return self
 
+    async def wait(self) -> None:
+        """Until the writer ends (on close; if it dies, the gateway must stop)."""
+        assert self._writer is not None
+        await asyncio.shield(self._writer)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -84,6 +84,25 @@ class Metrics:
             buckets=(5, 15, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600, 7200),
             registry=r,
         )
+        self.handler_errors = Counter(
+            "trygg_handler_errors",
+            "Messages a handler failed on (isolated: the next message is handled)",
+            ["transport"], registry=r,
+        )
+        self.task_restarts = Counter(
+            "trygg_task_restarts", "Supervised tasks restarted after a failure", ["task"],
+            registry=r,
+        )
+        self.probe_age = Gauge(
+            "trygg_probe_age_seconds",
+            "Seconds since the internal probe last came round the ingest path", registry=r,
+        )
+        self.probe_round_trip = Histogram(
+            "trygg_probe_round_trip_seconds",
+            "Broker, receiver, codec, intake and pipeline: the internal probe's round trip",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0),
+            registry=r,
+        )
         self.staff_actions = Counter(
             "trygg_staff_actions", "Staff actions by kind and outcome", ["action", "outcome"],
             registry=r,

@@ -5,6 +5,12 @@ TaskGroup. Incoming messages go to an async handler, one at a time, in broker or
 handler applies back-pressure simply by taking its time. Outgoing messages go through a
 bounded queue drained by a few publisher workers so that waiting for one PUBACK does not
 hold up the next ack.
+
+The gateway runs two links, two *lanes*, each its own broker session: the alarm lane
+(alarms, heartbeats, status; it publishes the acks, commands and the retained gateway
+status) and the telemetry lane (telemetry only). A broker queues and delivers per session,
+so a backlog of telemetry — thousands of samples queued after an outage, or a sensor storm —
+can never stand in front of an alarm: the alarm's session has nothing else queued.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ PUBLISH_WORKERS = 8
 # device resends and is acked again, so this never loses an alarm.
 MAX_OUTBOUND = 10_000
 
+
+# Messages taken from the client's queue before the receiver yields to the event loop: at
+# ~30 µs a message, 32 keep the delay they can add to anything else around a millisecond.
+RECEIVE_BURST = 32
 
 # How long a clean shutdown may take before the link is cancelled outright.
 STOP_TIMEOUT_S = 5.0
@@ -190,6 +200,9 @@ class MqttLink:
         keepalive_s: int = 30,
         shared_group: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        channels: frozenset[Channel] = frozenset(Channel),
+        announce: bool = True,
+        name: str = "mqtt",
     ) -> None:
         self.host = host
         self.port = port
@@ -204,6 +217,11 @@ class MqttLink:
         self._keepalive_s = keepalive_s
         self.shared_group = shared_group
         self._tls_context = tls_context
+        # The device channels this lane subscribes to; whether it carries the retained
+        # gateway status and its will (the alarm lane does, the telemetry lane does not).
+        self.channels = channels
+        self.announce = announce
+        self.name = name
         self._outbound: asyncio.Queue[Outbound] = asyncio.Queue(MAX_OUTBOUND)
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -235,6 +253,11 @@ class MqttLink:
         self._log_transport()
         self._task = asyncio.create_task(self._run(), name=f"mqtt link {self.client_id}")
         return self
+
+    async def wait(self) -> None:
+        """Until the link's loops end (only on close, or a bug: it reconnects for ever)."""
+        assert self._task is not None
+        await asyncio.shield(self._task)
 
     async def __aexit__(
         self,
@@ -288,7 +311,8 @@ class MqttLink:
 
     def publish_status(self, state: str) -> None:
         """Publish the retained gateway status (e.g. ``degraded`` while the journal fails)."""
-        self.publish_nowait(Outbound(self.status_topic, self._status(state), retain=True))
+        if self.announce:
+            self.publish_nowait(Outbound(self.status_topic, self._status(state), retain=True))
 
     def _status(self, state: str) -> bytes:
         return json.dumps(
@@ -325,7 +349,8 @@ class MqttLink:
                 username=self._username,
                 password=self._password,
                 keepalive=self._keepalive_s,
-                will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
+                will=(aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True)
+                      if self.announce else None),
                 socket_options=NODELAY,
                 tls_context=self._tls_context,
                 timeout=10,
@@ -366,6 +391,8 @@ class MqttLink:
         """The topic filters this link subscribes to."""
         filters = []
         for channel in Channel:
+            if channel not in self.channels:
+                continue
             plain = f"{self.prefix}/+/{channel.value}"
             if self.shared_group is not None and channel in SHARED_CHANNELS:
                 filters.append(f"$share/{self.shared_group}/{plain}")
@@ -376,14 +403,16 @@ class MqttLink:
     async def _session(self, client: SafeClient) -> None:
         for topic_filter in self.subscriptions():
             await client.subscribe(topic_filter, qos=1)
-        await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        if self.announce:
+            await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connects += 1
         # Anything queued while we were down was for a previous session: acks are
         # re-sent when devices resend, so start clean rather than replay stale output.
         while not self._outbound.empty():
             self._outbound.get_nowait()
         self._set_state(True)
-        _LOGGER.info("MQTT link to %s:%d up (session %d)", self.host, self.port, self.connects)
+        _LOGGER.info("MQTT %s link to %s:%d up (session %d)", self.name, self.host, self.port,
+                     self.connects)
         try:
             async with asyncio.TaskGroup() as group:
                 for n in range(PUBLISH_WORKERS):
@@ -393,8 +422,10 @@ class MqttLink:
         except ExceptionGroup as errors:
             if errors.subgroup(_StoppingError) is not None and self._stopping.is_set():
                 self._set_state(False)
-                # The will is only for an unclean end; say goodbye ourselves.
-                await client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+                if self.announce:
+                    # The will is only for an unclean end; say goodbye ourselves.
+                    await client.publish(self.status_topic, self._status("offline"), qos=1,
+                                         retain=True)
                 return
             # A lost connection surfaces in whichever task noticed first; report it as the
             # single MqttError the reconnect loop expects. Anything else is a bug: re-raise.
@@ -409,11 +440,20 @@ class MqttLink:
 
     async def _receiver(self, client: SafeClient) -> None:
         messages = client.messages
+        burst = 0
         while True:
             message = client.queued()
             if message is None:
                 # Nothing waiting: block (and notice a disconnect) the iterator's way.
+                burst = 0
                 message = await anext(messages)
+            else:
+                burst += 1
+                if burst >= RECEIVE_BURST:
+                    # Draining a backlog: let the other lane, the web side and the timers
+                    # run between bursts (a handler that never suspends would starve them).
+                    burst = 0
+                    await asyncio.sleep(0)
             payload = message.payload
             if isinstance(payload, str):
                 data = payload.encode()

@@ -35,6 +35,7 @@ from gateway.broker_auth import (
     mosquitto_hash,
     new_device_password,
 )
+from gateway.errors import DomainError
 from gateway.org import DeviceInfo, OrgStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -62,11 +63,11 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 
-class ProvisioningError(Exception):
+class ProvisioningError(DomainError):
     """A refused registry operation; ``code`` is the HTTP status to answer with."""
 
     def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(reason, status=code)
         self.code = code
         self.reason = reason
 

@@ -12,7 +12,6 @@ that arrived is never reported failed (a known failure mode of deployed systems)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import heapq
 import logging
@@ -23,25 +22,29 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 from zoneinfo import ZoneInfo
-
-from fastapi import APIRouter, Depends, HTTPException, status
 
 from alarms.events import AlarmReceived, TestCompleted
 from alarms.model import SAFETY_DEVICE_TYPES, Alarm, AlarmType, Hop
-from devices.contract import encode_command, topic
-from gateway.deps import staff_dependency
+from devices.contract import encode_command
 from gateway.duties import PROVLARM
 from gateway.ids import new_alarm_id
-from gateway.mqtt import Outbound
-from gateway.org import StaffMember
+from gateway.ports import Alarms, DeviceCommands
 from gateway.views import iso
 from gateway.waiting import wait_set
 
 if TYPE_CHECKING:
     from gateway.config import ProvlarmSettings
-    from gateway.runtime import Gateway
+    from gateway.org import OrgStore
+
+
+class ProvlarmHost(Alarms, DeviceCommands, Protocol):
+    """What the test-alarm service uses of the gateway."""
+
+    @property
+    def org(self) -> OrgStore:
+        """The organisation: which devices there are."""
 
 _LOGGER = logging.getLogger(__name__)
 _ZONE = ZoneInfo("Europe/Stockholm")
@@ -80,7 +83,7 @@ class Provlarm:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: ProvlarmHost,
         settings: ProvlarmSettings,
         path: Path,
         clock: Callable[[], float] = time.time,
@@ -93,7 +96,6 @@ class Provlarm:
         self._runs: dict[str, _Run] = {}
         self._closing: list[tuple[str, str, str]] = []
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.passed = 0
         self.failed = 0
 
@@ -107,7 +109,6 @@ class Provlarm:
                 if device.type in SAFETY_DEVICE_TYPES:
                     slot = next_slot(device.id, now, self.settings.at, self.settings.spread_s)
                     heapq.heappush(self._schedule, (slot, device.id))
-        self._task = asyncio.create_task(self._timer(), name="provlarm timer")
         return self
 
     async def __aexit__(
@@ -116,11 +117,11 @@ class Provlarm:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._schedule.clear()
+
+    async def wait(self) -> None:
+        """The schedule's timer (a supervised task while the service is open)."""
+        await self._timer()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path)
@@ -139,15 +140,12 @@ class Provlarm:
         """Command one device to send a test alarm now. False if one is already running."""
         if device_id in self._runs:
             return False
-        link = self._gateway.link
         now = self._clock()
         self._runs[device_id] = _Run(device_id, now)
-        if link is not None:
-            ref = f"provlarm-{int(now * 1000)}"
-            link.publish_nowait(Outbound(
-                topic(self._gateway.settings.mqtt.prefix, device_id, "cmd"),
-                encode_command(ref, "test_alarm"),
-            ))
+        # A command lost with the broker away is no different from a device that does not
+        # answer: the run fails at its store deadline and says so.
+        self._gateway.send_command(
+            device_id, encode_command(f"provlarm-{int(now * 1000)}", "test_alarm"))
         self._wake.set()
         return True
 
@@ -274,35 +272,3 @@ class Provlarm:
             "failed_hop": None if row is None else row[3],
             "next_at": None if next_at is None else iso(next_at),
         }
-
-
-
-def create_provlarm_router(gateway: Gateway) -> APIRouter:
-    """``GET``/``POST /api/v1/devices/{id}/e2e-test``: the last end-to-end test; run one now."""
-    router = APIRouter(tags=["devices"])
-
-    current_staff = staff_dependency(gateway)
-
-    def technician(member: StaffMember = Depends(current_staff)) -> str:  # noqa: B008 - local dependency
-        if member.role not in ("technician", "admin", "lead"):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "for technicians")
-        return member.id
-
-    def device(device_id: str) -> str:
-        if device_id not in gateway.org.devices:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
-        return device_id
-
-    @router.get("/api/v1/devices/{device_id}/e2e-test")
-    async def test_status(device_id: str, staff_id: str = Depends(technician)) -> dict[str, Any]:
-        return await asyncio.to_thread(gateway.provlarm.status, device(device_id))
-
-    @router.post("/api/v1/devices/{device_id}/e2e-test", status_code=202)
-    async def run_test(device_id: str, staff_id: str = Depends(technician)) -> dict[str, Any]:
-        if not gateway.provlarm.run_now(device(device_id)):
-            raise HTTPException(status.HTTP_409_CONFLICT, "a test of this device is running")
-        gateway.audit.record("provisioning", actor=staff_id, subject=device_id,
-                             detail={"action": "e2e_test"})
-        return await asyncio.to_thread(gateway.provlarm.status, device_id)
-
-    return router

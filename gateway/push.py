@@ -10,8 +10,8 @@ hop). This module is the gateway's half of that:
 - ``PushNotifier``: a ``Gateway.notifiers`` hook. ``notify`` only queues (it runs on the
   commit follower and must not block); a worker task owned by the notifier's async context
   sends the pushes, with a bound on concurrent requests;
-- ``create_push_router``: the HTTP API (public key, subscribe, unsubscribe) and the service
-  worker script, which must be served from ``/app/`` to control the app's pages.
+- the HTTP API (public key, subscribe, unsubscribe) and the service worker script, which
+  must be served from ``/app/`` to control the app's pages, are in ``gateway.web.push``.
 
 Web Push is an extra channel, never the alarm's only way out: the alarm is in the journal
 and on every connected WebSocket before a push is queued. So when the queue is full the
@@ -19,12 +19,11 @@ push is dropped (counted and logged) rather than stall the commit follower; the 
 receipt is what escalation acts on (docs/staff-app.md).
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime.
+from __future__ import annotations
+
 import asyncio
 import base64
-import binascii
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -33,28 +32,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import APIRouter, Depends, HTTPException, Response, status
-from fastapi.responses import FileResponse
 from py_vapid import Vapid02  # type: ignore[import-untyped]
-from pydantic import BaseModel, ConfigDict, Field
 from pywebpush import WebPushException, webpush_async  # type: ignore[import-untyped]
 
-from gateway.deps import staff_dependency
-from gateway.org import StaffMember
 from gateway.ratelimit import LogLimiter
-
-if TYPE_CHECKING:
-    # Only for annotations: the runtime may import this module to wire push in.
-    from gateway.runtime import Gateway
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,9 +68,6 @@ PUSHED_MEMORY = 20_000
 DEFAULT_SUBJECT = "mailto:drift@trygg.invalid"
 
 # 422 by number: its starlette constant was renamed (…_ENTITY → …_CONTENT) across versions.
-_UNPROCESSABLE = 422
-_P256DH_LEN = 65  # an uncompressed P-256 point
-_AUTH_LEN = 16
 
 
 def b64url_decode(text: str) -> bytes:
@@ -106,7 +92,7 @@ class VapidKeys:
     public_key: str  # base64url uncompressed point: the browser's applicationServerKey
 
     @classmethod
-    def load_or_create(cls, path: Path) -> "VapidKeys":
+    def load_or_create(cls, path: Path) -> VapidKeys:
         """Read the private key from ``path``, generating and storing it the first time."""
         try:
             pem = path.read_bytes()
@@ -345,12 +331,11 @@ class PushNotifier:
         self._seen = _Seen(PUSHED_MEMORY)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._log_limiter = LogLimiter(interval_s=60.0)
-        self._runner: asyncio.Task[None] | None = None
+        self._open = False
 
     @classmethod
-    def for_gateway(cls, gateway: "Gateway", *, subject: str = DEFAULT_SUBJECT) -> "PushNotifier":
-        """A notifier on the gateway's data dir (keys and subscriptions)."""
-        data_dir = gateway.settings.data_dir
+    def for_data_dir(cls, data_dir: Path, *, subject: str = DEFAULT_SUBJECT) -> PushNotifier:
+        """A notifier on a gateway's data dir (keys and subscriptions)."""
         return cls(
             SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE),
             VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE),
@@ -360,9 +345,9 @@ class PushNotifier:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._runner is not None:
-            raise RuntimeError("PushNotifier is already running")
-        self._runner = asyncio.create_task(self._run(), name="web push sender")
+        if self._open:
+            raise RuntimeError("PushNotifier is already open; it is not re-entrant")
+        self._open = True
         return self
 
     async def __aexit__(
@@ -371,11 +356,12 @@ class PushNotifier:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        self._open = False
+        self._in_flight.clear()
+
+    async def wait(self) -> None:
+        """The sender (a supervised task while the notifier is open)."""
+        await self._run()
 
     # -- the hook ----------------------------------------------------------------------------
 
@@ -413,34 +399,28 @@ class PushNotifier:
     async def _run(self) -> None:
         slots = asyncio.Semaphore(self._max_in_flight)
         timeout = aiohttp.ClientTimeout(total=self.send_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            try:
-                while True:
-                    job = await self._queue.get()
-                    try:
-                        subscriptions = await asyncio.to_thread(
-                            self.store.for_staff, job.staff_ids
+        # The sends are the run's own tasks: cancelled and awaited with it, before the
+        # session closes.
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                asyncio.TaskGroup() as group:
+            while True:
+                job = await self._queue.get()
+                try:
+                    subscriptions = await asyncio.to_thread(self.store.for_staff, job.staff_ids)
+                    for subscription in subscriptions:
+                        await slots.acquire()
+                        task = group.create_task(
+                            self._send(session, slots, subscription, job),
+                            name=f"web push {job.alarm_id}",
                         )
-                        for subscription in subscriptions:
-                            await slots.acquire()
-                            task = asyncio.create_task(
-                                self._send(session, slots, subscription, job),
-                                name=f"web push {job.alarm_id}",
-                            )
-                            self._in_flight.add(task)
-                            task.add_done_callback(self._in_flight.discard)
-                    except sqlite3.Error as exc:
-                        self.stats.failed += 1
-                        _LOGGER.warning("web push for alarm %s: store failed: %s",
-                                        job.alarm_id, exc)
-                    finally:
-                        self._queue.task_done()
-            finally:
-                # Cancelled: stop the pushes still in flight before the session closes.
-                for task in list(self._in_flight):
-                    task.cancel()
-                if self._in_flight:
-                    await asyncio.wait(set(self._in_flight))
+                        self._in_flight.add(task)
+                        task.add_done_callback(self._in_flight.discard)
+                except sqlite3.Error as exc:
+                    self.stats.failed += 1
+                    _LOGGER.warning("web push for alarm %s: store failed: %s",
+                                    job.alarm_id, exc)
+                finally:
+                    self._queue.task_done()
 
     async def _send(
         self,
@@ -492,124 +472,3 @@ class PushNotifier:
                 reason,
                 self._log_limiter.suppressed_note(host),
             )
-
-
-# -- the HTTP API -----------------------------------------------------------------------------
-
-
-class SubscriptionKeys(BaseModel):
-    """``PushSubscription.toJSON().keys``."""
-
-    p256dh: str = Field(min_length=1, max_length=200)
-    auth: str = Field(min_length=1, max_length=100)
-
-
-class SubscriptionIn(BaseModel):
-    """A browser's ``PushSubscription.toJSON()``."""
-
-    model_config = ConfigDict(extra="ignore")  # browsers add fields (expirationTime, ...)
-
-    endpoint: str = Field(min_length=8, max_length=2048)
-    keys: SubscriptionKeys
-
-
-class EndpointIn(BaseModel):
-    """Body of ``DELETE /push/subscriptions``."""
-
-    endpoint: str = Field(min_length=1, max_length=2048)
-
-
-def _check_endpoint(endpoint: str, allow_http: bool) -> None:
-    # The gateway POSTs to whatever endpoint a client registers: require https, so a
-    # staff token cannot aim it at plain-HTTP services inside the network. Plain http is
-    # for loopback test endpoints in demo mode only.
-    parts = urlsplit(endpoint)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if allow_http and parts.scheme == "http" and parts.hostname:
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(parts.hostname).is_loopback:
-                return
-        if parts.hostname == "localhost":
-            return
-    raise HTTPException(_UNPROCESSABLE, "endpoint must be an https URL")
-
-
-def _check_keys(keys: SubscriptionKeys) -> None:
-    try:
-        p256dh = b64url_decode(keys.p256dh)
-        auth = b64url_decode(keys.auth)
-    except (binascii.Error, ValueError):
-        raise HTTPException(
-            _UNPROCESSABLE, "keys must be base64url"
-        ) from None
-    if len(p256dh) != _P256DH_LEN or p256dh[0] != 4 or len(auth) != _AUTH_LEN:
-        raise HTTPException(
-            _UNPROCESSABLE,
-            "keys.p256dh must be an uncompressed P-256 point and keys.auth 16 bytes",
-        )
-
-
-def create_push_router(
-    gateway: "Gateway",
-    store: SubscriptionStore | None = None,
-    *,
-    allow_http_endpoints: bool | None = None,
-) -> APIRouter:
-    """The push API and the service worker script, for ``Gateway.routers``.
-
-    ``store`` defaults to the subscriptions file in the gateway's data dir (the same one
-    ``PushNotifier.for_gateway`` uses). Plain-http loopback endpoints are accepted only in
-    demo mode unless ``allow_http_endpoints`` says otherwise.
-    """
-    data_dir = gateway.settings.data_dir
-    subscriptions = store if store is not None else SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE)
-    keys = VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE)
-    allow_http = gateway.settings.demo if allow_http_endpoints is None else allow_http_endpoints
-    router = APIRouter()
-
-    current_staff = staff_dependency(gateway)
-
-    Me = Annotated[StaffMember, Depends(current_staff)]
-
-    @router.get("/api/v1/push/vapid-public-key", tags=["push"])
-    async def vapid_public_key() -> dict[str, str]:
-        return {"public_key": keys.public_key}
-
-    @router.get("/api/v1/push/subscriptions", tags=["push"])
-    async def list_subscriptions(member: Me) -> list[dict[str, str]]:
-        mine = await asyncio.to_thread(subscriptions.for_staff, [member.id])
-        return [{"endpoint": s.endpoint} for s in mine]
-
-    @router.post(
-        "/api/v1/push/subscriptions", status_code=status.HTTP_201_CREATED, tags=["push"]
-    )
-    async def subscribe(body: SubscriptionIn, member: Me) -> dict[str, str]:
-        _check_endpoint(body.endpoint, allow_http)
-        _check_keys(body.keys)
-        await asyncio.to_thread(
-            subscriptions.add,
-            Subscription(body.endpoint, member.id, body.keys.p256dh, body.keys.auth),
-        )
-        return {"endpoint": body.endpoint, "staff_id": member.id}
-
-    @router.delete(
-        "/api/v1/push/subscriptions", status_code=status.HTTP_204_NO_CONTENT, tags=["push"]
-    )
-    async def unsubscribe(body: EndpointIn, member: Me) -> Response:
-        removed = await asyncio.to_thread(subscriptions.remove, body.endpoint, member.id)
-        if not removed:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscription")
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-    with resources.as_file(resources.files("dashboards") / "static" / "sw.js") as worker:
-
-        @router.get("/app/sw.js", include_in_schema=False)
-        async def service_worker() -> FileResponse:
-            # Served from /app/ (not /static/) so its scope covers the app; revalidated on
-            # every visit, so a new version is picked up at once.
-            return FileResponse(
-                worker, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
-            )
-
-    return router

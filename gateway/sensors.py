@@ -11,26 +11,35 @@ telemetry itself, served from the time-series store at ``/api/v1/alarms/{id}/evi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
-
-from fastapi import APIRouter, Depends, HTTPException, status
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from alarms.events import AlarmReceived
 from alarms.model import AlarmType
 from alarms.sensors import SensorRuleEngine, alarm_received
 from alarms.sensors.engine import RuleFiring
 from devices.contract import TelemetryMessage
-from gateway.deps import staff_dependency
 from gateway.ids import new_alarm_id
-from gateway.org import StaffMember
+from gateway.ports import Alarms
 from gateway.waiting import wait_set
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.org import OrgStore
+    from gateway.tsdb import TelemetrySink
+
+
+class SensorHost(Alarms, Protocol):
+    """What the sensor rules use of the gateway."""
+
+    @property
+    def org(self) -> OrgStore:
+        """The organisation: whose home each device is in."""
+
+    @property
+    def telemetry(self) -> TelemetrySink:
+        """The time-series store the evidence is read from."""
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -47,12 +56,11 @@ EVIDENCE_AFTER_MS = 60 * 1000
 class SensorService:
     """Feeds telemetry to the rules engine and turns firings into alarms."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: SensorHost) -> None:
         self._gateway = gateway
         self.engine = SensorRuleEngine()
         self._batch: list[TelemetryMessage] = []
         self._arrived = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.firings = 0
         # alarm id -> (device, metric) of the firing, for the evidence endpoint
         self._evidence: dict[str, tuple[str, str]] = {}
@@ -69,7 +77,6 @@ class SensorService:
 
     async def __aenter__(self) -> Self:
         self.assign_all()
-        self._task = asyncio.create_task(self._run(), name="sensor rules")
         return self
 
     async def __aexit__(
@@ -78,11 +85,11 @@ class SensorService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._batch.clear()
+
+    async def wait(self) -> None:
+        """The rules' batch and tick loop (a supervised task while the service is open)."""
+        await self._run()
 
     async def _run(self) -> None:
         while True:
@@ -149,22 +156,3 @@ def _metric_of(firing: RuleFiring) -> str | None:
     if firing.type == "battery_low":
         return "battery"
     return _METRIC_OF_TYPE.get(firing.type)
-
-
-def create_sensor_router(gateway: Gateway) -> APIRouter:
-    """``GET /api/v1/alarms/{id}/evidence``: the sensor samples behind an alarm."""
-    router = APIRouter(tags=["alarms"])
-
-    current_staff = staff_dependency(gateway)
-
-    def staff(member: StaffMember = Depends(current_staff)) -> str:  # noqa: B008 - local dependency
-        return member.id
-
-    @router.get("/api/v1/alarms/{alarm_id}/evidence")
-    async def evidence(alarm_id: str, staff_id: str = Depends(staff)) -> dict[str, Any]:
-        alarm = gateway.core.alarms.get(alarm_id)
-        if alarm is None or not gateway.may_see(staff_id, alarm):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alarm {alarm_id!r}")
-        return await gateway.sensors.evidence(alarm_id)
-
-    return router

@@ -302,6 +302,11 @@ class SerialLink:
         await ready
         return self
 
+    async def wait(self) -> None:
+        """Until the link's loops end (on close, or if they die)."""
+        assert self._runner is not None
+        await asyncio.shield(self._runner)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

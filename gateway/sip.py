@@ -199,6 +199,11 @@ class ScaipListener:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stop()
 
+    async def wait(self) -> None:
+        """Until the listener's loops end (on close, or if they die)."""
+        assert self._runner is not None
+        await asyncio.shield(self._runner)
+
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()

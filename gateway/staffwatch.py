@@ -11,7 +11,6 @@ One timer task; woken by alarm changes and by staff connecting or disconnecting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from gateway.ids import new_alarm_id
 from gateway.waiting import wait_set
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.ports import ServiceHost
 
 # A team with no phone connected gets this long before it is a fault: a phone switching
 # from Wi-Fi to mobile data reconnects within seconds and must not raise an alarm.
@@ -38,7 +37,8 @@ class StaffWatch:
     """Watches delivery to phones and staff presence per team."""
 
     def __init__(
-        self, gateway: Gateway, delivery_timeout_s: float, clock: Callable[[], float] = time.time
+        self, gateway: ServiceHost, delivery_timeout_s: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._gateway = gateway
         self.delivery_timeout_s = delivery_timeout_s
@@ -47,12 +47,10 @@ class StaffWatch:
         self._deadlines: list[tuple[float, str]] = []
         self._scheduled: set[str] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         for alarm in self._gateway.core.open_alarms():
             self.on_alarm(alarm)
-        self._task = asyncio.create_task(self._timer(), name="staff watch")
         return self
 
     async def __aexit__(
@@ -61,11 +59,12 @@ class StaffWatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._deadlines.clear()
+        self._scheduled.clear()
+
+    async def wait(self) -> None:
+        """The watch's timer (a supervised task while the service is open)."""
+        await self._timer()
 
     def on_alarm(self, alarm: Alarm) -> None:
         """Every alarm change: schedule its delivery check, or note it was delivered."""

@@ -8,14 +8,11 @@ offline is not stored here: the journal says it (an open ``offline.*`` technical
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from alarms.supervision import GRACE_FRACTION, DeviceOffline, DeviceOnline, Supervisor
 from devices.types import heartbeat_s
@@ -50,7 +47,6 @@ class DeviceWatch:
         self._wake = asyncio.Event()
         self._dirty: dict[str, float] = {}
         self._events: asyncio.Queue[DeviceOffline | DeviceOnline] = asyncio.Queue()
-        self._runner: asyncio.Task[None] | None = None
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -112,25 +108,13 @@ class DeviceWatch:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        self._runner = asyncio.create_task(self._run(), name="device watch")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+    async def close(self) -> None:
+        """Write the last-seen times not yet persisted (on shutdown)."""
         await asyncio.to_thread(self._persist, dict(self._dirty))
         self._dirty.clear()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The timer, the reports and the persistence (a supervised task)."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._timer(), name="supervision timer")
             group.create_task(self._report(), name="supervision reports")

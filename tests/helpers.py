@@ -198,3 +198,14 @@ class ResendingFleet:
                 except TimeoutError:
                     for key in [k for k in self.sent if k not in self.acked]:
                         await self._send(*key)
+
+
+@asynccontextmanager
+async def running(link: Any) -> AsyncIterator[Any]:
+    """Open a supervised component and run its loops, as the gateway's supervisor would."""
+    async with link, asyncio.TaskGroup() as group:
+        task = group.create_task(link.wait(), name=f"test run {type(link).__name__}")
+        try:
+            yield link
+        finally:
+            task.cancel()

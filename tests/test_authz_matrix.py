@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api import create_app
 from gateway.org import StaffMember
 from gateway.runtime import Gateway
+from gateway.web import create_app
 from tests.conftest import _HASH, PASSWORD, GatewayFactory
 from tests.helpers import device
 

@@ -69,17 +69,11 @@ async def rig(tmp_path: Path, prefix: str, *, now: float = NIGHT,
     org.put_staff(StaffMember("adam", "adam", "Adam", "admin", (), _HASH[0]))
     clock = FakeClock(now)
     try:
-        gateway = Gateway(settings_for(directory, MOSQUITTO, prefix), org=org)
-        service = CameraService(gateway, clock=clock, **options)
-        # This test's service (on the fake clock) replaces the gateway's own, before the
-        # gateway starts serving: create_app runs when HTTP starts; the gateway enters
-        # whatever `gateway.cameras` is.
-        gateway.routers.remove(gateway.cameras.router)
-        gateway.status_listeners.remove(gateway.cameras.on_status)
-        gateway.routers.append(service.router)
-        gateway.status_listeners.append(service.on_status)
-        gateway.cameras = service
+        # This test's service (on the fake clock) replaces the gateway's own.
+        gateway = Gateway(settings_for(directory, MOSQUITTO, prefix), org=org, overrides={
+            "cameras": lambda host: CameraService(host, clock=clock, **options)})
         async with gateway:
+            service = gateway.cameras
             await asyncio.wait_for(gateway.wait_connected(), 10)
             yield Rig(gateway, service, clock, f"http://127.0.0.1:{gateway.http_port}", prefix)
     finally:

@@ -338,9 +338,9 @@ async def test_a_record_about_an_alarm_not_yet_applied_here_waits_for_its_openin
                       HopAdded("early-1", Hop.ROUTED, now, "team:team-a",
                                targets=("anna", "bo"))]
         accepted = HopAdded("early-1", Hop.ACCEPTED, now + 1, "anna")
-        gw._apply_remote([accepted])  # about an alarm this gateway does not know yet
+        gw.pipeline.apply_remote([accepted])  # about an alarm this gateway does not know yet
         assert "early-1" not in gw.core.alarms
-        gw._apply_remote([opened, *first_hops])
+        gw.pipeline.apply_remote([opened, *first_hops])
         alarm = gw.core.alarms["early-1"]
         assert [h.hop for h in alarm.hops][-1] is Hop.ACCEPTED
-        assert gw._parked == {}
+        assert gw.pipeline.parked == {}

@@ -20,11 +20,11 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from firmware_sim import Backoff, Fleet, specs_from_devices
-from gateway.consoles import create_console_router, metrics_for
 from gateway.org import DeviceInfo, OrgStore, RecipientInfo, StaffMember
 from gateway.runtime import Gateway
 from gateway.tsdb.base import Sample
 from gateway.tsdb.influx import to_line
+from gateway.web.consoles import metrics_for
 from tests.conftest import PASSWORD, seed_small, settings_for
 from tests.helpers import Staff, device, login
 from tests.test_provlarm import confirm_everything
@@ -69,11 +69,6 @@ def seed(org: OrgStore) -> None:
     org.put_device(DeviceInfo(SILENT, "alarm_unit", "r-con", heartbeat_s=0.5))
 
 
-def has_console_router(gw: Gateway) -> bool:
-    return any(getattr(route, "path", "") == "/api/v1/console/fleet"
-               for router in gw.routers for route in getattr(router, "routes", []))
-
-
 @contextlib.asynccontextmanager
 async def console_gateway(
     broker: tuple[str, int], data_dir: Path, prefix: str, **overrides: Any
@@ -84,8 +79,6 @@ async def console_gateway(
         seed(org)
     try:
         gw = Gateway(settings_for(data_dir, broker, prefix, **overrides), org=org)
-        if not has_console_router(gw):
-            gw.routers.append(create_console_router(gw))
         async with gw:
             await asyncio.wait_for(gw.wait_connected(), 10)
             yield gw

@@ -37,7 +37,7 @@ from alarms import (
     TeamPolicy,
     Tick,
 )
-from alarms.events import Event
+from alarms.events import Event, StaffConnected, StaffDisconnected
 from alarms.model import HOP_ORDER
 from alarms.records import HopAdded, from_json, to_json
 from alarms.roster import every_day
@@ -168,9 +168,9 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(staff=st.sampled_from(STAFF), up=st.booleans())
     def presence(self, staff: str, up: bool) -> None:
         if up:
-            self.core.staff_connected(staff)
+            self.core.observe(StaffConnected(staff))
         elif staff in (self.core.connected() or ()):
-            self.core.staff_disconnected(staff)
+            self.core.observe(StaffDisconnected(staff))
 
     @rule(seconds=st.floats(0, 4 * 3600, allow_nan=False))
     def advance_and_tick(self, seconds: float) -> None:

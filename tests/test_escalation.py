@@ -32,7 +32,7 @@ from alarms import (
     TeamPolicy,
     Tick,
 )
-from alarms.events import Event
+from alarms.events import Event, StaffConnected, StaffDisconnected
 from alarms.kpi import Period, response_times, summarize
 from alarms.records import from_json, to_json
 from alarms.roster import every_day
@@ -138,20 +138,20 @@ def test_nobody_on_the_night_roster_falls_back_to_the_night_patrol() -> None:
 
 def test_presence_prefers_connected_staff_but_never_leaves_nobody() -> None:
     h = Harness(presence=True)
-    h.core.staff_connected("bo")
+    h.core.observe(StaffConnected("bo"))
     assert notify_of(h.alarm()).staff_ids == {"bo"}
-    h.core.staff_disconnected("bo")
+    h.core.observe(StaffDisconnected("bo"))
     decision = h.core.decide(AlarmReceived("dev-b", "z", AlarmType.FALL, 0, "Z"), h.now)
     assert notify_of(decision).staff_ids == {"cleo"}  # nobody connected: the roster
 
 
 def test_presence_counts_connections() -> None:
     core = AlarmCore(DIRECTORY, track_presence=True)
-    core.staff_connected("anna")
-    core.staff_connected("anna")
-    core.staff_disconnected("anna")
+    core.observe(StaffConnected("anna"))
+    core.observe(StaffConnected("anna"))
+    core.observe(StaffDisconnected("anna"))
     assert core.connected() == frozenset({"anna"})
-    core.staff_disconnected("anna")
+    core.observe(StaffDisconnected("anna"))
     assert core.connected() == frozenset()
     assert AlarmCore(DIRECTORY).connected() is None
 
@@ -182,7 +182,7 @@ def test_smoke_goes_to_whole_team_and_centre_immediately_when_configured() -> No
         policies={"team-a": TeamPolicy(centre_immediately=frozenset({AlarmType.SMOKE}))},
     )
     h = Harness(fire, presence=True)
-    h.core.staff_connected("anna")
+    h.core.observe(StaffConnected("anna"))
     decision = h.alarm(device="smoke-a", kind=AlarmType.SMOKE)
     assert decision.actions == (
         AckDevice("smoke-a", "r1", "stored"),

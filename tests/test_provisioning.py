@@ -11,11 +11,11 @@ import aiomqtt
 import httpx
 import pytest
 
-from gateway.api import create_app
 from gateway.broker_auth import BrokerFiles, verify_mosquitto_hash
 from gateway.org import OrgStore, StaffMember
 from gateway.provisioning import BrokerAccount, DeviceRegistry, ProvisioningError, main_devices
 from gateway.runtime import Gateway
+from gateway.web import create_app
 from tests.conftest import _HASH, PASSWORD, GatewayFactory, seed_small
 
 pytestmark = pytest.mark.network

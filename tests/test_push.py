@@ -37,12 +37,13 @@ from gateway.push import (
     VapidKeys,
     b64url_decode,
     b64url_encode,
-    create_push_router,
     push_payload,
 )
 from gateway.runtime import Gateway
+from gateway.web.errors import install as install_errors
+from gateway.web.push import create_push_router
 from tests.conftest import seed_small, settings_for
-from tests.helpers import device
+from tests.helpers import device, running
 
 
 @dataclass
@@ -138,39 +139,18 @@ async def fake_push_service(vapid_public_key: str | None = None) -> AsyncIterato
         sock.close()
 
 
-def find_push(gateway: Gateway) -> PushNotifier | None:
-    """The gateway's own push notifier, once the gateway wires one in itself."""
-    for notifier in gateway.notifiers:
-        owner = getattr(notifier, "__self__", None)
-        if isinstance(owner, PushNotifier):
-            return owner
-    return None
-
-
 @contextlib.asynccontextmanager
 async def gateway_with_push(
     broker: tuple[str, int], data_dir: Path, prefix: str, **overrides: Any
 ) -> AsyncIterator[tuple[Gateway, PushNotifier]]:
-    """A seeded gateway with Web Push wired in the way the runtime is asked to wire it.
-
-    ``make_gateway`` cannot be used: routers must be in place before the gateway starts
-    its HTTP server, and it starts it while entering. ``overrides`` go to the settings.
-    """
+    """A seeded gateway with its own Web Push notifier. ``overrides`` go to the settings."""
     org = OrgStore(data_dir / "org.sqlite3")
     if org.is_empty():
         seed_small(org)
     try:
-        gw = Gateway(settings_for(data_dir, broker, prefix, **overrides), org=org)
-        async with contextlib.AsyncExitStack() as stack:
-            notifier = find_push(gw)
-            if notifier is None:
-                notifier = PushNotifier.for_gateway(gw)
-                gw.routers.append(create_push_router(gw, notifier.store))
-                gw.notifiers.append(notifier.notify)
-                await stack.enter_async_context(notifier)
-            await stack.enter_async_context(gw)
+        async with Gateway(settings_for(data_dir, broker, prefix, **overrides), org=org) as gw:
             await asyncio.wait_for(gw.wait_connected(), 10)
-            yield gw, notifier
+            yield gw, gw.push
     finally:
         org.close()
 
@@ -226,7 +206,8 @@ async def push_api(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[httpx.Asy
     seed_small(org)
     gw = Gateway(settings_for(data_dir, ("127.0.0.1", 1), prefix), org=org)
     app = FastAPI()
-    app.include_router(create_push_router(gw))
+    install_errors(app)
+    app.include_router(create_push_router(gw, SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE)))
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
@@ -312,7 +293,9 @@ async def test_router_loopback_http_only_when_allowed(tmp_path: Path, prefix: st
         sub = FakeBrowser("http://127.0.0.1:9/push/x").subscription()
         for allow, expected in ((False, 422), (True, 201), (None, 201)):  # None: demo → yes
             app = FastAPI()
-            app.include_router(create_push_router(gw, allow_http_endpoints=allow))
+            install_errors(app)
+            app.include_router(create_push_router(
+                gw, SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE), allow_http_endpoints=allow))
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                          base_url="http://gw") as client:
                 response = await client.post("/api/v1/push/subscriptions", json=sub,
@@ -366,7 +349,7 @@ async def test_notifier_sends_encrypted_vapid_signed_pushes(
         service.status["anna-old"] = 410
         service.status["bo-phone"] = 500
 
-        async with PushNotifier(store, keys, subject="mailto:drift@kommun.example") as notifier:
+        async with running(PushNotifier(store, keys, subject="mailto:drift@kommun.example")) as notifier:
             notifier.notify(alarm_body("a1"), frozenset({"anna", "bo"}))
             await notifier.drain()
 
@@ -394,7 +377,7 @@ async def test_notifier_pushes_each_alarm_once_and_only_while_unhandled(
     async with fake_push_service(keys.public_key) as service:
         _subscribe(store, "anna", FakeBrowser(service.endpoint("anna")))
         _subscribe(store, "bo", FakeBrowser(service.endpoint("bo")))
-        async with PushNotifier(store, keys) as notifier:
+        async with running(PushNotifier(store, keys)) as notifier:
             notifier.notify(alarm_body("a1"), frozenset({"anna"}))
             notifier.notify(alarm_body("a1", stage="delivered"), frozenset({"anna"}))
             notifier.notify(alarm_body("a2", owner="anna"), frozenset({"anna", "bo"}))
@@ -419,13 +402,13 @@ async def test_notifier_queue_is_bounded_and_drops_with_a_count(
 
 
 async def test_notifier_lifecycle(store: SubscriptionStore, keys: VapidKeys) -> None:
-    """The sender task is owned: not re-entrant, gone after exit, reusable after."""
+    """The sender runs under its owner: not re-entrant, gone after exit, reusable after."""
     notifier = PushNotifier(store, keys)
-    async with notifier:
+    async with running(notifier):
         with pytest.raises(RuntimeError):
             await notifier.__aenter__()
-    assert not [t for t in asyncio.all_tasks() if t.get_name() == "web push sender"]
-    async with notifier:
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("test run")]
+    async with running(notifier):
         pass
 
 
@@ -436,7 +419,7 @@ async def test_notifier_counts_unreachable_push_services(
     async with fake_push_service() as service:
         dead = service.endpoint("x")
     _subscribe(store, "anna", FakeBrowser(dead))
-    async with PushNotifier(store, keys, send_timeout_s=5) as notifier:
+    async with running(PushNotifier(store, keys, send_timeout_s=5)) as notifier:
         notifier.notify(alarm_body("a1"), frozenset({"anna"}))
         await notifier.drain()
     assert (notifier.stats.sent, notifier.stats.failed) == (0, 1)

@@ -15,8 +15,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
-from gateway.api import create_app
 from gateway.org import StaffMember
+from gateway.web import create_app
 from tests.conftest import _HASH, PASSWORD, GatewayFactory
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]

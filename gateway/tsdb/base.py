@@ -144,6 +144,10 @@ class TelemetrySink(Protocol):
         """Wait until every sample offered so far is written, rejected or shed."""
         ...
 
+    async def wait(self) -> None:
+        """Until the sink's loops end (on close, or if they die)."""
+        ...
+
     async def query(
         self, device_id: str, metric: str, start_ms: int, end_ms: int, max_points: int
     ) -> list[SeriesPoint]:
@@ -231,6 +235,11 @@ class BufferedSink(abc.ABC):
             self._wake.set()
         self._runner = asyncio.create_task(self._run(), name=f"{self._name} runner")
         return self
+
+    async def wait(self) -> None:
+        """Until the sink's loops end (on close, or if they die)."""
+        assert self._runner is not None
+        await asyncio.shield(self._runner)
 
     async def __aexit__(
         self,

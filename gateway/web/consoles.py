@@ -1,7 +1,6 @@
 """The technician console (``/console/``) and the operations dashboard (``/ops/``).
 
-Read-only JSON for the two pages, in a router of its own (mounted through
-``Gateway.routers``):
+Read-only JSON for the two pages:
 
 - ``GET /api/v1/console/fleet``: every device with its supervision state, last seen,
   battery, signal, firmware and last end-to-end test. Technicians and administrators.
@@ -24,26 +23,23 @@ from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse
-from fastapi.security import OAuth2PasswordBearer
 
 from alarms import kpi
 from alarms.escalation import PRESENCE_DEADLINE_S
 from alarms.model import Alarm, AlarmType, Hop
 from devices.types import heartbeat_s
-from gateway.auth import TokenError
+from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import DeviceInfo, StaffMember
+from gateway.ports import WebGateway
 from gateway.views import iso
+from gateway.web.deps import staff_dependency
 
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
-
-_oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
 _ZONE = ZoneInfo("Europe/Stockholm")
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -135,49 +131,37 @@ def _histogram(values: Iterable[float], target_s: float) -> dict[str, Any]:
     }
 
 
-def create_console_router(gateway: "Gateway") -> APIRouter:
+def router(gw: WebGateway) -> APIRouter:
     """The console and ops API plus the two pages; see the module docstring."""
-    router = APIRouter(tags=["consoles"])
+    api = APIRouter(tags=["consoles"])
     static_dir = _static_dir()
+    current_staff = staff_dependency(gw)
 
-    def member_of(token: str) -> StaffMember:
-        try:
-            staff_id = gateway.tokens.check(token)
-        except TokenError:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or expired token",
-                                headers={"WWW-Authenticate": "Bearer"}) from None
-        member = gateway.org.staff.get(staff_id)
-        if member is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown staff member")
-        return member
-
-    def technician(token: Annotated[str, Depends(_oauth2)]) -> StaffMember:
-        member = member_of(token)
+    def technician(member: Annotated[StaffMember, Depends(current_staff)]) -> StaffMember:
         if member.role not in CONSOLE_ROLES:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "for technicians")
+            raise ForbiddenError("for technicians")
         return member
 
-    def lead(token: Annotated[str, Depends(_oauth2)]) -> StaffMember:
-        member = member_of(token)
+    def lead(member: Annotated[StaffMember, Depends(current_staff)]) -> StaffMember:
         if member.role not in OPS_ROLES:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "for team leads")
+            raise ForbiddenError("for team leads")
         return member
 
     Technician = Annotated[StaffMember, Depends(technician)]
     Lead = Annotated[StaffMember, Depends(lead)]
 
     def device_state(device_id: str) -> DeviceState:
-        supervisor = gateway.watch.supervisor
+        supervisor = gw.watch.supervisor
         if device_id in supervisor and supervisor.is_offline(device_id):
             return "offline"
-        if device_id in gateway.devices:
+        if device_id in gw.devices:
             return "online"
         return "unknown"
 
     def row(device: DeviceInfo, tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        seen = gateway.devices.get(device.id)
-        recipient = gateway.org.recipients.get(device.recipient_id or "")
-        watch = gateway.watch.supervisor.status(device.id)
+        seen = gw.devices.get(device.id)
+        recipient = gw.org.recipients.get(device.recipient_id or "")
+        watch = gw.watch.supervisor.status(device.id)
         last_seen = seen.last_seen if seen is not None else (
             watch.last_seen if watch is not None and watch.offline else None)
         return {
@@ -209,15 +193,15 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
             "last_hop": alarm.last_hop.value,
         }
 
-    @router.get("/api/v1/console/fleet")
+    @api.get("/api/v1/console/fleet")
     async def fleet(
         member: Technician,
         device_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
         state: DeviceState | None = None,
         q: Annotated[str | None, Query(max_length=200)] = None,
     ) -> dict[str, Any]:
-        tests = await asyncio.to_thread(_last_tests, gateway.provlarm.path)
-        rows = [row(d, tests) for d in sorted(gateway.org.devices.values(), key=lambda d: d.id)]
+        tests = await asyncio.to_thread(_last_tests, gw.provlarm.path)
+        rows = [row(d, tests) for d in sorted(gw.org.devices.values(), key=lambda d: d.id)]
         types = sorted({r["type"] for r in rows})
         counts = Counter(r["state"] for r in rows)
         if device_type:
@@ -237,7 +221,7 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
             "devices": rows,
         }
 
-    @router.get("/api/v1/console/devices/{device_id}")
+    @api.get("/api/v1/console/devices/{device_id}")
     async def device_detail(
         device_id: Annotated[str, PathParam(pattern=_ID)],
         member: Technician,
@@ -246,18 +230,18 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
         telemetry: bool = True,
         metrics: Annotated[str | None, Query(max_length=500)] = None,
     ) -> dict[str, Any]:
-        device = gateway.org.devices.get(device_id)
+        device = gw.org.devices.get(device_id)
         if device is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
-        tests = await asyncio.to_thread(_last_tests, gateway.provlarm.path)
+            raise NotFoundError(f"no device {device_id!r}")
+        tests = await asyncio.to_thread(_last_tests, gw.provlarm.path)
         body = row(device, tests)
-        seen = gateway.devices.get(device_id)
-        watch = gateway.watch.supervisor.status(device_id)
+        seen = gw.devices.get(device_id)
+        watch = gw.watch.supervisor.status(device_id)
         body["messages"] = {} if seen is None else dict(seen.counts)
         body["offline_at"] = None if watch is None or watch.deadline is None else iso(
             watch.deadline)
-        body["e2e"] = await asyncio.to_thread(gateway.provlarm.status, device_id)
-        tests_of_device = [a for a in gateway.core.alarms.values()
+        body["e2e"] = await asyncio.to_thread(gw.provlarm.status, device_id)
+        tests_of_device = [a for a in gw.core.alarms.values()
                            if a.device_id == device_id and a.type is AlarmType.TEST]
         latest = max(tests_of_device, key=lambda a: a.hops[0].at, default=None)
         # Hops and times only: who confirmed a test alarm is not the technician's business.
@@ -267,7 +251,7 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
             "hops": [{"hop": h.hop.value, "at": iso(h.at)} for h in latest.hops],
         }
         body["technical_alarms"] = [
-            technical_json(a) for a in gateway.core.open_alarms()
+            technical_json(a) for a in gw.core.open_alarms()
             if a.type is AlarmType.TECHNICAL and a.device_id == device_id
         ]
         series: list[dict[str, Any]] = []
@@ -277,7 +261,7 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
             end_ms = int(time.time() * 1000) + 1
             start_ms = end_ms - int(hours * 3600 * 1000)
             for name in names[:10]:
-                points = await gateway.telemetry.query(
+                points = await gw.telemetry.query(
                     device_id, name, start_ms, end_ms, max_points)
                 series.append({
                     "metric": name,
@@ -286,7 +270,7 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
         body["telemetry"] = series
         return body
 
-    @router.get("/api/v1/ops/summary")
+    @api.get("/api/v1/ops/summary")
     async def ops_summary(
         member: Lead,
         hours: Annotated[float, Query(gt=0, le=24 * 366)] = 24 * 7,
@@ -300,7 +284,7 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
         def stored_at(alarm: Alarm) -> float:
             return alarm.at(Hop.STORED) or alarm.hops[0].at
 
-        alarms = [a for a in gateway.core.alarms.values()
+        alarms = [a for a in gw.core.alarms.values()
                   if a.hops and in_scope(a) and start <= stored_at(a) < now + 1]
         care = [a for a in alarms if a.type not in kpi.EXCLUDED_TYPES]
         by_type = Counter(a.type.value for a in alarms)
@@ -314,9 +298,9 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
         times = [kpi.response_times(a) for a in care]
         overall = kpi.summarize(care, by=frozenset(), now=now)
         share = overall[0].on_site_share if overall else None
-        counts = gateway.watch.supervisor.counts()
+        counts = gw.watch.supervisor.counts()
         technical = sorted(
-            (a for a in gateway.core.open_alarms()
+            (a for a in gw.core.open_alarms()
              if a.type is AlarmType.TECHNICAL and in_scope(a)),
             key=lambda a: a.hops[0].at,
         )
@@ -344,25 +328,25 @@ def create_console_router(gateway: "Gateway") -> APIRouter:
                 "watched": counts.watched,
                 "online": counts.online,
                 "offline": counts.offline,
-                "tests_passed": gateway.provlarm.passed,
-                "tests_failed": gateway.provlarm.failed,
+                "tests_passed": gw.provlarm.passed,
+                "tests_failed": gw.provlarm.failed,
             },
         }
 
-    @router.get("/console", include_in_schema=False)
+    @api.get("/console", include_in_schema=False)
     async def console_redirect() -> RedirectResponse:
         return RedirectResponse("/console/")
 
-    @router.get("/console/", include_in_schema=False)
+    @api.get("/console/", include_in_schema=False)
     async def console_page() -> FileResponse:
         return FileResponse(static_dir / "console.html")
 
-    @router.get("/ops", include_in_schema=False)
+    @api.get("/ops", include_in_schema=False)
     async def ops_redirect() -> RedirectResponse:
         return RedirectResponse("/ops/")
 
-    @router.get("/ops/", include_in_schema=False)
+    @api.get("/ops/", include_in_schema=False)
     async def ops_page() -> FileResponse:
         return FileResponse(static_dir / "ops.html")
 
-    return router
+    return api

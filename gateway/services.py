@@ -1,0 +1,201 @@
+"""Stage 2 of the start: everything that is not on the path from a device's alarm to its ack.
+
+The runtime imports this module in a worker thread, and with it the heavy modules (the web
+stack, numpy for the sensor rules, aiohttp and pywebpush, the camera code), so the event loop
+keeps acking alarms while they load, and then starts each service under the gateway's
+supervisor. Once started, the services are wired to the alarm path only through late-bound
+hooks: the ingest's telemetry intake and status listeners, the effects' notifiers and alarm
+listeners.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from devices.scaip import Snu
+from devices.serial import NakReason
+from gateway.audit import AuditKind
+from gateway.broker_auth import BrokerAuthSettings, BrokerFiles
+from gateway.cameras import CameraService
+from gateway.centre import CentreAdapter
+from gateway.inband import InBand
+from gateway.org import DeviceInfo
+from gateway.provisioning import BrokerAccount, DeviceRegistry
+from gateway.provlarm import Provlarm
+from gateway.push import PushNotifier
+from gateway.sensors import SensorService
+from gateway.serial import SerialLink, nak
+from gateway.sip import ScaipListener
+from gateway.staffwatch import StaffWatch
+from gateway.supervisor import Policy
+from gateway.telemetry import TelemetryPath
+from gateway.timers import Timers
+from gateway.tsdb import SqliteSink, TelemetrySink
+from gateway.web import create_app
+from gateway.web.server import HttpServer, bind
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+_LOGGER = logging.getLogger(__name__)
+
+@dataclass
+class Services:
+    """The stage-2 services of one gateway."""
+
+    telemetry: SqliteSink
+    sinks: list[TelemetrySink]
+    sensors: SensorService
+    push: PushNotifier
+    centre: CentreAdapter
+    provlarm: Provlarm
+    staff_watch: StaffWatch
+    cameras: CameraService
+    registry: DeviceRegistry
+    http_port: int = 0
+    scaip: ScaipListener | None = None
+    serial_links: dict[str, SerialLink] = field(default_factory=dict)
+
+    @classmethod
+    async def start(cls, gw: Gateway, stack: AsyncExitStack) -> Services:
+        """Build and start every stage-2 service of ``gw``."""
+        settings, sup, overrides = gw.settings, gw.supervisor, gw.overrides
+        data_dir = settings.data_dir
+        telemetry = SqliteSink(data_dir / "telemetry.sqlite3")
+        sinks: list[TelemetrySink] = [telemetry]
+        if settings.influx is not None:
+            from gateway.tsdb.influx import InfluxSink
+
+            influx = settings.influx
+            sinks.append(InfluxSink(url=influx.url, token=influx.token, org=influx.org,
+                                    bucket=influx.bucket))
+        for n, sink in enumerate(sinks):
+            await sup.enter(f"telemetry sink {n}", sink, Policy.RESTART)
+        sensors = SensorService(gw)
+        await sup.enter("sensor rules", sensors, Policy.RESTART)
+        path = TelemetryPath(sinks, sensors, gw.pipeline, gw.clock)
+        gw.ingest.telemetry = path
+        sup.start("telemetry shedding", path.watch_shedding, Policy.RESTART)
+        await sup.enter("mqtt telemetry lane", gw.telemetry_link, Policy.RESTART)
+
+        push = PushNotifier.for_data_dir(data_dir)
+        await sup.enter("web push", push, Policy.RESTART)
+        gw.effects.add_notifier(push.notify)
+        centre = CentreAdapter(settings.escalation.centre_url, gw.centre_confirmed)
+        await sup.enter("alarm centre", centre, Policy.RESTART)
+        gw.effects.centre = centre
+        if not settings.escalation.has_centre:
+            _LOGGER.info("no alarm centre configured: the escalation ladder ends at the next "
+                         "level, then reminds everyone who has the alarm")
+
+        provlarm = Provlarm(gw, settings.provlarm, data_dir / "supervision.sqlite3",
+                            clock=gw.clock)
+        await sup.enter("test alarms", provlarm, Policy.RESTART)
+        staff_watch = StaffWatch(gw, settings.delivery_timeout_s, clock=gw.clock)
+        await sup.enter("staff watch", staff_watch, Policy.RESTART)
+        gw.effects.listeners += [provlarm.on_alarm, staff_watch.on_alarm]
+        make_cameras: Callable[[Any], CameraService] = overrides.get("cameras", CameraService)
+        cameras = make_cameras(gw)
+        await sup.enter("night cameras", cameras, Policy.RESTART)
+        gw.ingest.status_listeners.append(cameras.on_status)
+
+        services = cls(telemetry=telemetry, sinks=sinks, sensors=sensors, push=push,
+                       centre=centre, provlarm=provlarm, staff_watch=staff_watch,
+                       cameras=cameras, registry=device_registry(gw))
+        gw.services = services  # the web app and the in-band transports read them
+        await services._start_inband(gw)
+        async def retention() -> None:
+            await Timers.retention(data_dir, settings.retention)
+
+        sup.start("retention", retention, Policy.RESTART)
+        sock = bind(settings.http.host, settings.http.port)
+        services.http_port = sock.getsockname()[1]
+        server = HttpServer(create_app(gw), sock)
+        sup.start("http server", server.serve, Policy.RESTART, stop=server.stop)
+        return services
+
+    async def _start_inband(self, gw: Gateway) -> None:
+        settings, sup = gw.settings, gw.supervisor
+        inband = InBand(gw.ingest, gw.clock)
+        scaip = settings.scaip
+        if scaip is not None:
+            listener = ScaipListener(
+                gw.ingest.isolated("scaip", inband.scaip, Snu.BUSY),
+                host=scaip.host, port=scaip.port, udp=scaip.udp, tcp=scaip.tcp,
+                mrs_in_response=frozenset(scaip.mrs_in_response), tls=scaip.server_context())
+            await sup.enter("scaip listener", listener, Policy.RESTART)
+            self.scaip = listener
+        def line_state(name: str) -> Callable[[bool], None]:
+            return lambda up: gw.links.report(f"serial-{name}", up)
+
+        for line in settings.serial:
+            link = SerialLink(
+                gw.ingest.isolated("serial", inband.serial, nak(NakReason.NOT_STORED)),
+                url=line.url, baudrate=line.baudrate, framing=line.framing, rtscts=line.rtscts,
+                max_concurrent=line.max_concurrent,
+                on_state=line_state(line.name),
+            )
+            await sup.enter(f"serial line {line.name}", link, Policy.RESTART)
+            self.serial_links[line.name] = link
+
+    # -- hooks from the alarm path ---------------------------------------------------------
+
+    def directory_changed(self) -> None:
+        """The organisation changed: the sensor rules learn whose home each device is in."""
+        self.sensors.assign_all()
+
+    def presence_changed(self) -> None:
+        """A staff client connected or disconnected."""
+        self.staff_watch.on_presence()
+
+    def leases_changed(self) -> None:
+        """Leases changed hands: the services that do once-only work look again."""
+        self.staff_watch.on_presence()
+        self.provlarm.wake()
+
+
+class GatewayHooks:
+    """Registry changes reach the running gateway: routing, supervision, audit."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def directory_changed(self) -> None:
+        """New routing view for the core."""
+        self.gateway.refresh_directory()
+
+    def watch(self, device: DeviceInfo) -> None:
+        """Supervise the device from now."""
+        self.gateway.watch.watch(device.id, device.type, device.heartbeat_s)
+
+    def unwatch(self, device_id: str) -> None:
+        """Stop supervising the device."""
+        self.gateway.watch.supervisor.unwatch(device_id)
+
+    def audit(self, actor: str, subject: str, detail: dict[str, Any]) -> None:
+        """Every registry change is a provisioning audit entry."""
+        self.gateway.audit.record(AuditKind.PROVISIONING, actor=actor, subject=subject,
+                                  detail=detail)
+
+
+def device_registry(gw: Gateway) -> DeviceRegistry:
+    """The gateway's device registry, with the broker's credential files when configured."""
+    settings = gw.settings
+    auth = settings.broker_auth
+    files = None
+    gateway_username = settings.mqtt.username or "trygg-gateway"
+    if isinstance(auth, BrokerAuthSettings) and auth.enabled:
+        base = settings.data_dir / "broker"
+        files = BrokerFiles(auth.password_file or base / "passwd", auth.acl_file or base / "acl",
+                            pid_file=auth.pid_file, pid=auth.pid)
+        gateway_username = settings.mqtt.username or auth.gateway_username
+    account = BrokerAccount(
+        files, prefix=settings.mqtt.prefix, gateway_username=gateway_username,
+        gateway_password=settings.mqtt.password, host=settings.mqtt.host,
+        port=settings.mqtt.port,
+    )
+    return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw))
