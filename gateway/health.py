@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alarms.events import TechnicalCleared
 from alarms.model import GATEWAY_DEVICE
@@ -39,7 +39,13 @@ from gateway.pipeline import Pipeline, technical
 from gateway.ports import Clock
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway as HealthSource
+    from alarms.core import AlarmCore
+    from gateway.cluster import Cluster
+    from gateway.config import Settings
+    from gateway.ingest import Ingest
+    from gateway.mqtt import MqttLink
+    from gateway.supervisor import Supervisor
+    from gateway.watch import DeviceWatch
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -204,6 +210,27 @@ class Watchdog:
             else:
                 self.notify("STATUS=ingest path stalled; not feeding the watchdog")
             await asyncio.sleep(self.interval_s)
+
+
+class HealthSource(Protocol):
+    """The parts of a gateway its health is read from."""
+
+    clock: Clock
+    settings: Settings
+    core: AlarmCore
+    pipeline: Pipeline
+    supervisor: Supervisor
+    link: MqttLink
+    telemetry_link: MqttLink
+    links: LinkWatch
+    ingest: Ingest
+    watch: DeviceWatch
+    probe: Probe
+    cluster: Cluster | None
+
+    @property
+    def leases_held(self) -> frozenset[str]:
+        """The once-only work this gateway does in a cluster."""
 
 
 def health_report(gw: HealthSource) -> dict[str, Any]:

@@ -11,17 +11,46 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from alarms.events import RemotePresence
-from gateway.duties import SUPERVISION
 from gateway.metrics import Metrics
 from gateway.org import DeviceInfo, OrgChange, OrgStore
 from gateway.supervisor import Policy, Supervisor
 from gateway.watch import DeviceWatch
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.cluster import Cluster
+    from gateway.config import Settings
+    from gateway.hub import StaffHub
+    from gateway.journal import Journal
+    from gateway.pipeline import Pipeline
+
+
+class MemberHost(Protocol):
+    """The parts of a gateway that joining a cluster wires."""
+
+    settings: Settings
+    journal: Journal
+    org: OrgStore
+    watch: DeviceWatch
+    metrics: Metrics
+    pipeline: Pipeline
+    hub: StaffHub
+    membership: Membership | None
+    cluster: Cluster | None
+
+    def refresh_directory(self) -> None:
+        """The organisation changed."""
+
+    def observe(self, event: RemotePresence) -> None:
+        """Presence changed."""
+
+    def presence_changed(self) -> None:
+        """Who is connected here changed."""
+
+    def leases_changed(self, gained: frozenset[str]) -> None:
+        """Leases changed hands."""
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,12 +108,7 @@ class Membership:
         _LOGGER.info("applied %d organisation change(s) from other gateways", len(changes))
 
 
-def supervision_gained(gained: frozenset[str]) -> bool:
-    """Whether a lease change just gave this gateway device supervision."""
-    return SUPERVISION in gained
-
-
-async def join(gw: Gateway, supervisor: Supervisor) -> None:
+async def join(gw: MemberHost, supervisor: Supervisor) -> None:
     """Join the cluster: follow the others' journal, share leases, presence and changes.
 
     The cluster's loops are supervised as fatal: a gateway that cannot follow the others
@@ -102,15 +126,8 @@ async def join(gw: Gateway, supervisor: Supervisor) -> None:
         refresh_directory=gw.refresh_directory, observe=gw.observe)
     gw.membership = membership
 
-    def leases_changed(gained: frozenset[str], lost: frozenset[str]) -> None:
-        gw.timers.deadlines_changed.set()
-        if gw.services is not None:
-            gw.services.leases_changed()
-        if supervision_gained(gained):
-            gw.timers.supervision_gained.set()
-
-    membership.lease_listeners.append(leases_changed)
-    membership.presence_listeners.append(gw._presence_changed)
+    membership.lease_listeners.append(lambda gained, lost: gw.leases_changed(gained))
+    membership.presence_listeners.append(gw.presence_changed)
     cluster: Cluster
 
     def org_changed(changes: list[OrgChange]) -> None:

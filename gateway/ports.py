@@ -9,35 +9,24 @@ service a small fake instead. Each service asks for the narrowest port it uses:
 - ``DeviceCommands``: send a device a command over its broker link;
 - ``StaffChannel``: who is connected, and a notice to some staff members' clients;
 - ``ServiceHost``: all of that plus the organisation, the audit log and the settings, for the
-  services that touch everything (night cameras, the staff watch);
-- ``WebGateway``: what the web layer (``gateway.web``) calls.
+  services that touch everything (night cameras, the staff watch).
+
+The web layer's own port, ``gateway.web.deps.WebGateway``, extends ``ServiceHost``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from fastapi import APIRouter
-
     from alarms.core import AlarmCore
-    from alarms.events import Event, Presence, StaffEvent
+    from alarms.events import Event
     from alarms.model import Alarm
     from gateway.auditor import Auditor
-    from gateway.auth import TokenIssuer
-    from gateway.cameras import CameraService
     from gateway.config import Settings
     from gateway.hub import StaffHub
-    from gateway.ingest import DeviceSeen
-    from gateway.metrics import Metrics
     from gateway.org import OrgStore
-    from gateway.provisioning import DeviceRegistry
-    from gateway.provlarm import Provlarm
-    from gateway.push import PushNotifier
-    from gateway.sensors import SensorService
-    from gateway.tsdb import SqliteSink
-    from gateway.watch import DeviceWatch
 
 
 class Clock(Protocol):
@@ -99,72 +88,3 @@ class ServiceHost(Alarms, DeviceCommands, StaffChannel, Protocol):
     @property
     def audit(self) -> Auditor:
         """The tamper-evident audit log."""
-
-
-class WebGateway(ServiceHost, Protocol):
-    """What the web layer calls."""
-
-    @property
-    def tokens(self) -> TokenIssuer:
-        """Checks bearer tokens."""
-
-    @property
-    def metrics(self) -> Metrics:
-        """The Prometheus registry and the gateway's metrics."""
-
-    @property
-    def telemetry(self) -> SqliteSink:
-        """The built-in time-series store."""
-
-    @property
-    def watch(self) -> DeviceWatch:
-        """Device supervision."""
-
-    @property
-    def devices(self) -> dict[str, DeviceSeen]:
-        """What the gateway last heard from each device."""
-
-    @property
-    def registry(self) -> DeviceRegistry:
-        """The device registry (provisioning)."""
-
-    @property
-    def provlarm(self) -> Provlarm:
-        """Daily end-to-end test alarms."""
-
-    @property
-    def sensors(self) -> SensorService:
-        """Sensor rules and their evidence."""
-
-    @property
-    def cameras(self) -> CameraService:
-        """Night cameras."""
-
-    @property
-    def push(self) -> PushNotifier:
-        """Web Push."""
-
-    @property
-    def routers(self) -> list[APIRouter]:
-        """Extra routers to mount (tests, extensions)."""
-
-    def act(self, event: StaffEvent) -> Awaitable[Alarm]:
-        """Carry out a staff action durably (raises ``gateway.errors`` on refusal)."""
-
-    def observe(self, event: Presence) -> None:
-        """A staff client connected or disconnected."""
-
-    def may_see(self, staff_id: str, alarm: Alarm) -> bool:
-        """Whether a staff member may see an alarm."""
-
-    def visible_alarms(self, staff_id: str, state: str = "open") -> list[Alarm]:
-        """The alarms a staff member may see, ``open``/``closed``/``all``."""
-
-    def refresh_directory(self) -> None:
-        """The organisation changed: hand the core a new routing view."""
-
-    def health(self) -> dict[str, Any]:
-        """What ``/healthz`` answers."""
-
-    def refresh_gauges(self) -> None:
-        """Bring the gauges that are read on demand up to date (before ``/metrics``)."""

@@ -39,6 +39,7 @@ from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
 from gateway.auth import TokenIssuer
 from gateway.config import Settings
+from gateway.duties import SUPERVISION
 from gateway.effects import Effects
 from gateway.health import Probe, Watchdog, health_report
 from gateway.hub import StaffHub
@@ -109,7 +110,7 @@ class Gateway:
         self.supervisor = Supervisor(
             on_restart=lambda name: self.metrics.task_restarts.labels(name).inc())
         self.watchdog = Watchdog(self.probe.passing)
-        self.hub.on_change = self._presence_changed
+        self.hub.on_change = self.presence_changed
         self.services: Services | None = None
         # Set when the gateway joins a cluster (gateway.membership.join).
         self.membership: Membership | None = None
@@ -286,7 +287,16 @@ class Gateway:
         """Staff with a client connected to this gateway or (in a cluster) another."""
         return self.hub.connected_staff() | self.core.remote_connected
 
-    def _presence_changed(self) -> None:
+    def leases_changed(self, gained: frozenset[str]) -> None:
+        """Leases changed hands: the timers and services doing once-only work look again."""
+        self.timers.deadlines_changed.set()
+        if self.services is not None:
+            self.services.leases_changed()
+        if SUPERVISION in gained:
+            self.timers.supervision_gained.set()
+
+    def presence_changed(self) -> None:
+        """Who is connected to this gateway changed."""
         if self.services is not None:
             self.services.presence_changed()
         if self.cluster is not None:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from devices.scaip import Snu
 from devices.serial import NakReason
@@ -36,10 +36,40 @@ from gateway.telemetry import TelemetryPath
 from gateway.timers import Timers
 from gateway.tsdb import SqliteSink, TelemetrySink
 from gateway.web import create_app
+from gateway.web.deps import WebGateway
 from gateway.web.server import HttpServer, bind
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.effects import Effects
+    from gateway.ingest import Ingest
+    from gateway.links import LinkWatch
+    from gateway.mqtt import MqttLink
+    from gateway.pipeline import Pipeline
+    from gateway.ports import Clock
+    from gateway.supervisor import Supervisor
+    from gateway.watch import DeviceWatch
+
+
+class ServicesHost(WebGateway, Protocol):
+    """The alarm path of a gateway, as stage 2 wires its services onto it."""
+
+    clock: Clock
+    overrides: dict[str, Any]
+    supervisor: Supervisor
+    pipeline: Pipeline
+    ingest: Ingest
+    effects: Effects
+    links: LinkWatch
+    watch: DeviceWatch
+    telemetry_link: MqttLink
+    services: Services | None
+
+    def refresh_directory(self) -> None:
+        """The organisation changed."""
+
+    async def centre_confirmed(self, alarm_id: str, attempt: int, reference: str | None
+                               ) -> None:
+        """The alarm centre's receipt."""
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,7 +91,7 @@ class Services:
     serial_links: dict[str, SerialLink] = field(default_factory=dict)
 
     @classmethod
-    async def start(cls, gw: Gateway, stack: AsyncExitStack) -> Services:
+    async def start(cls, gw: ServicesHost, stack: AsyncExitStack) -> Services:
         """Build and start every stage-2 service of ``gw``."""
         settings, sup, overrides = gw.settings, gw.supervisor, gw.overrides
         data_dir = settings.data_dir
@@ -118,7 +148,7 @@ class Services:
         sup.start("http server", server.serve, Policy.RESTART, stop=server.stop)
         return services
 
-    async def _start_inband(self, gw: Gateway) -> None:
+    async def _start_inband(self, gw: ServicesHost) -> None:
         settings, sup = gw.settings, gw.supervisor
         inband = InBand(gw.ingest, gw.clock)
         scaip = settings.scaip
@@ -161,7 +191,7 @@ class Services:
 class GatewayHooks:
     """Registry changes reach the running gateway: routing, supervision, audit."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: ServicesHost) -> None:
         self.gateway = gateway
 
     def directory_changed(self) -> None:
@@ -182,7 +212,7 @@ class GatewayHooks:
                                   detail=detail)
 
 
-def device_registry(gw: Gateway) -> DeviceRegistry:
+def device_registry(gw: ServicesHost) -> DeviceRegistry:
     """The gateway's device registry, with the broker's credential files when configured."""
     settings = gw.settings
     auth = settings.broker_auth

@@ -24,9 +24,8 @@ from alarms.model import Alarm
 from gateway.audit import AuditKind
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import StaffMember
-from gateway.ports import WebGateway
 from gateway.views import alarm_json, for_role
-from gateway.web.deps import staff_dependency
+from gateway.web.deps import WebGateway, staff_dependency
 
 
 class ForwardIn(BaseModel):

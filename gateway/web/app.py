@@ -1,6 +1,5 @@
 """The ASGI app of one gateway: middleware, the routers of ``gateway.web``, the pages."""
 
-from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI
@@ -11,13 +10,11 @@ from fastapi_offline import FastAPIOffline
 
 from gateway import __version__
 from gateway.auth import TokenIssuer
-from gateway.ports import WebGateway
 from gateway.security import (
     SESSIONS_FILENAME,
     LoginGuard,
     RefreshStore,
     SecurityHeaders,
-    SecuritySettings,
 )
 from gateway.web import (
     alarms,
@@ -31,17 +28,7 @@ from gateway.web import (
     push,
     socket,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class WebState:
-    """What the web edge keeps for itself: tokens, sessions and login throttles."""
-
-    security: SecuritySettings
-    issuer: TokenIssuer
-    guard: LoginGuard
-    claim_guard: LoginGuard
-    sessions: RefreshStore
+from gateway.web.deps import WebGateway, WebState
 
 
 def create_app(gw: WebGateway) -> FastAPI:

@@ -1,7 +1,7 @@
 """Logging in: OAuth2 password form, rotating refresh tokens, logout, who am I."""
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
@@ -11,12 +11,8 @@ from gateway.audit import AuditKind
 from gateway.auth import verify_password, verify_unknown
 from gateway.errors import TooManyError
 from gateway.org import StaffMember
-from gateway.ports import WebGateway
 from gateway.security import RefreshError
-from gateway.web.deps import staff_dependency
-
-if TYPE_CHECKING:
-    from gateway.web.app import WebState
+from gateway.web.deps import WebGateway, WebState, staff_dependency
 
 
 class TokenOut(BaseModel):
@@ -41,7 +37,7 @@ def _unauthorised(reason: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
-def router(gw: WebGateway, state: "WebState") -> APIRouter:
+def router(gw: WebGateway, state: WebState) -> APIRouter:
     """``/api/v1/auth/*`` and ``/api/v1/me``."""
     api = APIRouter(tags=["auth"])
     Me = Annotated[StaffMember, Depends(staff_dependency(gw))]

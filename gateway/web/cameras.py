@@ -17,8 +17,7 @@ from alarms.nattillsyn import (
 from gateway.cameras import CameraService
 from gateway.errors import ForbiddenError, InvalidError, NotFoundError
 from gateway.org import StaffMember
-from gateway.ports import WebGateway
-from gateway.web.deps import staff_dependency
+from gateway.web.deps import WebGateway, staff_dependency
 
 # -- API models -------------------------------------------------------------------------------
 

@@ -36,9 +36,8 @@ from alarms.model import Alarm, AlarmType, Hop
 from devices.types import heartbeat_s
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import DeviceInfo, StaffMember
-from gateway.ports import WebGateway
 from gateway.views import iso
-from gateway.web.deps import staff_dependency
+from gateway.web.deps import WebGateway, staff_dependency
 
 _ZONE = ZoneInfo("Europe/Stockholm")
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"

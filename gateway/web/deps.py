@@ -1,15 +1,109 @@
 """Dependencies shared by every router: the bearer-token staff member, roles, id paths."""
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Path, status
 from fastapi.security import OAuth2PasswordBearer
 
-from gateway.auth import TokenError
+from alarms.events import Presence, StaffEvent
+from alarms.model import Alarm
+from gateway.auth import TokenError, TokenIssuer
+from gateway.cameras import CameraService
 from gateway.errors import ForbiddenError
+from gateway.ingest import DeviceSeen
+from gateway.metrics import Metrics
 from gateway.org import StaffMember
-from gateway.ports import WebGateway
+from gateway.ports import ServiceHost
+from gateway.provisioning import DeviceRegistry
+from gateway.provlarm import Provlarm
+from gateway.push import PushNotifier
+from gateway.security import LoginGuard, RefreshStore, SecuritySettings
+from gateway.sensors import SensorService
+from gateway.tsdb import SqliteSink
+from gateway.watch import DeviceWatch
+
+
+class WebGateway(ServiceHost, Protocol):
+    """What the web layer calls."""
+
+    @property
+    def tokens(self) -> TokenIssuer:
+        """Checks bearer tokens."""
+
+    @property
+    def metrics(self) -> Metrics:
+        """The Prometheus registry and the gateway's metrics."""
+
+    @property
+    def telemetry(self) -> SqliteSink:
+        """The built-in time-series store."""
+
+    @property
+    def watch(self) -> DeviceWatch:
+        """Device supervision."""
+
+    @property
+    def devices(self) -> dict[str, DeviceSeen]:
+        """What the gateway last heard from each device."""
+
+    @property
+    def registry(self) -> DeviceRegistry:
+        """The device registry (provisioning)."""
+
+    @property
+    def provlarm(self) -> Provlarm:
+        """Daily end-to-end test alarms."""
+
+    @property
+    def sensors(self) -> SensorService:
+        """Sensor rules and their evidence."""
+
+    @property
+    def cameras(self) -> CameraService:
+        """Night cameras."""
+
+    @property
+    def push(self) -> PushNotifier:
+        """Web Push."""
+
+    @property
+    def routers(self) -> list[Any]:
+        """Extra routers to mount (tests, extensions)."""
+
+    def act(self, event: StaffEvent) -> Awaitable[Alarm]:
+        """Carry out a staff action durably (raises ``gateway.errors`` on refusal)."""
+
+    def observe(self, event: Presence) -> None:
+        """A staff client connected or disconnected."""
+
+    def may_see(self, staff_id: str, alarm: Alarm) -> bool:
+        """Whether a staff member may see an alarm."""
+
+    def visible_alarms(self, staff_id: str, state: str = "open") -> list[Alarm]:
+        """The alarms a staff member may see, ``open``/``closed``/``all``."""
+
+    def refresh_directory(self) -> None:
+        """The organisation changed: hand the core a new routing view."""
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` answers."""
+
+    def refresh_gauges(self) -> None:
+        """Bring the gauges that are read on demand up to date (before ``/metrics``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebState:
+    """What the web edge keeps for itself: tokens, sessions and login throttles."""
+
+    security: SecuritySettings
+    issuer: TokenIssuer
+    guard: LoginGuard
+    claim_guard: LoginGuard
+    sessions: RefreshStore
+
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
 

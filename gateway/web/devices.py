@@ -3,7 +3,7 @@ alarms) and the device's own enrolment call (``/provisioning/claim``)."""
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,12 +12,8 @@ from devices.contract import encode_command
 from gateway.audit import AuditKind
 from gateway.errors import ConflictError, NotFoundError, TooManyError, UnavailableError
 from gateway.org import StaffMember
-from gateway.ports import WebGateway
 from gateway.provisioning import ProvisioningError
-from gateway.web.deps import ID_PATTERN, IdPath, require, staff_dependency
-
-if TYPE_CHECKING:
-    from gateway.web.app import WebState
+from gateway.web.deps import ID_PATTERN, IdPath, WebGateway, WebState, require, staff_dependency
 
 
 class DeviceIn(BaseModel):
@@ -57,7 +53,7 @@ class ClaimIn(BaseModel):
     code: str = Field(min_length=1, max_length=200)
 
 
-def router(gw: WebGateway, state: "WebState") -> APIRouter:
+def router(gw: WebGateway, state: WebState) -> APIRouter:
     """``/api/v1/devices/*`` and ``/api/v1/provisioning/claim``."""
     api = APIRouter()
     Me = Annotated[StaffMember, Depends(staff_dependency(gw))]

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.ports import WebGateway
+from gateway.web.deps import WebGateway
 
 
 def router(gw: WebGateway) -> APIRouter:

@@ -2,7 +2,7 @@
 a recipient's data export and erasure (GDPR)."""
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,12 +11,8 @@ from gateway.audit import AuditKind
 from gateway.auth import hash_password
 from gateway.errors import ConflictError, InvalidError, NotFoundError
 from gateway.org import RecipientInfo, StaffMember, Team
-from gateway.ports import WebGateway
 from gateway.privacy import erase_recipient, export_recipient
-from gateway.web.deps import ID_PATTERN, IdPath, require, staff_dependency
-
-if TYPE_CHECKING:
-    from gateway.web.app import WebState
+from gateway.web.deps import ID_PATTERN, IdPath, WebGateway, WebState, require, staff_dependency
 
 
 class TeamIn(BaseModel):
@@ -74,7 +70,7 @@ def recipient_json(recipient: RecipientInfo, gw: WebGateway, *, full: bool) -> d
     return body
 
 
-def router(gw: WebGateway, state: "WebState") -> APIRouter:
+def router(gw: WebGateway, state: WebState) -> APIRouter:
     """``/api/v1/recipients``, ``/api/v1/admin/*``."""
     api = APIRouter()
     Me = Annotated[StaffMember, Depends(staff_dependency(gw))]

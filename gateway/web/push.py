@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import InvalidError, NotFoundError
 from gateway.org import StaffMember
-from gateway.ports import WebGateway
 from gateway.push import (
     VAPID_KEY_FILE,
     Subscription,
@@ -22,7 +21,7 @@ from gateway.push import (
     VapidKeys,
     b64url_decode,
 )
-from gateway.web.deps import staff_dependency
+from gateway.web.deps import WebGateway, staff_dependency
 
 _P256DH_LEN = 65  # an uncompressed P-256 point
 _AUTH_LEN = 16

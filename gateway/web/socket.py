@@ -12,8 +12,8 @@ from alarms.access import role_sees
 from alarms.events import ReceiptConfirmed, StaffConnected, StaffDisconnected
 from gateway.auth import TokenError
 from gateway.errors import DomainError
-from gateway.ports import WebGateway
 from gateway.web.alarms import alarm_body
+from gateway.web.deps import WebGateway
 
 _LOGGER = logging.getLogger(__name__)
 
