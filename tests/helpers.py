@@ -26,13 +26,19 @@ class Device:
         self.device_id = device_id
         self.acks: dict[str, dict[str, Any]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # The device time each (ref, type) was first sent with: sending it again is a true
+        # resend (the same message), as a real device's retry is.
+        self._sent_ts: dict[tuple[str, str], int] = {}
 
     async def publish(self, channel: str, body: dict[str, Any] | bytes) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         await self.client.publish(f"{self.prefix}/{self.device_id}/{channel}", payload, qos=1)
 
-    async def alarm(self, ref: str, kind: str = "manual") -> None:
-        await self.publish("alarm", {"ref": ref, "ts": int(time.time() * 1000), "type": kind})
+    async def alarm(self, ref: str, kind: str = "manual", ts: int | None = None) -> None:
+        """Send an alarm; the same ``ref`` and ``kind`` again resend it (same ``ts``)."""
+        if ts is None:
+            ts = self._sent_ts.setdefault((ref, kind), int(time.time() * 1000))
+        await self.publish("alarm", {"ref": ref, "ts": ts, "type": kind})
 
     async def wait_ack(self, ref: str, timeout: float = 10) -> dict[str, Any]:
         if ref in self.acks:
