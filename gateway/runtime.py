@@ -42,7 +42,7 @@ import uvicorn
 
 from alarms import kpi
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
-from alarms.core import AlarmCore, Decision, Refusal
+from alarms.core import AlarmCore, Decision, Refusal, alarm_content
 from alarms.directory import Directory
 from alarms.escalation import PRESENCE_DEADLINE_S
 from alarms.events import (
@@ -67,9 +67,8 @@ from devices.contract import (
     decode,
     encode_ack,
     topic,
-    valid_id,
 )
-from devices.scaip import EventKind, ScaipRequest, Snu, classify
+from devices.scaip import DEFAULT_TABLES, ScaipRequest
 from devices.serial import NakReason
 from devices.sip import SipRequest
 from gateway import __version__
@@ -98,6 +97,7 @@ from gateway.privacy import run_retention
 from gateway.provlarm import Provlarm, create_provlarm_router
 from gateway.push import PushNotifier, create_push_router
 from gateway.ratelimit import LogLimiter
+from gateway.scaip_intake import ScaipIntake
 from gateway.sensors import SensorService, create_sensor_router
 from gateway.serial import ACK, SerialLink, Verdict, nak
 from gateway.sip import ScaipListener
@@ -157,7 +157,7 @@ class _Pending:
     decision: Decision
     commit: asyncio.Future[None]
     done: asyncio.Future[None] | None = None
-    key: tuple[str, str] | None = None
+    key: tuple[str, str, str] | None = None
     # Technical alarms the gateway raises itself have no device waiting for an ack.
     ack: bool = True
     # Decides and submits again after a ConflictError (device alarms, internal events);
@@ -277,6 +277,9 @@ class Gateway:
         )
         self.journal_failed_since: float | None = None
         self.scaip: ScaipListener | None = None
+        # Issue 18: SCAIP <mrq> -> typed input, with the site's code tables.
+        self.scaip_intake = ScaipIntake(
+            self, tables=settings.scaip.tables() if settings.scaip else DEFAULT_TABLES)
         self.serial_links: dict[str, SerialLink] = {}
         self.provlarm = Provlarm(self, settings.provlarm, data_dir / "supervision.sqlite3")
         self.staff_watch = StaffWatch(self, settings.delivery_timeout_s)
@@ -302,8 +305,8 @@ class Gateway:
         self.link: MqttLink | None = None
         self.http_port: int = 0
         self._pipeline: asyncio.Queue[_Pending] = asyncio.Queue(PIPELINE_DEPTH)
-        # Alarms being committed, by (device, ref): a resend waits for the first copy.
-        self._in_flight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Alarms being committed, by (device, ref, content): a resend waits for the first copy.
+        self._in_flight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self._staff_lock = asyncio.Lock()
         self._log_limiter = LogLimiter(interval_s=60.0)
         self._runner: asyncio.Task[None] | None = None
@@ -346,7 +349,11 @@ class Gateway:
                 self.scaip = await self._stack.enter_async_context(ScaipListener(
                     self._on_scaip, host=scaip.host, port=scaip.port, udp=scaip.udp,
                     tcp=scaip.tcp, mrs_in_response=frozenset(scaip.mrs_in_response),
-                    tls=scaip.server_context()))
+                    tls=scaip.server_context(),
+                    # issue 17.5: per-source limits (gateway/sipguard.py)
+                    trusted_networks=scaip.trusted_networks,
+                    datagrams_per_s=scaip.datagrams_per_s,
+                    max_connections_per_source=scaip.max_connections_per_source))
             for line in self.settings.serial:
                 self.serial_links[line.name] = await self._stack.enter_async_context(
                     SerialLink(
@@ -949,12 +956,6 @@ class Gateway:
         answer in-band (SCAIP, serial) await the returned future before answering. None
         means nothing needs storing (a resend of a stored alarm): answer OK at once.
         """
-        key = (message.device_id, message.ref)
-        in_flight = self._in_flight.get(key)
-        if in_flight is not None:
-            # The first copy is being committed; its ack answers this resend too.
-            self.metrics.duplicates.inc()
-            return in_flight
         event = AlarmReceived(
             device_id=message.device_id,
             ref=message.ref,
@@ -962,10 +963,21 @@ class Gateway:
             device_ts_ms=message.ts_ms,
             new_id=new_alarm_id(),
             battery=message.battery,
+            # Issue 18 (SCAIP intake): what tells a resend from a reused ref, where the
+            # person is, and what the transport said beyond the type.
+            detail=message.detail,
+            content=message.content,
+            position=message.position,
         )
+        key = (message.device_id, message.ref, alarm_content(event))
+        in_flight = self._in_flight.get(key)
+        if in_flight is not None:
+            # The first copy is being committed; its ack answers this resend too.
+            self.metrics.duplicates.inc()
+            return in_flight
         decision = self.core.decide(event, now)
         if not decision.records:
-            if self.core.find(*key) is not None:
+            if self.core.find(message.device_id, message.ref) is not None:
                 self.metrics.duplicates.inc()
             self._carry_out(decision.actions, ack=ack)
             return None
@@ -997,26 +1009,35 @@ class Gateway:
 
     async def _on_scaip(self, request: ScaipRequest, sip: SipRequest) -> int:
         """A SCAIP <mrq>: answered OK (snu 0) only once it is durably stored."""
-        device_id = request.cid
-        if not valid_id(device_id):
-            return Snu.WRONG_CONTENT
-        ts_ms = int(time.time() * 1000)
-        meaning = classify(request)
-        message: DeviceMessage
-        if meaning.kind is EventKind.ALARM:
-            message = AlarmMessage(
-                device_id, request.ref, ts_ms, meaning.alarm_type or AlarmType.MANUAL, None
-            )
-        elif meaning.kind is EventKind.HEARTBEAT:
-            message = HeartbeatMessage(device_id, request.ref, ts_ms, None, None)
-        else:
-            message = StatusMessage(device_id, request.ref, ts_ms, meaning.kind.value, None)
-        outcome = await self.store_message(message)
-        if outcome is None:
-            return Snu.OK
-        # Unknown controllers are refused for good; a journal that cannot store says busy,
-        # and the controller retries.
-        return Snu.WRONG_CONTENT if outcome == "unknown_device" else Snu.BUSY
+        return await self.scaip_intake(request, sip)  # issue 18: gateway/scaip_intake.py
+
+    # --- issue 18: port of gateway.scaip_intake (device events from in-band transports) ---
+    async def store_event(self, event: Event) -> str | None:
+        """Decide a device event (status, position, fault) and wait until it is durable.
+
+        None once stored (or when nothing needed storing); ``refused`` when the core refused
+        it; ``unavailable`` when the journal could not store it (the device should retry).
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            decision = self.core.decide(event, time.time())
+            if decision.refusal is not None:
+                return "refused"
+            if not decision.records:
+                self._carry_out(decision.actions, ack=False)
+                return None
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            commit = self._submit(decision.records)
+            await self._pipeline.put(_Pending(decision, commit, done=done, ack=False))
+            try:
+                await done
+            except ConflictError as conflict:
+                await self._refresh_view(conflict)  # decide again on what the journal holds
+                continue
+            except UnavailableError:
+                return "unavailable"
+            return None
+        return "unavailable"
+    # --- end of issue 18 port ---
 
     async def _on_serial(self, message: DeviceMessage) -> Verdict:
         """A serial record: ACK only once stored; NAK says why."""
