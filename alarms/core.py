@@ -801,8 +801,10 @@ def evolve(alarm: Alarm, record: Record) -> Alarm:
 
 # Technical alarms are raised by the gateway under refs it derives from the fault itself
 # ("offline.<since>", "<fault kind>.<ref>"): the same ref is the same fault, whatever time
-# the gateway put on it.
+# the gateway put on it. The gateway marks the other alarms it raises itself (sensor rule
+# episodes, camera visits) the same way, with INTERNAL_CONTENT.
 _TECHNICAL_CONTENT = content_key(AlarmType.TECHNICAL.value)
+INTERNAL_CONTENT = content_key("internal")
 
 
 def alarm_content(event: AlarmReceived) -> str:

@@ -42,7 +42,7 @@ import uvicorn
 
 from alarms import kpi
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
-from alarms.core import AlarmCore, Decision, Refusal, alarm_content
+from alarms.core import INTERNAL_CONTENT, AlarmCore, Decision, Refusal, alarm_content
 from alarms.directory import Directory
 from alarms.escalation import PRESENCE_DEADLINE_S
 from alarms.events import (
@@ -848,6 +848,11 @@ class Gateway:
 
     async def submit_internal(self, event: Event, attempt: int = 1) -> None:
         """Journal an event the gateway raises itself (technical alarms and their clearing)."""
+        if isinstance(event, AlarmReceived) and event.content is None:
+            # Issue 18: the gateway derives these refs from what they are about (a sensor
+            # episode, a camera visit, an outage): the same ref is the same alarm, whatever
+            # time the gateway put on it (alarms.dedupe).
+            event = dataclasses.replace(event, content=INTERNAL_CONTENT)
         decision = self.core.decide(event, time.time())
         if decision.refusal is not None:
             if attempt == 1:

@@ -135,6 +135,8 @@ class ResendingFleet:
         self.resend_s = resend_s
         self.sent: dict[tuple[str, str], int] = {}
         self.acked: dict[tuple[str, str], str] = {}
+        # A resend is the same message: the device time of its first send.
+        self._ts: dict[tuple[str, str], int] = {}
         self._clients: dict[str, aiomqtt.Client] = {}
         self._all_acked = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -187,7 +189,8 @@ class ResendingFleet:
 
     async def _send(self, device_id: str, ref: str) -> None:
         self.sent[(device_id, ref)] += 1
-        body = {"ref": ref, "ts": int(time.time() * 1000), "type": "manual"}
+        ts = self._ts.setdefault((device_id, ref), int(time.time() * 1000))
+        body = {"ref": ref, "ts": ts, "type": "manual"}
         try:
             await self._clients[device_id].publish(
                 f"{self.prefix}/{device_id}/alarm", json.dumps(body).encode(), qos=1
