@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
 from alarms.causes import RESTORED_CAUSE, TEST_PASSED_CAUSE, match_cause
+from alarms.dedupe import Claim, content_key, is_resend
 from alarms.directory import Directory
 from alarms.escalation import Due, due
 from alarms.events import (
@@ -23,13 +24,17 @@ from alarms.events import (
     CentreConfirmed,
     CloseRequested,
     Event,
+    FaultCleared,
+    FaultReported,
     ForwardRequested,
     HandBackRequested,
     OnSiteRequested,
+    PositionReported,
     Presence,
     ReceiptConfirmed,
     StaffConnected,
     StaffDisconnected,
+    StatusReported,
     TakeOverRequested,
     TechnicalCleared,
     TestCompleted,
@@ -39,32 +44,34 @@ from alarms.model import (
     GATEWAY_DEVICE,
     HOP_ORDER,
     LADDER_KINDS,
+    MAX_POSITIONS,
     PRIORITY,
     Alarm,
     AlarmType,
     AttachedRef,
+    DeviceNote,
+    DeviceStatus,
     EscalationEntry,
     EscalationKind,
     Handover,
     HandoverKind,
     Hop,
     HopEntry,
+    Position,
+    PositionEntry,
 )
 from alarms.records import (
     AlarmOpened,
     CentreConfirmation,
+    DeviceNoted,
     Escalated,
     HopAdded,
     OwnerChanged,
+    PositionAdded,
     Record,
     RefAttached,
 )
 from alarms.routing import Availability, first_targets, step_targets
-
-# A resent alarm is recognised by (device_id, ref). Devices resend for seconds or minutes,
-# never for a day, so a ref seen again after this long (a device reset its counter) is a new
-# alarm. Silently swallowing a real alarm as a "duplicate" is the worse error.
-DEDUP_WINDOW_S = 24 * 3600.0
 
 # Device clocks drift and some reset to 1970. The ``raised`` hop uses the device's time only
 # when it is plausible; otherwise the time of receipt. The raw value stays on the alarm.
@@ -104,6 +111,10 @@ class AlarmCore:
     def __init__(self, directory: Directory | None = None, *, track_presence: bool = False) -> None:
         self.alarms: dict[str, Alarm] = {}
         self._by_ref: dict[tuple[str, str], str] = {}
+        # What each (device, ref) was last stored with, for the resend rule (alarms.dedupe):
+        # its content key and, for a ref attached to an alarm, when (an opened alarm's time
+        # is its ``stored`` hop).
+        self._claims: dict[tuple[str, str], tuple[str | None, float | None]] = {}
         # Open alarm ids in opening order, and each one's next deadline. Both are caches of
         # what the records say, kept so that ticks and routing need not scan closed alarms.
         self._open: dict[str, None] = {}
@@ -166,6 +177,38 @@ class AlarmCore:
         alarm_id = self._by_ref.get((device_id, ref))
         return None if alarm_id is None else self.alarms[alarm_id]
 
+    def claim(self, device_id: str, ref: str) -> Claim | None:
+        """What a (device, ref) pair was last stored with, for ``alarms.dedupe.is_resend``."""
+        key = (device_id, ref)
+        alarm_id = self._by_ref.get(key)
+        if alarm_id is None:
+            return None
+        content, attached_at = self._claims.get(key, (None, None))
+        alarm = self.alarms[alarm_id]
+        stored_at = attached_at
+        if stored_at is None:
+            stored_at = alarm.at(Hop.STORED) or (alarm.hops[0].at if alarm.hops else 0.0)
+        return Claim(alarm_id, content, stored_at)
+
+    def open_from_device(self, device_id: str) -> list[Alarm]:
+        """Open alarms that ``device_id`` raised or had attached, in the order they opened."""
+        recipient_id, _ = self.directory.team_of_device(device_id)
+        if recipient_id is not None:
+            candidates = self.open_of_recipient(recipient_id)
+        else:
+            candidates = self.open_in_order()
+        return [a for a in candidates if a.from_device(device_id)]
+
+    def open_technical_of(self, device_id: str, kind: str) -> list[Alarm]:
+        """Open technical alarms of ``device_id`` whose ref names fault ``kind``."""
+        prefix = f"{kind}."
+        return [
+            a
+            for a in self.open_from_device(device_id)
+            if a.type is AlarmType.TECHNICAL and a.device_id == device_id
+            and a.ref.startswith(prefix)
+        ]
+
     def open_alarms(self) -> list[Alarm]:
         """Open alarms, most urgent first, then oldest first."""
         found = [self.alarms[a] for a in self._open]
@@ -205,6 +248,14 @@ class AlarmCore:
             return self._decide_cleared(event, now)
         if isinstance(event, Tick):
             return self._decide_tick(now)
+        if isinstance(event, StatusReported):
+            return self._decide_status(event, now)
+        if isinstance(event, PositionReported):
+            return self._decide_position(event, now)
+        if isinstance(event, FaultReported):
+            return self._decide_fault(event, now)
+        if isinstance(event, FaultCleared):
+            return self._decide_fault_cleared(event, now)
         alarm = self.alarms.get(event.alarm_id)
         if alarm is None:
             return Decision(refusal=Refusal(404, f"no alarm {event.alarm_id!r}"))
@@ -240,12 +291,14 @@ class AlarmCore:
         )
 
     def _decide_alarm(self, event: AlarmReceived, now: float) -> Decision:
-        existing = self.find(event.device_id, event.ref)
-        if existing is not None and (
-            existing.state == "open" or now - existing.hops[0].at < DEDUP_WINDOW_S
-        ):
-            # A resend: the device did not get (or lost) our ack. Ack again, store nothing.
-            return Decision(actions=(AckDevice(event.device_id, event.ref, "stored"),))
+        content = alarm_content(event)
+        claim = self.claim(event.device_id, event.ref)
+        if claim is not None:
+            existing = self.alarms[claim.alarm_id]
+            if is_resend(claim, content, alarm_open=existing.state == "open", now=now):
+                # The device did not get (or lost) our answer: answer again, store nothing
+                # but a position it did not report before.
+                return self._resend(existing, event, now)
         technical = event.type is AlarmType.TECHNICAL
         if not self.directory.knows_device(event.device_id) and not (
             technical and event.device_id == GATEWAY_DEVICE
@@ -259,7 +312,7 @@ class AlarmCore:
         recipient_id, team_id = self.directory.team_of_device(event.device_id)
         open_alarm = self._attachable(recipient_id, team_id, event.type)
         if open_alarm is not None:
-            return self._attach(open_alarm, event, now)
+            return self._attach(open_alarm, event, content, now)
         raised_at = event.device_ts_ms / 1000.0
         if not now - MAX_CLOCK_SKEW_S <= raised_at <= now:
             raised_at = now
@@ -294,11 +347,14 @@ class AlarmCore:
                 device_ts_ms=event.device_ts_ms,
                 battery=event.battery,
                 detail=event.detail,
+                content=content,
             ),
             HopAdded(alarm_id, Hop.RAISED, raised_at, event.device_id),
             HopAdded(alarm_id, Hop.STORED, now, "gateway"),
             HopAdded(alarm_id, Hop.ROUTED, now, f"team:{team_id or '*'}", targets=targets),
         )
+        if event.position is not None:
+            records = (*records, PositionAdded(alarm_id, now, event.device_id, event.position))
         actions: tuple[Action, ...] = (
             AckDevice(event.device_id, event.ref, "stored"),
             Notify(alarm_id, frozenset(targets)),
@@ -332,13 +388,110 @@ class AlarmCore:
                 return alarm
         return None
 
-    def _attach(self, alarm: Alarm, event: AlarmReceived, now: float) -> Decision:
-        record = RefAttached(alarm.id, event.device_id, event.ref, event.type, now)
+    def _attach(self, alarm: Alarm, event: AlarmReceived, content: str, now: float) -> Decision:
+        records: list[Record] = [
+            RefAttached(alarm.id, event.device_id, event.ref, event.type, now, content)
+        ]
         actions: list[Action] = [AckDevice(event.device_id, event.ref, "stored")]
         last = max([alarm.hops[0].at, *(a.at for a in alarm.attached)])
-        if now - last >= ATTACH_NOTIFY_GAP_S:
+        moved = self._new_position(alarm, event.position)
+        if moved is not None:
+            records.append(PositionAdded(alarm.id, now, event.device_id, moved))
+        if now - last >= ATTACH_NOTIFY_GAP_S or moved is not None:
             actions.append(Notify(alarm.id, self._audience(alarm)))
-        return Decision(records=(record,), actions=tuple(actions))
+        return Decision(records=tuple(records), actions=tuple(actions))
+
+    def _resend(self, alarm: Alarm, event: AlarmReceived, now: float) -> Decision:
+        ack = AckDevice(event.device_id, event.ref, "stored")
+        moved = self._new_position(alarm, event.position) if alarm.state == "open" else None
+        if moved is None:
+            return Decision(actions=(ack,))
+        # A mobile alarm resent with where the person is now: keep the track.
+        record = PositionAdded(alarm.id, now, event.device_id, moved)
+        return Decision(records=(record,), actions=(ack, Notify(alarm.id, self._audience(alarm))))
+
+    @staticmethod
+    def _new_position(alarm: Alarm, position: Position | None) -> Position | None:
+        """``position`` unless it is the fix the alarm already shows last."""
+        if position is None:
+            return None
+        last = alarm.position
+        if last is not None and position.same_fix(last.position):
+            return None
+        return position
+
+    # -- device status (not alarms) --------------------------------------------------------
+
+    def _care_alarms_of(self, device_id: str) -> list[Alarm]:
+        return [
+            a
+            for a in self.open_from_device(device_id)
+            if a.type not in (AlarmType.TECHNICAL, AlarmType.TEST)
+        ]
+
+    def _decide_status(self, event: StatusReported, now: float) -> Decision:
+        records: list[Record] = []
+        actions: list[Action] = []
+        for alarm in self._care_alarms_of(event.device_id):
+            if any(n.device_id == event.device_id and n.ref == event.ref
+                   for n in alarm.device_notes):
+                continue  # the same report again (a resend)
+            record: Record
+            if event.status is DeviceStatus.PRESENCE and alarm.reached(Hop.ON_SITE):
+                continue
+            if (
+                event.status is DeviceStatus.PRESENCE
+                and alarm.owner is not None
+                and alarm.state == "open"
+            ):
+                # Staff registered at the unit: the on_site hop of whoever has the alarm.
+                record = HopAdded(alarm.id, Hop.ON_SITE, now, f"device:{event.device_id}")
+            else:
+                # Presence before anybody accepted (the hops cannot skip "accepted"), and
+                # every reset or completion: noted for staff, who close with a cause.
+                record = DeviceNoted(
+                    alarm.id, event.status, now, event.device_id, event.ref, event.text
+                )
+            records.append(record)
+            actions.append(Notify(alarm.id, self._audience(alarm)))
+        return Decision(records=tuple(records), actions=tuple(actions))
+
+    def _decide_position(self, event: PositionReported, now: float) -> Decision:
+        records: list[Record] = []
+        actions: list[Action] = []
+        for alarm in self._care_alarms_of(event.device_id):
+            moved = self._new_position(alarm, event.position)
+            if moved is None:
+                continue
+            records.append(PositionAdded(alarm.id, now, event.device_id, moved))
+            actions.append(Notify(alarm.id, self._audience(alarm)))
+        return Decision(records=tuple(records), actions=tuple(actions))
+
+    def _decide_fault(self, event: FaultReported, now: float) -> Decision:
+        if self.open_technical_of(event.device_id, event.kind):
+            return Decision()  # already raised and not cleared: a reminder adds nothing
+        return self._decide_alarm(
+            AlarmReceived(
+                event.device_id,
+                f"{event.kind}.{event.ref}",
+                AlarmType.TECHNICAL,
+                event.device_ts_ms,
+                event.new_id,
+                detail=event.detail,
+            ),
+            now,
+        )
+
+    def _decide_fault_cleared(self, event: FaultCleared, now: float) -> Decision:
+        records: list[Record] = []
+        actions: list[Action] = []
+        for alarm in self.open_technical_of(event.device_id, event.kind):
+            record = HopAdded(
+                alarm.id, Hop.CLOSED, now, "gateway", cause=RESTORED_CAUSE, note=event.note
+            )
+            records.append(record)
+            actions.append(Notify(alarm.id, alarm.targets))
+        return Decision(records=tuple(records), actions=tuple(actions))
 
     def _audience(self, alarm: Alarm) -> frozenset[str]:
         owner = alarm.owner
@@ -450,7 +603,7 @@ class AlarmCore:
         if alarm is None or alarm.state == "closed":
             return Decision()
         record = HopAdded(
-            alarm.id, Hop.CLOSED, now, "gateway", cause="återställd / restored", note=event.note
+            alarm.id, Hop.CLOSED, now, "gateway", cause=RESTORED_CAUSE, note=event.note
         )
         return self._notify(alarm, (record,))
 
@@ -551,10 +704,12 @@ class AlarmCore:
                 detail=record.detail,
             )
             self._by_ref[(record.device_id, record.ref)] = record.alarm_id
+            self._claims[(record.device_id, record.ref)] = (record.content, None)
             return
         self.alarms[record.alarm_id] = evolve(self.alarms[record.alarm_id], record)
         if isinstance(record, RefAttached):
             self._by_ref[(record.device_id, record.ref)] = record.alarm_id
+            self._claims[(record.device_id, record.ref)] = (record.content, record.at)
         self._refresh(record.alarm_id)
 
     def _refresh(self, alarm_id: str) -> None:
@@ -639,7 +794,35 @@ def evolve(alarm: Alarm, record: Record) -> Alarm:
     if isinstance(record, RefAttached):
         attached = AttachedRef(record.device_id, record.ref, record.type, record.at)
         return dataclasses.replace(alarm, attached=(*alarm.attached, attached))
+    if isinstance(record, PositionAdded):
+        fix = PositionEntry(record.position, record.at, record.device_id)
+        return dataclasses.replace(alarm, positions=(*alarm.positions, fix)[-MAX_POSITIONS:])
+    if isinstance(record, DeviceNoted):
+        note = DeviceNote(record.status, record.at, record.device_id, record.ref, record.text)
+        return dataclasses.replace(alarm, device_notes=(*alarm.device_notes, note))
     raise ValueError(f"alarm {alarm.id} is already open")  # a second AlarmOpened
+
+
+# Technical alarms are raised by the gateway under refs it derives from the fault itself
+# ("offline.<since>", "<fault kind>.<ref>"): the same ref is the same fault, whatever time
+# the gateway put on it. The gateway marks the other alarms it raises itself (sensor rule
+# episodes, camera visits) the same way, with INTERNAL_CONTENT.
+_TECHNICAL_CONTENT = content_key(AlarmType.TECHNICAL.value)
+INTERNAL_CONTENT = content_key("internal")
+
+
+def alarm_content(event: AlarmReceived) -> str:
+    """The content key of an alarm message (``alarms.dedupe``), as the core compares it.
+
+    The edge sets it when the contract has no device time (SCAIP); otherwise a message is
+    its type and the device's time of the event: a device resending an alarm resends both
+    unchanged, a device that restarted its ref counter sends another time.
+    """
+    if event.content is not None:
+        return event.content
+    if event.type is AlarmType.TECHNICAL:
+        return _TECHNICAL_CONTENT
+    return content_key(event.type.value, event.device_ts_ms)
 
 
 def _add_hop(alarm: Alarm, record: HopAdded) -> Alarm:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from alarms.model import AlarmType
+from alarms.model import AlarmType, DeviceStatus, Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,62 @@ class AlarmReceived:
     battery: float | None = None
     # What a technical alarm is about ("offline since 10:02", "broker unreachable").
     detail: str | None = None
+    # What makes a resend the same message (``alarms.dedupe``). None: the type and device
+    # time (the MQTT and serial contracts), or the ref alone for technical alarms, whose refs
+    # the gateway derives from the fault itself.
+    content: str | None = None
+    # Where a mobile alarm is, when the device said.
+    position: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReported:
+    """A device reported a status about the alarm in progress: noted on its open alarms.
+
+    ``PRESENCE`` is the ``on_site`` hop of an alarm someone has accepted; every other status
+    (reset, cancelled, intervention complete) is noted beside the chain and shown to staff.
+    None of them opens an alarm, and none closes one: closing takes a person and a cause.
+    """
+
+    device_id: str
+    ref: str
+    status: DeviceStatus
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PositionReported:
+    """A device said where it is, in a message that is not an alarm of its own."""
+
+    device_id: str
+    ref: str
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class FaultReported:
+    """A device reported a fault (battery low, power failure): a technical alarm.
+
+    ``ref`` names this report; ``kind`` the fault (a prefix of the refs of its technical
+    alarms), so that a repeated report while one is open adds nothing and a restore clears
+    every open one of the same kind.
+    """
+
+    device_id: str
+    ref: str
+    kind: str
+    detail: str
+    device_ts_ms: int
+    new_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultCleared:
+    """A device reported a fault gone (battery replaced, power back): close its alarms."""
+
+    device_id: str
+    kind: str
+    note: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +183,15 @@ StaffEvent: TypeAlias = (
     | HandBackRequested
     | TakeOverRequested
 )
+DeviceEvent: TypeAlias = StatusReported | PositionReported | FaultReported | FaultCleared
 Event: TypeAlias = (
-    AlarmReceived | TechnicalCleared | TestCompleted | StaffEvent | CentreConfirmed | Tick
+    AlarmReceived
+    | TechnicalCleared
+    | TestCompleted
+    | StaffEvent
+    | CentreConfirmed
+    | Tick
+    | DeviceEvent
 )
 
 

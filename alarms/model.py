@@ -33,6 +33,8 @@ class AlarmType(StrEnum):
     INACTIVITY = "inactivity"
     TEMPERATURE = "temperature"
     TEST = "test"
+    # A pill dispenser's alarm (pill not taken, dispenser fault reported as an alarm).
+    MEDICATION = "medication"
     # A link or device fault (tekniskt larm): offline, battery, failed test, broker down.
     TECHNICAL = "technical"
 
@@ -49,6 +51,7 @@ PRIORITY: dict[AlarmType, int] = {
     AlarmType.DOOR: 3,
     AlarmType.INACTIVITY: 3,
     AlarmType.TEMPERATURE: 3,
+    AlarmType.MEDICATION: 3,
     AlarmType.TECHNICAL: 4,
     AlarmType.TEST: 9,
 }
@@ -119,6 +122,71 @@ class Handover:
     owner: str | None
 
 
+class PositionSource(StrEnum):
+    """Where a position came from: the SCAIP ``<lge>`` parts or the MQTT contract."""
+
+    SCAIP_GEO = "scaip-geo"  # <lge><geo>: WGS 84 latitude,longitude as the device sent it
+    SCAIP_GGA = "scaip-gga"  # <lge><gga>: an NMEA GGA sentence (GNSS fix with HDOP)
+    DEVICE = "device"  # the MQTT contract's ``position`` object
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a mobile alarm is: WGS 84 degrees, an accuracy radius and when it was fixed.
+
+    ``accuracy_m`` is None when the device did not say; ``fixed_at`` (epoch seconds) is the
+    device's time of the fix, None when it sent none (then only the time of receipt is known).
+    """
+
+    lat: float
+    lon: float
+    accuracy_m: float | None
+    fixed_at: float | None
+    source: PositionSource
+
+    def same_fix(self, other: Position | None) -> bool:
+        """Whether ``other`` is the same fix (a resend), not a new position."""
+        return other is not None and (self.lat, self.lon, self.fixed_at) == (
+            other.lat,
+            other.lon,
+            other.fixed_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PositionEntry:
+    """A position of an open alarm and when the gateway received it."""
+
+    position: Position
+    received_at: float
+    device_id: str
+
+
+# Positions an alarm keeps in memory and shows (the journal keeps every one). A mobile alarm
+# reports every minute or so; the last hour of a person's track is what staff can act on.
+MAX_POSITIONS = 60
+
+
+class DeviceStatus(StrEnum):
+    """A status a device reported about an alarm in progress (not an alarm itself)."""
+
+    RESET = "reset"  # reset at the unit (SCAIP RE, stc 0092/0093)
+    CANCELLED = "cancelled"  # cancelled at the unit (stc 0019)
+    COMPLETE = "complete"  # intervention complete registered at the unit (stc 0111)
+    PRESENCE = "presence"  # staff registered presence at the unit (stc 0088)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNote:
+    """A device status noted on an open alarm: what, when, from which device and message."""
+
+    status: DeviceStatus
+    at: float
+    device_id: str
+    ref: str
+    text: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class AttachedRef:
     """A further alarm from the same recipient, attached to the open alarm (flapping)."""
@@ -152,6 +220,20 @@ class Alarm:
     attached: tuple[AttachedRef, ...] = ()
     centre_confirmed_at: float | None = None
     centre_reference: str | None = None
+    # The latest positions of a mobile alarm, oldest first (at most MAX_POSITIONS).
+    positions: tuple[PositionEntry, ...] = ()
+    device_notes: tuple[DeviceNote, ...] = ()
+
+    @property
+    def position(self) -> PositionEntry | None:
+        """The latest position, if the alarm has one."""
+        return self.positions[-1] if self.positions else None
+
+    def from_device(self, device_id: str) -> bool:
+        """Whether ``device_id`` raised this alarm or a further alarm attached to it."""
+        return self.device_id == device_id or any(
+            ref.device_id == device_id for ref in self.attached
+        )
 
     @property
     def last_hop(self) -> Hop:

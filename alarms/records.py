@@ -10,7 +10,15 @@ import json
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from alarms.model import AlarmType, EscalationKind, HandoverKind, Hop
+from alarms.model import (
+    AlarmType,
+    DeviceStatus,
+    EscalationKind,
+    HandoverKind,
+    Hop,
+    Position,
+    PositionSource,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +35,8 @@ class AlarmOpened:
     device_ts_ms: int
     battery: float | None
     detail: str | None = None
+    # The message's content key (``alarms.dedupe``); None in records written before it.
+    content: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +97,40 @@ class RefAttached:
     ref: str
     type: AlarmType
     at: float
+    content: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PositionAdded:
+    """A position of a (mobile) alarm, from the message that opened it or a later one."""
+
+    alarm_id: str
+    at: float
+    device_id: str
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNoted:
+    """A status the device reported about the alarm (reset, presence, ...), beside the chain."""
+
+    alarm_id: str
+    status: DeviceStatus
+    at: float
+    device_id: str
+    ref: str
+    text: str | None = None
 
 
 Record: TypeAlias = (
-    AlarmOpened | HopAdded | Escalated | CentreConfirmation | OwnerChanged | RefAttached
+    AlarmOpened
+    | HopAdded
+    | Escalated
+    | CentreConfirmation
+    | OwnerChanged
+    | RefAttached
+    | PositionAdded
+    | DeviceNoted
 )
 
 
@@ -115,6 +155,27 @@ def to_json(record: Record) -> str:
         }
         if record.detail is not None:
             body["detail"] = record.detail
+        if record.content is not None:
+            body["content"] = record.content
+    elif isinstance(record, PositionAdded):
+        body = {
+            "kind": "position",
+            "alarm_id": record.alarm_id,
+            "at": record.at,
+            "device_id": record.device_id,
+            "position": _position_json(record.position),
+        }
+    elif isinstance(record, DeviceNoted):
+        body = {
+            "kind": "device_noted",
+            "alarm_id": record.alarm_id,
+            "status": record.status.value,
+            "at": record.at,
+            "device_id": record.device_id,
+            "ref": record.ref,
+        }
+        if record.text is not None:
+            body["text"] = record.text
     elif isinstance(record, Escalated):
         body = {
             "kind": "escalated",
@@ -154,6 +215,8 @@ def to_json(record: Record) -> str:
             "type": record.type.value,
             "at": record.at,
         }
+        if record.content is not None:
+            body["content"] = record.content
     else:
         body = {
             "kind": "hop",
@@ -189,6 +252,7 @@ def from_json(text: str) -> Record:
                 device_ts_ms=int(body["device_ts_ms"]),
                 battery=None if battery is None else float(battery),
                 detail=body.get("detail"),
+                content=_optional_str(body.get("content")),
             )
         if kind == "hop":
             return HopAdded(
@@ -233,7 +297,61 @@ def from_json(text: str) -> Record:
                 ref=str(body["ref"]),
                 type=AlarmType(body["type"]),
                 at=float(body["at"]),
+                content=_optional_str(body.get("content")),
+            )
+        if kind == "position":
+            return PositionAdded(
+                alarm_id=str(body["alarm_id"]),
+                at=float(body["at"]),
+                device_id=str(body["device_id"]),
+                position=_position_from(body["position"]),
+            )
+        if kind == "device_noted":
+            return DeviceNoted(
+                alarm_id=str(body["alarm_id"]),
+                status=DeviceStatus(body["status"]),
+                at=float(body["at"]),
+                device_id=str(body["device_id"]),
+                ref=str(body["ref"]),
+                text=_optional_str(body.get("text")),
             )
     except (ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"undecodable journal record: {exc}") from None
     raise RecordError(f"unknown journal record kind {kind!r}")
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _optional_float(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
+def _position_json(position: Position) -> dict[str, object]:
+    body: dict[str, object] = {
+        "lat": position.lat,
+        "lon": position.lon,
+        "source": position.source.value,
+    }
+    if position.accuracy_m is not None:
+        body["accuracy_m"] = position.accuracy_m
+    if position.fixed_at is not None:
+        body["fixed_at"] = position.fixed_at
+    return body
+
+
+def _position_from(body: object) -> Position:
+    if not isinstance(body, dict):
+        raise TypeError("position must be an object")
+    return Position(
+        lat=float(body["lat"]),
+        lon=float(body["lon"]),
+        accuracy_m=_optional_float(body.get("accuracy_m")),
+        fixed_at=_optional_float(body.get("fixed_at")),
+        source=PositionSource(body["source"]),
+    )

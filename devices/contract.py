@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
 
-from alarms.model import AlarmType
+from alarms.model import AlarmType, Position, PositionSource
 
 DEFAULT_PREFIX = "trygg/v1"
 
@@ -53,13 +53,22 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AlarmMessage:
-    """A device's alarm."""
+    """A device's alarm.
+
+    ``position`` is where a mobile alarm is (optional). ``content`` and ``detail`` are set by
+    transports whose messages carry no device time or say more than the type (SCAIP): the
+    content key that tells a resend from a new message (``alarms.dedupe``; None: the type and
+    ``ts_ms``) and a description for staff.
+    """
 
     device_id: str
     ref: str
     ts_ms: int
     type: AlarmType
     battery: float | None
+    position: Position | None = None
+    content: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +197,9 @@ def _decode_body(device_id: str, channel: Channel, body: dict[str, object]) -> D
             alarm_type = AlarmType(raw_type)
         except ValueError:
             raise _Invalid(Reason.UNKNOWN_TYPE, f"unknown alarm type {raw_type!r}") from None
-        return AlarmMessage(device_id, ref, ts_ms, alarm_type, _fraction(body, "battery"))
+        return AlarmMessage(
+            device_id, ref, ts_ms, alarm_type, _fraction(body, "battery"), _position(body)
+        )
     if channel is Channel.TELEMETRY:
         metric = _required_str(body, "metric")
         if not valid_id(metric, 32):
@@ -262,6 +273,36 @@ def _fraction(body: dict[str, object], key: str) -> float | None:
     if value is not None and not 0.0 <= value <= 1.0:
         raise _Invalid(Reason.BAD_FIELD, f"{key!r} must be between 0 and 1")
     return value
+
+
+# A fix's accuracy radius beyond this is no position staff could walk to (a cell-id fix is a
+# few km at worst); it also keeps a garbage number from looking precise.
+MAX_ACCURACY_M = 100_000.0
+
+
+def _position(body: dict[str, object]) -> Position | None:
+    """The optional ``position`` of an alarm: ``lat``, ``lon``, ``accuracy`` (m), ``ts`` (ms)."""
+    value = body.get("position")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Invalid(Reason.BAD_FIELD, "'position' must be an object")
+    unknown = set(value) - {"lat", "lon", "accuracy", "ts"}
+    if unknown:
+        raise _Invalid(Reason.BAD_FIELD, f"unknown position field {sorted(unknown)[0][:16]!r}")
+    lat = _number(value, "lat")
+    lon = _number(value, "lon")
+    if lat is None or lon is None:
+        raise _Invalid(Reason.MISSING_FIELD, "'position' needs 'lat' and 'lon'")
+    if not -90.0 <= lat <= 90.0 or not -180.0 <= lon <= 180.0:
+        raise _Invalid(Reason.BAD_FIELD, "'position' lat must be -90..90 and lon -180..180")
+    accuracy = _number(value, "accuracy")
+    if accuracy is not None and not 0.0 <= accuracy <= MAX_ACCURACY_M:
+        raise _Invalid(Reason.BAD_FIELD, f"'accuracy' must be 0..{MAX_ACCURACY_M:.0f} m")
+    fixed_at: float | None = None
+    if value.get("ts") is not None:
+        fixed_at = _ts({"ts": value["ts"]}) / 1000.0
+    return Position(lat, lon, accuracy, fixed_at, PositionSource.DEVICE)
 
 
 def _value(body: dict[str, object]) -> float | tuple[float, ...]:

@@ -257,13 +257,22 @@ def _error(reason: FrameErrorReason, detail: str, content: bytes) -> FrameError:
 
 def _guess_address(content: bytes) -> tuple[str | None, str | None]:
     # Only fields followed by a separator are whole; a cut-off ref would NAK the wrong one.
+    # Each field is decoded on its own: a non-ASCII byte in the payload (line noise) must
+    # not cost the device and ref that were read intact before it (issue 18.5).
+    parts = content.split(b"|")
+    device = _field(parts[2]) if len(parts) > 3 else None
+    ref = _field(parts[3]) if len(parts) > 4 else None
+    return (
+        device if device is not None and valid_id(device) else None,
+        ref if ref is not None and valid_id(ref, MAX_REF_LEN) else None,
+    )
+
+
+def _field(raw: bytes) -> str | None:
     try:
-        parts = content.decode("ascii").split("|")
+        return raw.decode("ascii")
     except UnicodeDecodeError:
-        return None, None
-    device = parts[2] if len(parts) > 3 and valid_id(parts[2]) else None
-    ref = parts[3] if len(parts) > 4 and valid_id(parts[3], MAX_REF_LEN) else None
-    return device, ref
+        return None
 
 
 def _decode_frame(content: bytes) -> SerialRecord | FrameError:

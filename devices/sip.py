@@ -79,11 +79,15 @@ _CANONICAL: dict[str, str] = {
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
-_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) (SIP/\d\.\d)$")
+# Methods are case-sensitive tokens (RFC 3261 section 7.1): "message" is not MESSAGE, it is
+# an unknown method, answered 405 on every transport alike.
+_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]{1,32}) (\S+) (SIP/\d\.\d)$")
 _STATUS_LINE = re.compile(r"^(SIP/\d\.\d) ([1-6]\d\d) ?(.*)$")
 # Where a new message may start in a stream; used to resynchronise after garbage. Not
 # anchored to a line start: on TCP the next message follows the previous body directly.
-_START = re.compile(rb"(?:[A-Z]{3,16} [^ \r\n]+ SIP/2\.0\r\n|SIP/2\.0 [1-6]\d\d )")
+_START = re.compile(
+    rb"(?:[A-Za-z][A-Za-z0-9\-.!%*_+`'~]{0,31} [^ \r\n]+ SIP/2\.0\r\n|SIP/2\.0 [1-6]\d\d )"
+)
 
 
 class SipErrorReason(StrEnum):
@@ -168,8 +172,12 @@ class SipRequest:
 
     @property
     def from_user(self) -> str | None:
-        """The user part of the From URI (``sip:USER@host``), or None."""
-        return uri_user(self.header("From") or "")
+        """The user part of the From URI (``sip:USER@host``), or None.
+
+        Only the URI counts, never the display name: ``"sip:4711@x" <sip:666@y>`` is 666.
+        """
+        uri = name_addr_uri(self.header("From") or "")
+        return None if uri is None else uri_user(uri)
 
     @property
     def branch(self) -> str | None:
@@ -233,6 +241,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage | SipError
             f"message of {len(data)} bytes exceeds {MAX_SIP_MESSAGE}",
             status=513,
             is_request=is_request,
+            headers=salvage_headers(data),
         )
     try:
         return _parse(data, stream=stream)
@@ -259,7 +268,7 @@ def _parse(data: bytes, *, stream: bool) -> SipMessage:
         if version != SIP_VERSION:
             raise _Invalid(SipErrorReason.BAD_VERSION, f"unsupported {version}", 505, headers)
         _check_request_headers(method, headers)
-        return SipRequest(method.upper(), uri, headers, body)
+        return SipRequest(method, uri, headers, body)
     status = _STATUS_LINE.match(start)
     if status:
         version, code, reason = status.groups()
@@ -290,9 +299,13 @@ def _parse_headers(lines: list[str]) -> Headers:
             raise _Invalid(
                 SipErrorReason.BAD_HEADER, f"control character in {name}", 400, tuple(parsed)
             )
+        if len(parsed) >= MAX_HEADERS:
+            # Keep the headers read so far: Via and the rest address the 400 (issue 18.5).
+            raise _Invalid(
+                SipErrorReason.TOO_MANY_HEADERS, f"more than {MAX_HEADERS} headers", 400,
+                tuple(parsed),
+            )
         parsed.append((canonical_name(name), value.strip()))
-        if len(parsed) > MAX_HEADERS:
-            raise _Invalid(SipErrorReason.TOO_MANY_HEADERS, f"more than {MAX_HEADERS} headers", 400)
     return tuple(parsed)
 
 
@@ -344,7 +357,7 @@ def _check_request_headers(method: str, headers: Headers) -> None:
         or not parts[0].isdigit()
         or len(parts[0]) > 10
         or int(parts[0]) >= 2**31
-        or parts[1].upper() != method.upper()
+        or parts[1] != method
     ):
         raise _Invalid(
             SipErrorReason.BAD_CSEQ, "CSeq must be '<number> <request method>'", 400, headers
@@ -370,12 +383,44 @@ def uri_user(value: str) -> str | None:
     return match.group(1) if match else None
 
 
+def name_addr_uri(value: str) -> str | None:
+    """The URI of a From/To/Contact value (RFC 3261 section 25.1), or None if malformed.
+
+    ``name-addr`` is an optional display name (a quoted string, which may itself contain
+    ``<`` or a URI, or tokens) then ``<URI>``; ``addr-spec`` is a bare URI, ended by ``;``
+    parameters. The display name is skipped as a whole, so nothing in it is taken for the
+    address.
+    """
+    rest = value.strip()
+    if rest.startswith('"'):
+        i, escaped = 1, False
+        while i < len(rest):
+            char = rest[i]
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                break
+            i += 1
+        else:
+            return None  # unterminated quoted string
+        rest = rest[i + 1 :].lstrip()
+        if not rest.startswith("<"):
+            return None
+    if "<" in rest:
+        display, _, after = rest.partition("<")
+        if '"' in display:
+            return None
+        uri, closed, _ = after.partition(">")
+        return uri.strip() if closed and uri.strip() else None
+    uri = rest.split(";", 1)[0].strip()
+    return uri or None
+
+
 def header_uri(value: str) -> str:
     """The URI of a From/To/Contact value: what is inside ``<...>``, or the bare URI."""
-    match = re.search(r"<([^>]*)>", value)
-    if match:
-        return match.group(1)
-    return value.split(";", 1)[0].strip()
+    return name_addr_uri(value) or ""
 
 
 def header_tag(value: str) -> str | None:
@@ -436,7 +481,16 @@ class SipStreamReader:
         head_end = buf.find(b"\r\n\r\n")
         if head_end < 0:
             if len(buf) > MAX_SIP_MESSAGE:
-                return self._resync(SipErrorReason.OVERSIZE, "headers exceed the size limit")
+                # Answer 513 where the head says where to (issue 18.5), then resynchronise.
+                error = SipError(
+                    SipErrorReason.OVERSIZE,
+                    f"headers exceed {MAX_SIP_MESSAGE} bytes",
+                    status=513,
+                    is_request=not buf.startswith(b"SIP/"),
+                    headers=salvage_headers(bytes(buf)),
+                )
+                self._resync(SipErrorReason.OVERSIZE, "")
+                return error
             return None
         head = bytes(buf[: head_end + 4])
         length = _content_length(head)
@@ -493,6 +547,39 @@ def _safe_headers(head: bytes) -> Headers:
         return _parse_headers(head.decode("utf-8").split("\r\n")[1:-2])
     except (_Invalid, UnicodeDecodeError):
         return ()
+
+
+# Headers a refusal needs to be addressed (RFC 3261 section 8.2.6.2): the response echoes
+# them, and Via says where it goes.
+_ADDRESSING = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def salvage_headers(data: bytes) -> Headers:
+    """The addressing headers of a message too large (or too broken) to parse whole.
+
+    Reads complete header lines from the first ``MAX_SIP_MESSAGE`` bytes and keeps Via,
+    From, To, Call-ID and CSeq when they are well-formed, so that a 513 or 400 can still be
+    answered (issue 18.5); a line cut off by the limit is not used.
+    """
+    head = bytes(data[:MAX_SIP_MESSAGE])
+    end = head.find(b"\r\n\r\n")
+    lines = head[: end if end >= 0 else head.rfind(b"\r\n")].split(b"\r\n")[1:]
+    found: list[tuple[str, str]] = []
+    for raw in lines:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not _TOKEN.match(name) or any(ord(c) < 32 and c != "\t" for c in value):
+            continue
+        canonical = canonical_name(name)
+        if canonical.lower() in _ADDRESSING:
+            found.append((canonical, value.strip()))
+        if len(found) >= MAX_HEADERS:
+            break
+    return tuple(found)
 
 
 def _content_length(head: bytes) -> int | SipError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 import tomllib
@@ -15,7 +16,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from alarms.model import AlarmType
 from devices.contract import DEFAULT_PREFIX
+from devices.scaip import ScaipTables, StatusRule, parse_status_rule
 from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
@@ -204,6 +207,60 @@ class ScaipSettings(BaseModel):
     tls_key: Path | None = None
     # Require client certificates signed by this CA (mutual TLS), when set.
     tls_client_ca: Path | None = None
+    # Site corrections to the SCAIP code tables (docs/scaip.md, "Code tables"): device type
+    # code -> trygg alarm type ("smoke", ..., "technical" for infrastructure), and status
+    # code -> meaning ("alarm", "test", "cancel", "reset", "complete", "presence", "info",
+    # "fault:<kind>", "restore:<kind>" or "restore:*"). Keys are the codes, "23" or "0023".
+    device_types: dict[str, str] = {}
+    status_codes: dict[str, str] = {}
+    # Networks whose UDP sources need not prove their address first (the controllers' VPN
+    # or private APN, CIDR): they get <mrs> retransmissions from the first message on.
+    trusted_networks: list[str] = []
+    # Per-source limits (gateway/sipguard.py, docs/security.md).
+    datagrams_per_s: float = Field(default=20.0, gt=0, le=10_000)
+    max_connections_per_source: int = Field(default=8, ge=1, le=1024)
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network (CIDR)") from None
+        return value
+
+    @field_validator("device_types", "status_codes")
+    @classmethod
+    def _codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for code in value:
+            if not code.isdigit() or len(code) > 4:
+                raise ValueError(f"code {code!r} must be 1-4 digits")
+        return value
+
+    @model_validator(mode="after")
+    def _tables_valid(self) -> ScaipSettings:
+        self.tables()  # refuses a bad row at start-up, naming it
+        return self
+
+    def tables(self) -> ScaipTables:
+        """The default code tables with this site's rows on top."""
+        device_types: dict[int, AlarmType] = {}
+        for code, name in self.device_types.items():
+            try:
+                device_types[int(code)] = AlarmType(name)
+            except ValueError:
+                allowed = ", ".join(t.value for t in AlarmType if t is not AlarmType.TEST)
+                raise ValueError(
+                    f"scaip.device_types[{code!r}]: {name!r} is not one of {allowed}"
+                ) from None
+        status_codes: dict[int, StatusRule] = {}
+        for code, text in self.status_codes.items():
+            try:
+                status_codes[int(code)] = parse_status_rule(text)
+            except ValueError as exc:
+                raise ValueError(f"scaip.status_codes[{code!r}]: {exc}") from None
+        return ScaipTables.with_overrides(device_types, status_codes)
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> ScaipSettings:

@@ -8,45 +8,30 @@ NAK, counted), never the listener's end.
 
 from __future__ import annotations
 
-from alarms.model import AlarmType
-from devices.contract import AlarmMessage, DeviceMessage, HeartbeatMessage, StatusMessage, valid_id
-from devices.scaip import EventKind, ScaipRequest, Snu, classify
+from alarms.events import Event
+from devices.contract import DeviceMessage
 from devices.serial import NakReason
-from devices.sip import SipRequest
 from gateway.ingest import Ingest
 from gateway.ports import Clock
 from gateway.serial import ACK, Verdict, nak
 
 
 class InBand:
-    """The SCAIP and serial handlers of one gateway."""
+    """The serial handler of one gateway, and the port of its SCAIP intake
+    (``gateway.scaip_intake``, which maps each ``<mrq>`` into typed input)."""
 
     def __init__(self, ingest: Ingest, clock: Clock) -> None:
         self._ingest = ingest
         self._clock = clock
 
-    async def scaip(self, request: ScaipRequest, sip: SipRequest) -> int:
-        """A SCAIP <mrq>: answered OK (snu 0) only once it is durably stored."""
-        device_id = request.cid
-        if not valid_id(device_id):
-            return Snu.WRONG_CONTENT
-        ts_ms = int(self._clock() * 1000)
-        meaning = classify(request)
-        message: DeviceMessage
-        if meaning.kind is EventKind.ALARM:
-            message = AlarmMessage(
-                device_id, request.ref, ts_ms, meaning.alarm_type or AlarmType.MANUAL, None
-            )
-        elif meaning.kind is EventKind.HEARTBEAT:
-            message = HeartbeatMessage(device_id, request.ref, ts_ms, None, None)
-        else:
-            message = StatusMessage(device_id, request.ref, ts_ms, meaning.kind.value, None)
-        outcome = await self._ingest.store(message, "scaip")
-        if outcome is None:
-            return Snu.OK
-        # Unknown controllers are refused for good; a journal that cannot store says busy,
-        # and the controller retries.
-        return Snu.WRONG_CONTENT if outcome == "unknown_device" else Snu.BUSY
+    async def store_message(self, message: DeviceMessage) -> str | None:
+        """A SCAIP controller's message, waited on until stored (``ScaipIntake``'s port)."""
+        return await self._ingest.store(message, "scaip")
+
+    async def store_event(self, event: Event) -> str | None:
+        """A SCAIP device event (status, position, fault), waited on until stored."""
+        self._ingest.last_message_at["scaip"] = self._clock()
+        return await self._ingest.pipeline.store_event(event)
 
     async def serial(self, message: DeviceMessage) -> Verdict:
         """A serial record: ACK only once stored; NAK says why."""

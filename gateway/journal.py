@@ -4,6 +4,13 @@
 a single writer thread takes every batch queued since its last commit and writes them in one
 transaction, so one fsync covers many alarms under load while a lone alarm still commits at
 once. ``append`` returns only after the commit is durable (WAL with ``synchronous=FULL``).
+
+Every journal also keeps device messages exactly once: each (device, ref) a batch stores as
+or attaches to an alarm is *claimed*, and a batch whose claim is a resend of a stored message
+by ``alarms.dedupe.is_resend`` fails alone with ``DuplicateAlarmError`` (the contract suite,
+tests/test_journal_contract.py, holds both adapters to it). The core applies the same rule
+before it decides, so this is the backstop for what the core could not see: a resend decided
+while its first copy was still on its way here, or (PostgreSQL) stored by another gateway.
 """
 
 from __future__ import annotations
@@ -16,11 +23,14 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, TypeAlias
 
-from alarms.records import Record, from_json, to_json
+from alarms.dedupe import Claim, is_resend
+from alarms.model import Hop
+from alarms.records import AlarmOpened, HopAdded, Record, RefAttached, from_json, to_json
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -110,6 +120,41 @@ class Journal(Protocol):
 # Called by the writer thread after each commit with (seconds taken, batches folded in).
 CommitObserver: TypeAlias = Callable[[float, int], None]
 
+
+@dataclass(frozen=True, slots=True)
+class NewClaim:
+    """A (device, ref) a batch stores: as an opened alarm or attached to one."""
+
+    device_id: str
+    ref: str
+    alarm_id: str
+    content: str | None
+    stored_at: float
+
+
+def claims_in(records: Sequence[Record], now: float) -> list[NewClaim]:
+    """The claims of a batch, with the time the core compares against (``alarms.dedupe``):
+    an opened alarm's ``stored`` hop, an attached ref's own time."""
+    stored = {
+        r.alarm_id: r.at for r in records if isinstance(r, HopAdded) and r.hop is Hop.STORED
+    }
+    claims: list[NewClaim] = []
+    for record in records:
+        if isinstance(record, AlarmOpened):
+            claims.append(NewClaim(record.device_id, record.ref, record.alarm_id,
+                                   record.content, stored.get(record.alarm_id, now)))
+        elif isinstance(record, RefAttached):
+            claims.append(NewClaim(record.device_id, record.ref, record.alarm_id,
+                                   record.content, record.at))
+    return claims
+
+
+def closed_in(records: Sequence[Record]) -> list[tuple[str, float]]:
+    """(alarm id, time) of every alarm a batch closes."""
+    return [
+        (r.alarm_id, r.at) for r in records if isinstance(r, HopAdded) and r.hop is Hop.CLOSED
+    ]
+
 _Item = tuple[
     Sequence[Record], Expectations | None, asyncio.Future[None], asyncio.AbstractEventLoop
 ]
@@ -179,6 +224,26 @@ class SqliteJournal:
             " body TEXT NOT NULL)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS journal_alarm ON journal(alarm_id)")
+        fresh = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'claims'"
+        ).fetchone() is None
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS claims ("
+            " device_id TEXT NOT NULL,"
+            " ref TEXT NOT NULL,"
+            " generation INTEGER NOT NULL,"
+            " alarm_id TEXT NOT NULL,"
+            " content TEXT,"
+            " stored_at REAL NOT NULL,"
+            " PRIMARY KEY (device_id, ref, generation))"
+        )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS closed (alarm_id TEXT PRIMARY KEY, closed_at REAL)"
+        )
+        if fresh:
+            # A journal written before claims existed: claim what it holds, once, so that
+            # its device messages stay exactly-once across the upgrade.
+            _backfill_claims(conn)
         return conn
 
     def submit(
@@ -233,7 +298,7 @@ class SqliteJournal:
     def _commit(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
         started = time.perf_counter()
         error: BaseException | None = None
-        conflicts: dict[int, ConflictError] = {}
+        conflicts: dict[int, JournalError] = {}
         try:
             if self.fail_writes is not None and self.fail_writes():
                 raise sqlite3.OperationalError("database or disk is full (simulated)")
@@ -243,16 +308,25 @@ class SqliteJournal:
             # expectations is checked against what the transaction holds so far (earlier
             # batches of this group included) and written alone.
             rows: list[tuple[str, float, str]] = []
+            closed: list[tuple[str, float]] = []
             for index, (records, expect, _, _) in enumerate(group):
-                if expect:
+                claims = claims_in(records, now)
+                if expect or claims:
                     self._insert(conn, rows)
                     rows = []
-                    conflict = _check(conn, expect)
-                    if conflict is not None:
-                        conflicts[index] = conflict
+                    refusal: JournalError | None = _check(conn, expect) if expect else None
+                    if refusal is None and claims:
+                        refusal = _claim(conn, claims, now)
+                    if refusal is not None:
+                        conflicts[index] = refusal
                         continue
                 rows.extend((r.alarm_id, now, to_json(r)) for r in records)
+                closed.extend(closed_in(records))
             self._insert(conn, rows)
+            if closed:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO closed (alarm_id, closed_at) VALUES (?, ?)", closed
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -288,6 +362,68 @@ def _check(conn: sqlite3.Connection, expect: Expectations) -> ConflictError | No
         if found[alarm_id] != expected:
             return ConflictError(alarm_id, expected, found[alarm_id])
     return None
+
+
+def _claim(
+    conn: sqlite3.Connection, claims: list[NewClaim], now: float
+) -> DuplicateAlarmError | None:
+    """Claim every (device, ref) of a batch, or none and say which one is a resend.
+
+    Sees the claims of earlier batches of the same transaction, so two copies of one message
+    in one group commit are one alarm.
+    """
+    generations: list[int] = []
+    for claim in claims:
+        row = conn.execute(
+            "SELECT c.generation, c.alarm_id, c.content, c.stored_at, d.alarm_id IS NULL"
+            " FROM claims c LEFT JOIN closed d ON d.alarm_id = c.alarm_id"
+            " WHERE c.device_id = ? AND c.ref = ? ORDER BY c.generation DESC LIMIT 1",
+            (claim.device_id, claim.ref),
+        ).fetchone()
+        if row is None:
+            generations.append(0)
+            continue
+        generation, holder, content, stored_at, is_open = row
+        previous = Claim(str(holder), content, float(stored_at))
+        if claim.content is not None and is_resend(
+            previous, claim.content, alarm_open=bool(is_open), now=now
+        ):
+            return DuplicateAlarmError(claim.device_id, claim.ref, str(holder))
+        generations.append(int(generation) + 1)
+    conn.executemany(
+        "INSERT INTO claims (device_id, ref, generation, alarm_id, content, stored_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (c.device_id, c.ref, g, c.alarm_id, c.content, c.stored_at)
+            for c, g in zip(claims, generations, strict=True)
+        ],
+    )
+    return None
+
+
+def _backfill_claims(conn: sqlite3.Connection) -> None:
+    generation: Counter[tuple[str, str]] = Counter()
+    rows = conn.execute("SELECT written_at, body FROM journal ORDER BY seq")
+    records = [(float(at), from_json(body)) for at, body in rows]
+    stored = {
+        r.alarm_id: r.at for _, r in records if isinstance(r, HopAdded) and r.hop is Hop.STORED
+    }
+    claims: list[tuple[str, str, int, str, str | None, float]] = []
+    closed: list[tuple[str, float]] = []
+    for written_at, record in records:
+        found = claims_in([record], stored.get(record.alarm_id, written_at))
+        for claim in found:
+            key = (claim.device_id, claim.ref)
+            claims.append((*key, generation[key], claim.alarm_id, claim.content,
+                           claim.stored_at))
+            generation[key] += 1
+        closed.extend(closed_in([record]))
+    conn.executemany(
+        "INSERT INTO claims (device_id, ref, generation, alarm_id, content, stored_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        claims,
+    )
+    conn.executemany("INSERT OR IGNORE INTO closed (alarm_id, closed_at) VALUES (?, ?)", closed)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -14,10 +14,12 @@
   ``PARTITION_MONTHS_AHEAD``) when the journal opens and again by the writer when the last
   partition comes within ``PARTITION_REFRESH_S`` of now. There is no default partition. [2]
 - **Dedupe across gateways.** Every (device_id, ref) stored as or attached to an alarm is
-  claimed in ``trygg_alarm_refs`` with the primary key (device_id, ref, generation). A new
-  generation is allowed only when the previous alarm of that pair is closed and older than
-  ``alarms.core.DEDUP_WINDOW_S``, exactly the core's rule; otherwise the batch fails with
-  ``DuplicateAlarmError`` and the other batches of the same group still commit. [3]
+  claimed in ``trygg_alarm_refs`` with the primary key (device_id, ref, generation) and the
+  message's content key. A claim that is a resend of the latest one by
+  ``alarms.dedupe.is_resend`` (same content, and that alarm open or stored within the resend
+  window: exactly the core's rule) fails its batch with ``DuplicateAlarmError``, and the
+  other batches of the same group still commit; any other claim takes the next generation.
+  [3]
 - **Optimistic concurrency.** A batch's ``expect`` (records per alarm when it was decided)
   is checked under the commit lock; a stale batch fails alone with ``ConflictError``.
 - **Followable.** Every commit notifies ``JOURNAL_CHANNEL``; ``follow`` returns the records
@@ -53,14 +55,15 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from alarms.core import DEDUP_WINDOW_S
-from alarms.model import Hop
+from alarms.dedupe import Claim, is_resend
 from alarms.records import (
     AlarmOpened,
     CentreConfirmation,
+    DeviceNoted,
     Escalated,
     HopAdded,
     OwnerChanged,
+    PositionAdded,
     Record,
     RefAttached,
     from_json,
@@ -73,6 +76,9 @@ from gateway.journal import (
     DuplicateAlarmError,
     Expectations,
     JournalError,
+    NewClaim,
+    claims_in,
+    closed_in,
 )
 
 __all__ = [
@@ -168,6 +174,12 @@ MIGRATIONS: dict[str, list[list[str]]] = {
             *_append_only("trygg_journal"),
             *_append_only("trygg_alarm_refs"),
             *_append_only("trygg_alarm_closed"),
+        ],
+        # 2: claims carry the message's content key and when it was stored, for the resend
+        # rule of alarms.dedupe (NULL on older claims: they never count as a resend).
+        [
+            "ALTER TABLE trygg_alarm_refs ADD COLUMN content text",
+            "ALTER TABLE trygg_alarm_refs ADD COLUMN stored_at double precision",
         ],
     ],
     "leases": [
@@ -310,6 +322,8 @@ _KIND: dict[type[Any], str] = {
     CentreConfirmation: "centre_confirmed",
     OwnerChanged: "owner",
     RefAttached: "attached",
+    PositionAdded: "position",
+    DeviceNoted: "device_noted",
 }
 
 _INSERT_RECORD = (
@@ -324,7 +338,8 @@ _FOLLOW = "SELECT seq, gateway_id, body FROM trygg_journal WHERE seq > %s ORDER 
 # Rows fetched per ``follow`` query; ``follow`` loops until it has read everything.
 FOLLOW_BATCH = 5000
 _LATEST_CLAIM = (
-    "SELECT r.generation, r.alarm_id, r.alarm_opened_at, c.alarm_id IS NOT NULL"
+    "SELECT r.generation, r.alarm_id, r.content, coalesce(r.stored_at, r.alarm_opened_at),"
+    " c.alarm_id IS NULL"
     " FROM trygg_alarm_refs r LEFT JOIN trygg_alarm_closed c ON c.alarm_id = r.alarm_id"
     " WHERE r.device_id = %s AND r.ref = %s ORDER BY r.generation DESC LIMIT 1"
 )
@@ -334,8 +349,8 @@ _OPENED_AT = (
 )
 _INSERT_CLAIM = (
     "INSERT INTO trygg_alarm_refs"
-    " (device_id, ref, generation, alarm_id, kind, alarm_opened_at, gateway_id)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+    " (device_id, ref, generation, alarm_id, kind, alarm_opened_at, gateway_id, content,"
+    " stored_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _INSERT_CLOSED = (
     "INSERT INTO trygg_alarm_closed (alarm_id, closed_at) VALUES (%s, %s)"
@@ -630,25 +645,19 @@ class PostgresJournal:
         self, conn: PgConnection, records: Sequence[Record], now: float
     ) -> list[int]:
         """Insert the batch's rows (and its claims); returns their seqs."""
-        raised = {
-            r.alarm_id: r.at for r in records if isinstance(r, HopAdded) and r.hop is Hop.RAISED
-        }
-        for record in records:
-            if isinstance(record, AlarmOpened):
-                await self._claim(
-                    conn, record.device_id, record.ref, record.alarm_id, "opened",
-                    raised.get(record.alarm_id, now), now,
-                )
-            elif isinstance(record, RefAttached):
-                cur = await conn.execute(_OPENED_AT, (record.alarm_id,))
+        for claim in claims_in(records, now):
+            opened = any(
+                isinstance(r, AlarmOpened) and r.alarm_id == claim.alarm_id for r in records
+            )
+            if opened:
+                opened_at = claim.stored_at
+            else:
+                cur = await conn.execute(_OPENED_AT, (claim.alarm_id,))
                 row = await cur.fetchone()
-                opened_at = float(row[0]) if row is not None else record.at
-                await self._claim(
-                    conn, record.device_id, record.ref, record.alarm_id, "attached",
-                    opened_at, now,
-                )
-            elif isinstance(record, HopAdded) and record.hop is Hop.CLOSED:
-                await conn.execute(_INSERT_CLOSED, (record.alarm_id, record.at))
+                opened_at = float(row[0]) if row is not None else claim.stored_at
+            await self._claim(conn, claim, "opened" if opened else "attached", opened_at, now)
+        for alarm_id, at in closed_in(records):
+            await conn.execute(_INSERT_CLOSED, (alarm_id, at))
         seqs: list[int] = []
         async with conn.cursor() as cur:
             await cur.executemany(
@@ -668,28 +677,26 @@ class PostgresJournal:
         return seqs
 
     async def _claim(
-        self,
-        conn: PgConnection,
-        device_id: str,
-        ref: str,
-        alarm_id: str,
-        kind: str,
-        opened_at: float,
-        now: float,
+        self, conn: PgConnection, claim: NewClaim, kind: str, opened_at: float, now: float
     ) -> None:
-        """Claim (device, ref) for ``alarm_id`` under the core's dedupe rule, or raise."""
+        """Claim (device, ref) under the core's resend rule (alarms.dedupe), or raise."""
+        device_id, ref = claim.device_id, claim.ref
         cur = await conn.execute(_LATEST_CLAIM, (device_id, ref))
         row = await cur.fetchone()
         generation = 0
         if row is not None:
-            previous, holder, holder_opened_at, closed = row
-            if not (closed and now - float(holder_opened_at) >= DEDUP_WINDOW_S):
+            previous, holder, content, stored_at, is_open = row
+            latest = Claim(str(holder), content, float(stored_at))
+            if claim.content is not None and is_resend(
+                latest, claim.content, alarm_open=bool(is_open), now=now
+            ):
                 raise DuplicateAlarmError(device_id, ref, str(holder))
             generation = int(previous) + 1
         try:
             await conn.execute(
                 _INSERT_CLAIM,
-                (device_id, ref, generation, alarm_id, kind, opened_at, self.gateway_id),
+                (device_id, ref, generation, claim.alarm_id, kind, opened_at, self.gateway_id,
+                 claim.content, claim.stored_at),
             )
         except psycopg.errors.UniqueViolation as exc:
             # Only a writer that bypassed the commit lock can race us to a generation; the

@@ -22,6 +22,7 @@ gateways never both accept, escalate or close the same alarm.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections import Counter
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from alarms.actions import AckDevice
-from alarms.core import AlarmCore, Decision
+from alarms.core import INTERNAL_CONTENT, AlarmCore, Decision, alarm_content
 from alarms.events import AlarmReceived, Event, StaffEvent
 from alarms.model import Alarm, AlarmType, Hop
 from alarms.records import AlarmOpened, HopAdded, Record
@@ -63,7 +64,7 @@ class _Pending:
     decision: Decision
     commit: asyncio.Future[None]
     done: asyncio.Future[None] | None = None
-    key: tuple[str, str] | None = None
+    key: tuple[str, str, str] | None = None
     # Technical alarms the gateway raises itself have no device waiting for an ack.
     ack: bool = True
     # Decides and submits again after a ConflictError (device alarms, internal events);
@@ -132,8 +133,8 @@ class Pipeline:
         self.catch_up: Callable[[], Awaitable[None]] | None = None
         self.journal_failed_since: float | None = None
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(PIPELINE_DEPTH)
-        # Alarms being committed, by (device, ref): a resend waits for the first copy.
-        self._in_flight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Alarms being committed, by (device, ref, content): a resend waits for the first copy.
+        self._in_flight: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         self._staff_lock = asyncio.Lock()
         # Journal records per open alarm (applied, and submitted but not yet settled): the
         # expectations every batch carries (optimistic concurrency, see the module doc).
@@ -294,6 +295,11 @@ class Pipeline:
 
     async def submit_internal(self, event: Event, attempt: int = 1) -> None:
         """Journal an event the gateway raises itself (technical alarms and their clearing)."""
+        if isinstance(event, AlarmReceived) and event.content is None:
+            # The gateway derives these refs from what they are about (a sensor episode, a
+            # camera visit, an outage): the same ref is the same alarm, whatever time the
+            # gateway put on it (alarms.dedupe).
+            event = dataclasses.replace(event, content=INTERNAL_CONTENT)
         decision = self.core.decide(event, self._clock())
         if decision.refusal is not None:
             if attempt == 1:
@@ -316,12 +322,6 @@ class Pipeline:
         answer in-band (SCAIP, serial) await the returned future before answering. None
         means nothing needs storing (a resend of a stored alarm): answer OK at once.
         """
-        key = (message.device_id, message.ref)
-        in_flight = self._in_flight.get(key)
-        if in_flight is not None:
-            # The first copy is being committed; its ack answers this resend too.
-            self.metrics.duplicates.inc()
-            return in_flight
         event = AlarmReceived(
             device_id=message.device_id,
             ref=message.ref,
@@ -329,10 +329,21 @@ class Pipeline:
             device_ts_ms=message.ts_ms,
             new_id=new_alarm_id(),
             battery=message.battery,
+            # What tells a resend from a reused ref, where the person is, and what the
+            # transport said beyond the type (alarms.dedupe).
+            detail=message.detail,
+            content=message.content,
+            position=message.position,
         )
+        key = (message.device_id, message.ref, alarm_content(event))
+        in_flight = self._in_flight.get(key)
+        if in_flight is not None:
+            # The first copy is being committed; its ack answers this resend too.
+            self.metrics.duplicates.inc()
+            return in_flight
         decision = self.core.decide(event, now)
         if not decision.records:
-            if self.core.find(*key) is not None:
+            if self.core.find(message.device_id, message.ref) is not None:
                 self.metrics.duplicates.inc()
             self.effects.carry_out(decision.actions, ack=ack)
             return None
@@ -426,6 +437,32 @@ class Pipeline:
                 return self.core.alarms[event.alarm_id]
             self.metrics.staff_actions.labels(action, "unavailable").inc()
             raise StaleError("the alarm keeps changing on another gateway; try again")
+
+    async def store_event(self, event: Event) -> str | None:
+        """Decide a device event (status, position, fault) and wait until it is durable.
+
+        None once stored (or when nothing needed storing); ``refused`` when the core refused
+        it; ``unavailable`` when the journal could not store it (the device should retry).
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            decision = self.core.decide(event, self._clock())
+            if decision.refusal is not None:
+                return "refused"
+            if not decision.records:
+                self.effects.carry_out(decision.actions, ack=False)
+                return None
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            commit = self._submit(decision.records)
+            await self._queue.put(_Pending(decision, commit, done=done, ack=False))
+            try:
+                await done
+            except ConflictError as conflict:
+                await self._refresh_view(conflict)  # decide again on what the journal holds
+                continue
+            except UnavailableError:
+                return "unavailable"
+            return None
+        return "unavailable"
 
     async def flush(self) -> None:
         """Until every decision queued so far has been followed (the probe's round trip)."""

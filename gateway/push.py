@@ -278,6 +278,7 @@ ALARM_TITLES = {
     "door": "Dörr",
     "inactivity": "Ingen aktivitet",
     "temperature": "Temperatur",
+    "medication": "Medicin",
     "test": "Provlarm",
     "technical": "Tekniskt larm",
 }

@@ -27,6 +27,7 @@ from gateway.org import DeviceInfo
 from gateway.provisioning import BrokerAccount, DeviceRegistry
 from gateway.provlarm import Provlarm
 from gateway.push import PushNotifier
+from gateway.scaip_intake import ScaipIntake
 from gateway.sensors import SensorService
 from gateway.serial import SerialLink, nak
 from gateway.sip import ScaipListener
@@ -153,10 +154,15 @@ class Services:
         inband = InBand(gw.ingest, gw.clock)
         scaip = settings.scaip
         if scaip is not None:
+            intake = ScaipIntake(inband, tables=scaip.tables())
             listener = ScaipListener(
-                gw.ingest.isolated("scaip", inband.scaip, Snu.BUSY),
+                gw.ingest.isolated("scaip", intake, Snu.BUSY),
                 host=scaip.host, port=scaip.port, udp=scaip.udp, tcp=scaip.tcp,
-                mrs_in_response=frozenset(scaip.mrs_in_response), tls=scaip.server_context())
+                mrs_in_response=frozenset(scaip.mrs_in_response), tls=scaip.server_context(),
+                # per-source limits (gateway.sipguard)
+                trusted_networks=scaip.trusted_networks,
+                datagrams_per_s=scaip.datagrams_per_s,
+                max_connections_per_source=scaip.max_connections_per_source)
             await sup.enter("scaip listener", listener, Policy.RESTART)
             self.scaip = listener
         def line_state(name: str) -> Callable[[bool], None]:

@@ -5,27 +5,42 @@ this module only moves bytes, owns the tasks and calls the injected handler.
 
 Flow for one SIP MESSAGE carrying an ``<mrq>``:
 
-1. [1] Answer the SIP transaction with 200 OK at once (the default), which only says "the
+1. Parse the ``<mrq>``; check that the SIP From user is the ``<cid>``. A refusal is answered
+   with its ``snu`` (and the ``ref`` when readable) and the handler is not called.
+2. [1] Answer the SIP transaction with 200 OK at once (the default), which only says "the
    SIP layer has it" and stops UDP retransmissions while the handler writes to disk.
-2. Parse the ``<mrq>``; check that the SIP From user is the ``<cid>``. A refusal is answered
-   with its ``snu`` and the handler is not called.
 3. Call ``handle(request, sip) -> snu`` under a bounded number of concurrent calls.
 4. Send the ``<mrs>`` back to the sender in a SIP MESSAGE of its own (retransmitted on UDP
    until answered, as RFC 3261 section 17.1.2 asks), or, for controllers configured so,
-   carry it in the body of the 200 OK instead (then step 1 waits for step 3).
+   carry it in the body of the 200 OK instead (then step 2 waits for step 3).
+
+Toward a UDP source that has not proved it receives at its address (``gateway.sipguard``)
+the listener never amplifies [2]: a refusal travels in the body of the one 200 OK, the
+``<mrs>`` MESSAGE of a valid request goes once and is never retransmitted, and every byte
+sent stays within what that source sent. Sources are rate-limited one by one, and TCP
+connections are bounded per source, closed when idle, and the only ones ever closed to make
+room are idle ones that never delivered a stored message, so a flood of idle connections
+cannot push out the controllers.
 
 Every task lives in one TaskGroup owned by the listener, is named, and is cancelled and
 awaited when the ``async with`` block exits.
+
+[2] RFC 3261 asks a UAS to answer every request, and the answer goes to the source address;
+    it does not ask for a new request (our <mrs> MESSAGE) toward an unproven address, let
+    alone retransmissions of it. Answering within the budget keeps the RFC's promise to real
+    peers (they retransmit, which pays for the answer) and makes reflection pointless.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import ssl
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -52,6 +67,8 @@ from devices.sip import (
     new_tag,
     parse_message,
 )
+from gateway.ratelimit import LogLimiter
+from gateway.sipguard import MAX_CONNECTIONS_PER_SOURCE, SourceGuard
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,6 +92,15 @@ DEFAULT_MAX_CONCURRENT = 64
 # Simultaneous TCP connections; each holds at most MAX_SIP_MESSAGE of buffer.
 DEFAULT_MAX_CONNECTIONS = 256
 
+# A TCP connection that has not yet delivered a message we stored is closed after this long
+# without a complete SIP message: a controller sends its MESSAGE right after connecting, and
+# a peer that dribbles bytes (or nothing) must not hold a slot.
+UNPROVEN_IDLE_S = 30.0
+# A controller's connection is kept this long without a complete message: longer than the
+# slowest heartbeat interval of the supervision levels (180 s), so a controller keeping its
+# connection open for heartbeats keeps it.
+IDLE_S = 600.0
+
 # Finished server transactions remembered so a retransmitted MESSAGE gets the same answer
 # without running the handler again. Bounded LRU: a retransmission arrives within Timer F
 # (32 s), and at this size that covers more than 100 messages a second.
@@ -94,6 +120,15 @@ class ListenerStats:
     mrs_sent: int = 0
     mrs_acked: int = 0
     mrs_failed: int = 0
+    # Datagrams and bytes sent, and the <mrs> MESSAGEs the budget toward an unverified
+    # source did not allow (the controller retransmits and gets the answer then).
+    datagrams_received: int = 0
+    bytes_received: int = 0
+    datagrams_sent: int = 0
+    bytes_sent: int = 0
+    mrs_unsent: int = 0
+    connections_evicted: int = 0
+    connections_idle_closed: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
 
 
@@ -104,10 +139,26 @@ class _Link:
     transport: str  # "UDP" or "TCP"
     peer: tuple[str, int]
     local: tuple[str, int]
-    send: Callable[[bytes], None]
+    send: Callable[[bytes], bool]  # False: not sent (closed, or over the budget)
+    conn: _Conn | None = None  # the TCP connection, for its idle bookkeeping
 
 
-_TxKey: TypeAlias = tuple[str, str, int, str]
+@dataclass(slots=True)
+class _Conn:
+    """A TCP connection: when it last delivered a message, and whether it proved itself
+    (an <mrq> of it was answered snu 0, i.e. stored)."""
+
+    ip: str
+    writer: asyncio.StreamWriter
+    active: float
+    proven: bool = False
+
+
+# A server transaction: the peer's address, branch, Call-ID, CSeq number and method. The
+# address is part of it so that nobody can answer for, or replay into, another source's
+# transaction by reusing its branch (RFC 3261 17.2.3 matches on the Via, which the sender
+# writes itself; the address it sends from is what we answer to anyway).
+_TxKey: TypeAlias = tuple[tuple[str, int], str, str, int, str]
 
 
 class ScaipListener:
@@ -131,9 +182,27 @@ class ScaipListener:
         mrs_in_response: MrsInResponse = frozenset(),
         user: str = "trygg",
         tls: ssl.SSLContext | None = None,
+        trusted_networks: Iterable[str] = (),
+        datagrams_per_s: float | None = None,
+        max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
+        idle_s: float = IDLE_S,
+        unproven_idle_s: float = UNPROVEN_IDLE_S,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
+        # Per-source limits and the reflection budget (gateway.sipguard).
+        self.guard = (
+            SourceGuard.with_trusted(trusted_networks,
+                                     max_connections_per_source=max_connections_per_source)
+            if datagrams_per_s is None
+            else SourceGuard.with_trusted(trusted_networks, datagrams_per_s=datagrams_per_s,
+                                          max_connections_per_source=max_connections_per_source)
+        )
+        self._idle_s = idle_s
+        self._unproven_idle_s = unproven_idle_s
+        self._conns: dict[int, _Conn] = {}
+        self._conn_ids = itertools.count()
+        self._log = LogLimiter(60.0)
         self._handler = handler
         self._host = host
         self._port = port
@@ -153,7 +222,9 @@ class ScaipListener:
         self._server: asyncio.Server | None = None
         self._connections = 0
         self._transactions: OrderedDict[_TxKey, bytes | None] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[SipResponse]] = {}
+        # Our <mrs> MESSAGEs waiting for their answer, by branch: the answer and the IP it
+        # was sent to (an answer from there proves the source receives at its address).
+        self._pending: dict[str, tuple[asyncio.Future[SipResponse], str]] = {}
         self._udp_port: int | None = None
         self._tcp_port: int | None = None
 
@@ -222,6 +293,7 @@ class ScaipListener:
         self._tg = None
         self._pending.clear()
         self._transactions.clear()
+        self._conns.clear()
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
         # The TaskGroup lives in this task so that cancelling it (in _stop) cancels and
@@ -252,50 +324,148 @@ class ScaipListener:
         transport = self._udp_transport
         if transport is None:
             return
+        self.stats.datagrams_received += 1
+        self.stats.bytes_received += len(data)
+        if not self.guard.admit(addr[0], len(data), time.monotonic()):
+            # Over this source's rate: dropped before any parsing (counted by the guard).
+            self.stats.rejects["rate_limited"] += 1
+            return
         local = transport.get_extra_info("sockname")
-        link = _Link("UDP", (addr[0], addr[1]), (local[0], local[1]), _udp_sender(transport, addr))
+        link = _Link("UDP", (addr[0], addr[1]), (local[0], local[1]),
+                     self._udp_sender(transport, addr))
         self._dispatch(parse_message(data), link)
+
+    def _udp_sender(
+        self, transport: asyncio.DatagramTransport, addr: tuple[str, int]
+    ) -> Callable[[bytes], bool]:
+        def send(data: bytes) -> bool:
+            if transport.is_closing():
+                return False
+            if not self.guard.may_send(addr[0], len(data), time.monotonic()):
+                return False  # over the budget toward an unverified source: stay silent
+            self.stats.datagrams_sent += 1
+            self.stats.bytes_sent += len(data)
+            transport.sendto(data, addr)
+            return True
+
+        return send
 
     def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if self._tg is None or self._connections >= self._max_connections:
+        ip = str(peer[0])
+        if self._tg is None:
+            writer.close()
+            return
+        if not self.guard.open_connection(ip):
+            self.stats.rejects["too_many_connections_from_source"] += 1
+            writer.close()
+            return
+        if len(self._conns) >= self._max_connections and not self._evict_one():
+            self.guard.close_connection(ip)
             self.stats.rejects["too_many_connections"] += 1
             writer.close()
             return
-        self._connections += 1
-        self._spawn(self._serve(reader, writer), f"scaip tcp {peer[0]}:{peer[1]}")
+        conn_id = next(self._conn_ids)
+        self._conns[conn_id] = _Conn(ip, writer, time.monotonic())
+        self._spawn(self._serve(reader, writer, conn_id), f"scaip tcp {peer[0]}:{peer[1]}")
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _evict_one(self) -> bool:
+        """Make room: close the longest-idle connection that never had a message stored.
+
+        A connection of a controller (proven) is never closed for a newcomer: an idle flood
+        from anywhere cannot push a controller off.
+        """
+        unproven = [(c.active, i) for i, c in self._conns.items() if not c.proven]
+        if not unproven:
+            return False
+        _, conn_id = min(unproven)
+        conn = self._conns.pop(conn_id)
+        self.guard.close_connection(conn.ip)
+        self.stats.connections_evicted += 1
+        conn.writer.close()
+        return True
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int
+    ) -> None:
         peer = writer.get_extra_info("peername")
         local = writer.get_extra_info("sockname")
-        link = _Link("TCP", (peer[0], peer[1]), (local[0], local[1]), _tcp_sender(writer))
+        conn = self._conns.get(conn_id)
+        if conn is None:  # evicted before it was served
+            writer.close()
+            return
+        link = _Link("TCP", (peer[0], peer[1]), (local[0], local[1]), _tcp_sender(writer),
+                     conn)
         framer = SipStreamReader()
         try:
-            while data := await reader.read(65536):
+            while True:
+                # Idle counts from the last complete message, not the last byte: a peer
+                # dribbling a header one byte a minute is as idle as a silent one.
+                try:
+                    async with asyncio.timeout_at(self._deadline(self._idle_until(conn))):
+                        data = await reader.read(65536)
+                except TimeoutError:
+                    if self._idle_until(conn) > time.monotonic():
+                        continue  # it proved itself meanwhile: a longer allowance
+                    self.stats.connections_idle_closed += 1
+                    _LOGGER.debug("SCAIP TCP %s idle, closed", peer)
+                    break
+                if not data:
+                    break
                 for item in framer.feed(data):
+                    if not isinstance(item, SipError):
+                        conn.active = time.monotonic()
                     self._dispatch(item, link)
         except (ConnectionError, OSError) as exc:
             _LOGGER.debug("SCAIP TCP %s closed: %s", peer, exc)
         finally:
-            self._connections -= 1
+            if self._conns.pop(conn_id, None) is not None:
+                self.guard.close_connection(conn.ip)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
+    def _idle_until(self, conn: _Conn) -> float:
+        return conn.active + (self._idle_s if conn.proven else self._unproven_idle_s)
+
+    @staticmethod
+    def _deadline(monotonic_at: float) -> float:
+        # asyncio.timeout_at takes the loop's clock, which is time.monotonic on every
+        # supported platform; converted explicitly so a different loop clock still works.
+        loop = asyncio.get_running_loop()
+        return loop.time() + (monotonic_at - time.monotonic())
+
     # -- SIP -------------------------------------------------------------------------------
+
+    def _refused(self, key: str, message: str, *args: object) -> None:
+        """Count and log (at most once a minute per reason) a refused message."""
+        self.stats.rejects[key] += 1
+        if self._log.allow(key):
+            # ``message`` ends with a %s for the count of lines suppressed meanwhile.
+            _LOGGER.info(message, *args, self._log.suppressed_note(key))
+
+    def _verified(self, link: _Link) -> bool:
+        """Whether the peer proved it receives at its address (TCP/TLS always has)."""
+        return link.transport != "UDP" or self.guard.is_verified(link.peer[0], time.monotonic())
 
     def _dispatch(self, message: SipMessage | SipError, link: _Link) -> None:
         self.stats.received += 1
         if isinstance(message, SipError):
-            self.stats.rejects[f"sip_{message.reason}"] += 1
-            _LOGGER.info("SIP from %s refused: %s", link.peer, message.detail)
+            self._refused(f"sip_{message.reason}", "SIP from %s refused: %s%s", link.peer,
+                          message.detail)
             if message.is_request and message.header("Via") is not None:
                 reason = f"{REASONS.get(message.status, 'Bad Request')} ({message.detail})"
                 link.send(build_response(message.status, request=message, reason=reason))
             return
         if isinstance(message, SipResponse):
-            future = self._pending.get(message.branch or "")
-            if future is not None and not future.done() and message.status >= 200:
+            pending = self._pending.get(message.branch or "")
+            if pending is None or message.status < 200:
+                return
+            future, sent_to = pending
+            if 200 <= message.status < 300 and link.peer[0] == sent_to:
+                # Our random branch came back from where we sent it: that address receives.
+                self.guard.verify(sent_to, time.monotonic())
+            if not future.done():
                 future.set_result(message)
             return
         self._on_request(message, link)
@@ -303,7 +473,9 @@ class ScaipListener:
     def _on_request(self, request: SipRequest, link: _Link) -> None:
         if request.method == "ACK":
             return
-        key: _TxKey = (request.branch or "", request.call_id, request.cseq[0], request.method)
+        key: _TxKey = (
+            link.peer, request.branch or "", request.call_id, request.cseq[0], request.method
+        )
         if key in self._transactions:
             self.stats.retransmissions += 1
             answer = self._transactions[key]
@@ -320,7 +492,10 @@ class ScaipListener:
             )
             return
         if request.method != "MESSAGE":
-            self.stats.rejects["method_not_allowed"] += 1
+            # Methods are case-sensitive: "message" is refused like any unknown method, on
+            # every transport (issue 18.5).
+            self._refused("method_not_allowed", "SIP method %r from %s refused%s",
+                          request.method[:32], link.peer)
             self._answer(
                 key,
                 link,
@@ -330,7 +505,8 @@ class ScaipListener:
             )
             return
         if request.content_type != CONTENT_TYPE:
-            self.stats.rejects["unsupported_media_type"] += 1
+            self._refused("unsupported_media_type", "SIP MESSAGE from %s with %r refused%s",
+                          link.peer, (request.content_type or "")[:64])
             self._answer(
                 key,
                 link,
@@ -363,12 +539,26 @@ class ScaipListener:
 
     # -- SCAIP -----------------------------------------------------------------------------
 
+    def _parse(self, request: SipRequest) -> ScaipRequest | ScaipError:
+        parsed: ScaipRequest | ScaipError = parse_mrq(request.body)
+        if isinstance(parsed, ScaipRequest):
+            parsed = check_sender(parsed, request.from_user) or parsed
+        return parsed
+
     async def _on_message(self, request: SipRequest, link: _Link, key: _TxKey) -> None:
         to_tag = new_tag()
-        in_response = self._wants_mrs_in_response(request.from_user)
+        parsed = self._parse(request)
+        verified = self._verified(link)
+        # A refusal to an unproven address travels in the one 200 OK: a garbage MESSAGE
+        # must not draw a request of ours, let alone its retransmissions (issue 17.5).
+        in_response = self._wants_mrs_in_response(request.from_user) or (
+            isinstance(parsed, ScaipError) and not verified
+        )
         if not in_response:
             self._answer(key, link, build_response(200, request=request, to_tag=to_tag))  # [1]
-        ref, snu = await self._process(request)
+        ref, snu = await self._process(parsed, request)
+        if snu == Snu.OK and link.conn is not None:
+            link.conn.proven = True  # a controller: never evicted for a newcomer
         mrs = encode_mrs(ref, snu)
         if in_response:
             self._answer(
@@ -379,17 +569,14 @@ class ScaipListener:
                 ),
             )
         else:
-            await self._send_mrs(request, link, mrs)
+            await self._send_mrs(request, link, mrs, retransmit=verified)
 
-    async def _process(self, request: SipRequest) -> tuple[str | None, int]:
-        parsed: ScaipRequest | ScaipError = parse_mrq(request.body)
-        if isinstance(parsed, ScaipRequest):
-            parsed = check_sender(parsed, request.from_user) or parsed
+    async def _process(
+        self, parsed: ScaipRequest | ScaipError, request: SipRequest
+    ) -> tuple[str | None, int]:
         if isinstance(parsed, ScaipError):
-            self.stats.rejects[str(parsed.reason)] += 1
-            _LOGGER.info(
-                "SCAIP from %s refused (snu %d): %s", request.from_user, parsed.snu, parsed.detail
-            )
+            self._refused(str(parsed.reason), "SCAIP from %s ref %s refused (snu %d): %s%s",
+                          request.from_user, parsed.ref, parsed.snu, parsed.detail)
             return parsed.ref, parsed.snu
         if self._slots.locked():
             # Policy: answer busy rather than queue (see DEFAULT_MAX_CONCURRENT).
@@ -416,7 +603,9 @@ class ScaipListener:
         self.stats.handled += 1
         return snu
 
-    async def _send_mrs(self, request: SipRequest, link: _Link, mrs: bytes) -> None:
+    async def _send_mrs(
+        self, request: SipRequest, link: _Link, mrs: bytes, *, retransmit: bool
+    ) -> None:
         branch = new_branch()
         peer_uri = header_uri(request.header("From") or "")
         message = build_request(
@@ -437,28 +626,41 @@ class ScaipListener:
             content_type=CONTENT_TYPE,
         )
         future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
-        self._pending[branch] = future
+        self._pending[branch] = (future, link.peer[0])
         self.stats.mrs_sent += 1
         try:
-            response = await self._transact(future, link, message)
+            if not link.send(message):
+                response, unsent = None, True
+            else:
+                response, unsent = await self._transact(future, link, message, retransmit), False
         finally:
             self._pending.pop(branch, None)
         if response is not None and 200 <= response.status < 300:
             self.stats.mrs_acked += 1
+        elif unsent:
+            # The budget toward this unverified source held the <mrs> back: the alarm is
+            # stored; the controller's retransmission will carry the answer.
+            self.stats.mrs_unsent += 1
         else:
             self.stats.mrs_failed += 1
-            _LOGGER.warning(
-                "SCAIP <mrs> to %s not accepted: %s",
-                link.peer,
-                response.status if response else "timeout",
-            )
+            if self._log.allow("mrs_failed"):
+                _LOGGER.warning(
+                    "SCAIP <mrs> to %s not accepted: %s%s",
+                    link.peer,
+                    response.status if response else "timeout",
+                    self._log.suppressed_note("mrs_failed"),
+                )
 
     async def _transact(
-        self, future: asyncio.Future[SipResponse], link: _Link, message: bytes
+        self,
+        future: asyncio.Future[SipResponse],
+        link: _Link,
+        message: bytes,
+        retransmit: bool,
     ) -> SipResponse | None:
-        link.send(message)
-        if link.transport != "UDP":
-            # Reliable transport: no retransmission, only Timer F.
+        """Wait for the answer to ``message`` (already sent once), resending it on UDP."""
+        if link.transport != "UDP" or not retransmit:
+            # Reliable transport, or an unverified source: no retransmission, only Timer F.
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(future), TIMER_F)
             return None
@@ -484,19 +686,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         _LOGGER.debug("SCAIP UDP error: %s", exc)
 
 
-def _udp_sender(
-    transport: asyncio.DatagramTransport, addr: tuple[str, int]
-) -> Callable[[bytes], None]:
-    def send(data: bytes) -> None:
-        if not transport.is_closing():
-            transport.sendto(data, addr)
-
-    return send
-
-
-def _tcp_sender(writer: asyncio.StreamWriter) -> Callable[[bytes], None]:
-    def send(data: bytes) -> None:
-        if not writer.is_closing():
-            writer.write(data)
+def _tcp_sender(writer: asyncio.StreamWriter) -> Callable[[bytes], bool]:
+    def send(data: bytes) -> bool:
+        if writer.is_closing():
+            return False
+        writer.write(data)
+        return True
 
     return send

@@ -5,8 +5,33 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from alarms.model import Alarm
+from alarms.model import Alarm, PositionEntry
 from gateway.org import OrgStore
+
+# Where a position's map link points: OpenStreetMap needs no key and shows a marker at the
+# point; the geo: URI (RFC 5870) lets a phone open its own maps app instead.
+MAP_URL = "https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lon:.6f}#map=17/{lat:.6f}/{lon:.6f}"
+
+
+def position_json(entry: PositionEntry) -> dict[str, Any]:
+    """A position as staff see it: coordinates, accuracy, when, and links to a map."""
+    fix = entry.position
+    geo = f"geo:{fix.lat:.6f},{fix.lon:.6f}"
+    if fix.accuracy_m is not None:
+        geo += f";u={fix.accuracy_m:g}"
+    return {
+        "lat": fix.lat,
+        "lon": fix.lon,
+        "accuracy_m": fix.accuracy_m,
+        # When the device fixed it; when it did not say, when the gateway received it.
+        "at": iso(fix.fixed_at if fix.fixed_at is not None else entry.received_at),
+        "fixed_at": None if fix.fixed_at is None else iso(fix.fixed_at),
+        "received_at": iso(entry.received_at),
+        "source": fix.source.value,
+        "device_id": entry.device_id,
+        "geo_uri": geo,
+        "map_url": MAP_URL.format(lat=fix.lat, lon=fix.lon),
+    }
 
 
 def iso(ts: float) -> str:
@@ -51,6 +76,15 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
         "hops": [
             {"hop": entry.hop.value, "at": iso(entry.at), "actor": entry.actor}
             for entry in alarm.hops
+        ],
+        # A mobile alarm: the latest position and the track (oldest first), else null/[].
+        "position": None if alarm.position is None else position_json(alarm.position),
+        "positions": [position_json(entry) for entry in alarm.positions],
+        # What the device reported about the alarm in progress (reset, presence, ...).
+        "device_events": [
+            {"status": n.status.value, "at": iso(n.at), "device_id": n.device_id,
+             "ref": n.ref, "text": n.text}
+            for n in alarm.device_notes
         ],
     }
     if org is not None and alarm.recipient_id is not None:

@@ -26,13 +26,19 @@ class Device:
         self.device_id = device_id
         self.acks: dict[str, dict[str, Any]] = {}
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # The device time each (ref, type) was first sent with: sending it again is a true
+        # resend (the same message), as a real device's retry is.
+        self._sent_ts: dict[tuple[str, str], int] = {}
 
     async def publish(self, channel: str, body: dict[str, Any] | bytes) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         await self.client.publish(f"{self.prefix}/{self.device_id}/{channel}", payload, qos=1)
 
-    async def alarm(self, ref: str, kind: str = "manual") -> None:
-        await self.publish("alarm", {"ref": ref, "ts": int(time.time() * 1000), "type": kind})
+    async def alarm(self, ref: str, kind: str = "manual", ts: int | None = None) -> None:
+        """Send an alarm; the same ``ref`` and ``kind`` again resend it (same ``ts``)."""
+        if ts is None:
+            ts = self._sent_ts.setdefault((ref, kind), int(time.time() * 1000))
+        await self.publish("alarm", {"ref": ref, "ts": ts, "type": kind})
 
     async def wait_ack(self, ref: str, timeout: float = 10) -> dict[str, Any]:
         if ref in self.acks:
@@ -129,6 +135,8 @@ class ResendingFleet:
         self.resend_s = resend_s
         self.sent: dict[tuple[str, str], int] = {}
         self.acked: dict[tuple[str, str], str] = {}
+        # A resend is the same message: the device time of its first send.
+        self._ts: dict[tuple[str, str], int] = {}
         self._clients: dict[str, aiomqtt.Client] = {}
         self._all_acked = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -181,7 +189,8 @@ class ResendingFleet:
 
     async def _send(self, device_id: str, ref: str) -> None:
         self.sent[(device_id, ref)] += 1
-        body = {"ref": ref, "ts": int(time.time() * 1000), "type": "manual"}
+        ts = self._ts.setdefault((device_id, ref), int(time.time() * 1000))
+        body = {"ref": ref, "ts": ts, "type": "manual"}
         try:
             await self._clients[device_id].publish(
                 f"{self.prefix}/{device_id}/alarm", json.dumps(body).encode(), qos=1

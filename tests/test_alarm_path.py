@@ -7,6 +7,8 @@ import time
 
 import httpx
 
+from alarms.events import AcceptRequested, CloseRequested
+from alarms.model import AlarmType
 from gateway.runtime import Gateway
 from tests.conftest import GatewayFactory
 from tests.helpers import device, login, next_alarm
@@ -165,3 +167,49 @@ async def test_telemetry_is_stored_separately_and_queryable(
         assert gw.telemetry.stats.written == 5
         for staff in (anna, cleo):
             await staff.http.aclose()
+
+
+async def test_a_device_that_restarts_its_ref_counter_loses_no_alarm(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    """Issue 18.1 on MQTT: the same ref with another device time is another message."""
+    async with make_gateway(mosquitto) as gw, device(mosquitto, prefix, "dev-a") as dev:
+        await dev.alarm("1", ts=1_800_000_000_000)
+        await dev.wait_ack("1")
+        [first] = gw.core.open_alarms()
+        await gw.act(AcceptRequested(first.id, "anna"))
+        await gw.act(CloseRequested(first.id, "anna", "hjälp given"))
+        dev.acks.clear()
+        # The device rebooted: its counter starts again at 1, for a new smoke alarm.
+        await dev.alarm("1", "smoke", ts=1_800_000_900_000)
+        assert (await dev.wait_ack("1"))["status"] == "stored"
+        [second] = gw.core.open_alarms()
+        assert second.id != first.id and second.type is AlarmType.SMOKE and second.ref == "1"
+
+
+async def test_an_alarm_position_reaches_staff_with_map_links(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    async with make_gateway(mosquitto) as gw, device(mosquitto, prefix, "dev-a") as dev:
+        fix = {"lat": 59.3293, "lon": 18.0686, "accuracy": 12, "ts": 1_800_000_000_000}
+        await dev.publish("alarm", {"ref": "m1", "ts": 1_800_000_000_000, "type": "manual",
+                                    "position": fix})
+        await dev.wait_ack("m1")
+        # The person moves on: the resent alarm carries the new position.
+        await dev.publish("alarm", {"ref": "m1", "ts": 1_800_000_000_000, "type": "manual",
+                                    "position": {**fix, "lat": 59.33, "ts": 1_800_000_060_000}})
+        await dev.alarm("after")
+        await dev.wait_ack("after")
+        anna = await login(f"http://127.0.0.1:{gw.http_port}", "anna")
+        [alarm] = (await anna.get("/alarms")).json()
+        assert [p["lat"] for p in alarm["positions"]] == [59.3293, 59.33]
+        position = alarm["position"]
+        assert position["geo_uri"] == "geo:59.330000,18.068600;u=12"
+        assert position["map_url"].startswith("https://www.openstreetmap.org/?mlat=59.330000")
+        assert position["fixed_at"] == "2027-01-15T08:01:00.000+00:00"
+        assert position["source"] == "device"
+        # A malformed position refuses the message, with the reason, as any bad field does.
+        await dev.publish("alarm", {"ref": "bad", "ts": 1, "type": "manual",
+                                    "position": {"lat": 91, "lon": 0}})
+        assert (await dev.wait_ack("bad"))["status"] == "rejected"
+        await anna.http.aclose()

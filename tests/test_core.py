@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alarms import (
+    RECOMMENDED_POLICY,
     AcceptRequested,
     AckDevice,
+    Alarm,
     AlarmCore,
     AlarmReceived,
     AlarmType,
@@ -22,10 +27,11 @@ from alarms import (
     Record,
     Staff,
 )
-from alarms.core import DEDUP_WINDOW_S, Decision
+from alarms.core import Decision
+from alarms.dedupe import RESEND_WINDOW_S
 from alarms.events import Event
 from alarms.model import HOP_ORDER
-from alarms.records import from_json, to_json
+from alarms.records import AlarmOpened, from_json, to_json
 
 T0 = 1_800_000_000.0
 
@@ -59,8 +65,8 @@ class Harness:
         return decision
 
     def alarm(self, device: str = "dev-a", ref: str = "r1", kind: AlarmType = AlarmType.MANUAL,
-              new_id: str = "A1") -> Decision:
-        ts = int(self.now * 1000)
+              new_id: str = "A1", ts: int = int(T0 * 1000)) -> Decision:
+        """An alarm message; the same arguments again are a resend of it (same device time)."""
         return self.step(AlarmReceived(device, ref, kind, ts, new_id, battery=0.8))
 
 
@@ -110,22 +116,51 @@ def test_resent_alarm_is_acked_again_and_stored_once() -> None:
     assert list(h.core.alarms) == ["A1"]
 
 
-def test_ref_reused_after_window_is_a_new_alarm_once_the_old_one_is_closed() -> None:
+def test_resend_after_window_is_a_new_alarm_once_the_old_one_is_closed() -> None:
     h = Harness()
     h.alarm()
     h.step(AcceptRequested("A1", "anna"))
     h.step(CloseRequested("A1", "anna", "felaktigt larm"))
-    h.now += DEDUP_WINDOW_S + 1
-    later = h.alarm(new_id="A2")
-    assert later.records, "a device that reset its counter must not be ignored"
-    assert set(h.core.alarms) == {"A1", "A2"}
+    assert h.alarm(new_id="A2").records == (), "closed, but within the resend window"
+    h.now += RESEND_WINDOW_S + 1
+    later = h.alarm(new_id="A3")
+    assert later.records, "an identical message long after its alarm closed is an alarm"
+    assert set(h.core.alarms) == {"A1", "A3"}
 
 
-def test_ref_reused_while_old_alarm_open_is_still_a_duplicate() -> None:
+def test_resend_while_old_alarm_open_is_still_a_duplicate() -> None:
     h = Harness()
     h.alarm()
-    h.now += DEDUP_WINDOW_S + 1
+    h.now += RESEND_WINDOW_S + 1
     assert h.alarm(new_id="A2").records == ()
+
+
+def test_reused_ref_with_other_content_is_a_new_alarm_even_at_once() -> None:
+    """A controller that restarted its ref counter: same ref, another message. Issue 18.1."""
+    h = Harness()
+    h.alarm()
+    h.step(AcceptRequested("A1", "anna"))
+    h.step(CloseRequested("A1", "anna", "felaktigt larm"))
+    smoke = h.alarm(new_id="A2", kind=AlarmType.SMOKE)
+    assert isinstance(smoke.records[0], AlarmOpened)
+    assert smoke.actions[0] == AckDevice("dev-a", "r1", "stored")
+    assert h.core.alarms["A2"].type is AlarmType.SMOKE
+    # ... and the same type at another device time is another alarm too.
+    again = h.alarm(new_id="A3", kind=AlarmType.SMOKE, ts=int(T0 * 1000) + 60_000)
+    assert again.records, "restarted counter, same kind of alarm: still not a resend"
+    # The latest message of the pair is what a resend is compared with.
+    assert h.alarm(new_id="A4", kind=AlarmType.SMOKE, ts=int(T0 * 1000) + 60_000).records == ()
+
+
+def test_reused_ref_with_other_content_attaches_while_an_alarm_is_open() -> None:
+    h = Harness()
+    h.core.directory = dataclasses.replace(DIRECTORY, default_policy=RECOMMENDED_POLICY)
+    h.alarm()
+    again = h.alarm(new_id="A2", ts=int(T0 * 1000) + 5_000)
+    assert [type(r).__name__ for r in again.records] == ["RefAttached"]
+    assert h.core.find("dev-a", "r1") is h.core.alarms["A1"]
+    # Now the pair stands for the attached message: its exact resend adds nothing more.
+    assert h.alarm(new_id="A3", ts=int(T0 * 1000) + 5_000).records == ()
 
 
 def test_unknown_device_is_refused_with_a_reason() -> None:
@@ -292,9 +327,19 @@ def test_duplicates_give_exactly_one_alarm(
 ) -> None:
     h = run(script)
     keys = [(a.device_id, a.ref) for a in h.core.alarms.values()]
-    assert len(keys) == len(set(keys))
     sent = {args for kind, args, _ in script if kind == "alarm" and args[0] != "ghost"}
     assert set(keys) == sent
+    # The script resends identical messages: a (device, ref) opens another alarm only after
+    # the previous one closed and the resend window passed.
+    by_key: dict[tuple[str, str], list[Alarm]] = {}
+    for alarm in h.core.alarms.values():
+        by_key.setdefault((alarm.device_id, alarm.ref), []).append(alarm)
+    for alarms in by_key.values():
+        for first, later in itertools.pairwise(alarms):
+            closed = first.at(Hop.CLOSED)
+            stored = later.at(Hop.STORED)
+            assert closed is not None and stored is not None
+            assert stored >= closed and stored - (first.at(Hop.STORED) or 0) >= RESEND_WINDOW_S
 
 
 @settings(max_examples=300)

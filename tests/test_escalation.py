@@ -80,6 +80,7 @@ class Harness:
         self.core = AlarmCore(directory, track_presence=presence)
         self.journal: list[Record] = []
         self.now = T0
+        self.sent_ts: dict[tuple[str, str, AlarmType], int] = {}
 
     def step(self, event: Event, advance: float = 0.0) -> Decision:
         self.now += advance
@@ -91,7 +92,9 @@ class Harness:
 
     def alarm(self, device: str = "dev-a", ref: str = "r1",
               kind: AlarmType = AlarmType.MANUAL, new_id: str = "A1") -> Decision:
-        return self.step(AlarmReceived(device, ref, kind, int(self.now * 1000), new_id))
+        """An alarm message; the same device, ref and kind again resend it (same device time)."""
+        ts = self.sent_ts.setdefault((device, ref, kind), int(self.now * 1000))
+        return self.step(AlarmReceived(device, ref, kind, ts, new_id))
 
     def tick_at(self, at: float) -> Decision:
         self.now = at
@@ -452,7 +455,7 @@ def test_repeats_from_the_same_recipient_attach_and_stay_exactly_once() -> None:
     assert set(h.core.alarms) == {"A1"}
     assert [(a.device_id, a.ref) for a in alarm.attached] == [("dev-a2", "x1"), ("dev-a", "r2")]
     assert h.core.find("dev-a2", "x1") is alarm
-    resent = h.alarm(device="dev-a2", ref="x1", new_id="A4")
+    resent = h.alarm(device="dev-a2", ref="x1", new_id="A4", kind=AlarmType.FALL)
     assert resent.records == () and resent.actions == (AckDevice("dev-a2", "x1", "stored"),)
     assert h.replayed().find("dev-a", "r2") == alarm
 

@@ -1,6 +1,7 @@
 """One contract for the Journal port, run against every adapter (cf. eventsourcing).
 
-``JournalContract`` holds the behaviour every journal must have; ``TestSqliteJournal`` and
+``JournalContract`` holds the behaviour every journal must have, including exactly-once
+device messages (the resend rule of ``alarms.dedupe``); ``TestSqliteJournal`` and
 ``TestPostgresJournal`` only say how to build one. PostgreSQL-only behaviour (migrations,
 partitions, the append-only guard, dedupe across gateways) follows at the end. Each
 PostgreSQL test gets a database of its own on 127.0.0.1:5432, dropped afterwards.
@@ -22,19 +23,31 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from alarms.core import DEDUP_WINDOW_S
-from alarms.model import AlarmType, EscalationKind, HandoverKind, Hop
+from alarms.dedupe import RESEND_WINDOW_S, content_key
+from alarms.model import (
+    AlarmType,
+    DeviceStatus,
+    EscalationKind,
+    HandoverKind,
+    Hop,
+    Position,
+    PositionSource,
+)
 from alarms.records import (
     AlarmOpened,
     CentreConfirmation,
+    DeviceNoted,
     Escalated,
     HopAdded,
     OwnerChanged,
+    PositionAdded,
     Record,
     RefAttached,
+    to_json,
 )
 from gateway.journal import CommitObserver, ConflictError, Journal, JournalError, SqliteJournal
 from gateway.journal_pg import (
+    MIGRATIONS,
     DuplicateAlarmError,
     PostgresJournal,
     ensure_partitions,
@@ -110,6 +123,16 @@ def every_record() -> list[Record]:
         OwnerChanged("alarm-1", HandoverKind.FORWARDED, 1_700_000_400.0, "anna", "bo"),
         OwnerChanged("alarm-1", HandoverKind.HANDED_BACK, 1_700_000_500.0, "bo", None),
         RefAttached("alarm-1", "dev-1", "ref-1b", AlarmType.MANUAL, 1_700_000_100.0),
+        RefAttached("alarm-1", "dev-1", "ref-1c", AlarmType.FALL, 1_700_000_101.0, "c0ffee"),
+        AlarmOpened("alarm-3", "dev-3", "ref-3", AlarmType.SMOKE, 1, None, None, 0, None,
+                    content="0123456789abcdef"),
+        PositionAdded("alarm-1", 1_700_000_102.0, "dev-1", Position(
+            59.3293, 18.0686, 12.5, 1_700_000_101.0, PositionSource.SCAIP_GGA)),
+        PositionAdded("alarm-1", 1_700_000_103.0, "dev-1", Position(
+            -33.8688, 151.2093, None, None, PositionSource.DEVICE)),
+        DeviceNoted("alarm-1", DeviceStatus.RESET, 1_700_000_104.0, "dev-1", "ref-9"),
+        DeviceNoted("alarm-1", DeviceStatus.PRESENCE, 1_700_000_105.0, "dev-1", "ref-10",
+                    text="närvaro / presence"),
     ]
 
 
@@ -253,6 +276,123 @@ class JournalContract(ABC):
                                  {"alarm-x": 1, "alarm-y": 1})
             assert len(await journal.load()) == 4
 
+    # -- exactly once: the resend rule (alarms.dedupe) -----------------------------------
+
+    async def test_a_true_resend_fails_alone_and_names_the_stored_alarm(self) -> None:
+        commits: list[int] = []
+        async with self.make_journal(lambda _s, n: commits.append(n)) as journal:
+            await journal.append(message("first", "r1", "smoke"))
+            # A resend decided before the first copy was applied (or on another gateway),
+            # between two unrelated batches of the same group commit.
+            before = journal.submit([hop("alarm-u", "before")])
+            again = journal.submit(message("again", "r1", "smoke"))
+            after = journal.submit([hop("alarm-u", "after")])
+            outcomes = await asyncio.gather(before, again, after, return_exceptions=True)
+            assert outcomes[0] is None and outcomes[2] is None
+            error = outcomes[1]
+            assert isinstance(error, DuplicateAlarmError)
+            assert (error.device_id, error.ref, error.alarm_id) == ("dev-d", "r1", "first")
+            stored = await journal.load()
+        assert {r.alarm_id for r in stored} == {"first", "alarm-u"}, "nothing of the resend"
+
+    async def test_two_copies_in_one_group_commit_store_one_alarm(self) -> None:
+        async with self.make_journal() as journal:
+            outcomes = await asyncio.gather(
+                journal.submit(message("copy-1", "r1", "fall")),
+                journal.submit(message("copy-2", "r1", "fall")),
+                return_exceptions=True,
+            )
+            assert outcomes[0] is None and isinstance(outcomes[1], DuplicateAlarmError)
+            assert opened_ids(await journal.load()) == ["copy-1"]
+
+    async def test_a_reused_ref_with_other_content_is_a_new_alarm_at_once(self) -> None:
+        """Issue 18.1: a controller restarted its ref counter; the smoke alarm is stored."""
+        async with self.make_journal() as journal:
+            await journal.append(message("manual", "r1", "manual"))
+            await journal.append(close("manual"))
+            await journal.append(message("smoke", "r1", "smoke"))
+            # ... even while the earlier alarm of that ref is still open.
+            await journal.append(message("fall", "r1", "fall"))
+            assert opened_ids(await journal.load()) == ["manual", "smoke", "fall"]
+
+    async def test_a_resend_is_refused_while_open_and_within_the_window(self) -> None:
+        now = time.time()
+        old = now - RESEND_WINDOW_S - 60
+        async with self.make_journal() as journal:
+            # Older than the window but still open: a resend of a stuck alarm.
+            await journal.append(message("old-open", "r2", "manual", stored_at=old))
+            with pytest.raises(DuplicateAlarmError):
+                await journal.append(message("dup-2", "r2", "manual"))
+            # Closed but within the window: still a resend.
+            await journal.append(message("recent", "r3", "manual", stored_at=now - 60))
+            await journal.append(close("recent"))
+            with pytest.raises(DuplicateAlarmError):
+                await journal.append(message("dup-3", "r3", "manual"))
+            # Closed and past the window: the same message again is a new alarm ...
+            await journal.append(message("old-closed", "r1", "manual", stored_at=old))
+            await journal.append(close("old-closed"))
+            await journal.append(message("reuse-1", "r1", "manual"))
+            # ... and that one is open, so its resend is refused once more.
+            with pytest.raises(DuplicateAlarmError):
+                await journal.append(message("reuse-2", "r1", "manual"))
+            assert opened_ids(await journal.load()) == [
+                "old-open", "recent", "old-closed", "reuse-1"]
+
+    async def test_an_attached_ref_is_claimed_with_its_own_content_and_time(self) -> None:
+        now = time.time()
+        async with self.make_journal() as journal:
+            await journal.append(message("open", "r1", "fall"))
+            attach = RefAttached("open", "dev-d", "r4", AlarmType.MANUAL, now, key("manual"))
+            await journal.append([attach])
+            with pytest.raises(DuplicateAlarmError):
+                await journal.append(message("dup-4", "r4", "manual"))
+            await journal.append(message("other-4", "r4", "smoke"))
+            assert opened_ids(await journal.load()) == ["open", "other-4"]
+
+    async def test_claims_without_content_never_block_a_message(self) -> None:
+        # Records written before content keys existed (and gateway records without one).
+        async with self.make_journal() as journal:
+            await journal.append([opened(1, device="dev-d", ref="r1")])
+            await journal.append(message("new", "r1", "fall"))
+            await journal.append([opened(2, device="dev-d", ref="r1")])
+            assert opened_ids(await journal.load()) == ["alarm-1", "new", "alarm-2"]
+
+    async def test_claims_survive_close_and_reopen(self) -> None:
+        async with self.make_journal() as journal:
+            await journal.append(message("first", "r1", "smoke"))
+        async with self.make_journal() as journal:
+            with pytest.raises(DuplicateAlarmError):
+                await journal.append(message("again", "r1", "smoke"))
+            assert opened_ids(await journal.load()) == ["first"]
+
+
+def key(kind: str) -> str:
+    """The content key of a test message of alarm type ``kind``."""
+    return content_key("test", kind)
+
+
+def message(
+    alarm_id: str, ref: str, kind: str, *, device: str = "dev-d", stored_at: float | None = None
+) -> list[Record]:
+    """The records that store an alarm message of device ``device``, as the core writes them."""
+    at = time.time() if stored_at is None else stored_at
+    return [
+        AlarmOpened(alarm_id, device, ref, AlarmType(kind), 2, None, None, 0, None,
+                    content=key(kind)),
+        HopAdded(alarm_id, Hop.RAISED, at, device),
+        HopAdded(alarm_id, Hop.STORED, at, "gateway"),
+    ]
+
+
+def close(alarm_id: str) -> list[Record]:
+    """The record that closes an alarm."""
+    return [HopAdded(alarm_id, Hop.CLOSED, time.time(), "anna", cause="hjälp given")]
+
+
+def opened_ids(records: list[Record]) -> list[str]:
+    """The ids of the alarms opened, in journal order."""
+    return [r.alarm_id for r in records if isinstance(r, AlarmOpened)]
+
 
 class TestSqliteJournal(JournalContract):
     """The contract against the embedded SQLite journal."""
@@ -263,6 +403,26 @@ class TestSqliteJournal(JournalContract):
 
     def make_journal(self, on_commit: CommitObserver | None = None) -> HookedJournal:
         return SqliteJournal(self.path, on_commit=on_commit)
+
+    async def test_a_journal_from_before_claims_is_claimed_when_opened(self) -> None:
+        import sqlite3
+
+        conn = sqlite3.connect(self.path)
+        conn.execute("CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+                     " alarm_id TEXT NOT NULL, written_at REAL NOT NULL, body TEXT NOT NULL)")
+        old = [*message("stored", "r1", "smoke"), *message("closed", "r2", "fall"),
+               *close("closed")]
+        conn.executemany("INSERT INTO journal (alarm_id, written_at, body) VALUES (?, ?, ?)",
+                         [(r.alarm_id, time.time(), to_json(r)) for r in old])
+        conn.commit()
+        conn.close()
+        async with self.make_journal() as journal:
+            with pytest.raises(DuplicateAlarmError):
+                await journal.append(message("again", "r1", "smoke"))
+            with pytest.raises(DuplicateAlarmError):
+                await journal.append(message("again-2", "r2", "fall"))  # closed, in window
+            await journal.append(message("new", "r2", "smoke"))
+            assert opened_ids(await journal.load()) == ["stored", "closed", "new"]
 
 
 @pytest.mark.network
@@ -290,13 +450,14 @@ async def _rows(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
 @pg
 async def test_migrations_are_idempotent(pg_dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
-        assert await migrate(conn, "journal") == [1]
+        assert await migrate(conn, "journal") == [1, 2]
         assert await migrate(conn, "journal") == []
         assert await migrate(conn, "leases") == [1]
     async with PostgresJournal(pg_dsn, gateway_id="gw-a"):
         pass
-    assert await _rows(pg_dsn, "SELECT component, version FROM trygg_schema ORDER BY 1") == [
+    assert await _rows(pg_dsn, "SELECT component, version FROM trygg_schema ORDER BY 1, 2") == [
         ("journal", 1),
+        ("journal", 2),
         ("leases", 1),
     ]
 
@@ -309,12 +470,12 @@ async def test_migrations_are_safe_when_gateways_start_at_once(pg_dsn: str) -> N
     finally:
         for conn in conns:
             await conn.close()
-    assert sorted(applied) == [[], [], [], [], [], [1]]
+    assert sorted(applied) == [[], [], [], [], [], [1, 2]]
     journals = [PostgresJournal(pg_dsn, gateway_id=f"gw-{i}") for i in range(4)]
     await asyncio.gather(*(j.__aenter__() for j in journals))
     for journal in journals:
         await journal.__aexit__(None, None, None)
-    assert await _rows(pg_dsn, "SELECT count(*) FROM trygg_schema") == [(1,)]
+    assert await _rows(pg_dsn, "SELECT count(*) FROM trygg_schema") == [(2,)]
 
 
 @pg
@@ -380,7 +541,7 @@ async def test_journal_tables_are_append_only(pg_dsn: str, statement: str) -> No
 
 
 @pg
-async def test_second_gateway_opening_the_same_device_ref_gets_duplicate_error(
+async def test_second_gateway_storing_the_same_message_gets_duplicate_error(
     pg_dsn: str,
 ) -> None:
     async with (
@@ -389,13 +550,8 @@ async def test_second_gateway_opening_the_same_device_ref_gets_duplicate_error(
     ):
         for k in range(10):
             ref = f"race-{k}"
-            batches: dict[str, list[Record]] = {
-                name: [
-                    AlarmOpened(f"{name}-{k}", "dev-r", ref, AlarmType.MANUAL, 1, None, None, 0, None),
-                    HopAdded(f"{name}-{k}", Hop.RAISED, time.time(), "dev-r"),
-                ]
-                for name in ("a", "b")
-            }
+            batches = {name: message(f"{name}-{k}", ref, "manual", device="dev-r")
+                       for name in ("a", "b")}
             # Alternate who submits first; both are queued before either writer runs.
             order = [(a, "a"), (b, "b")] if k % 2 else [(b, "b"), (a, "a")]
             futures = {name: journal.submit(batches[name]) for journal, name in order}
@@ -417,65 +573,39 @@ async def test_second_gateway_opening_the_same_device_ref_gets_duplicate_error(
 
 
 @pg
-async def test_duplicate_fails_only_its_own_batch_within_a_group(pg_dsn: str) -> None:
-    commits: list[int] = []
-    async with PostgresJournal(pg_dsn, gateway_id="gw-a", on_commit=lambda _s, n: commits.append(n)) as journal:
-        first = journal.submit([opened(1)])
-        again = journal.submit([AlarmOpened("other", "dev-1", "ref-1", AlarmType.FALL, 2, None, None, 0, None)])
-        later = journal.submit([hop("alarm-1", "later")])
-        outcomes = await asyncio.gather(first, again, later, return_exceptions=True)
-        assert outcomes[0] is None and outcomes[2] is None
-        assert isinstance(outcomes[1], DuplicateAlarmError)
-        assert commits == [3]
-        assert await journal.load() == [opened(1), hop("alarm-1", "later")]
+async def test_claims_carry_generation_content_and_time(pg_dsn: str) -> None:
+    async with PostgresJournal(pg_dsn, gateway_id="gw-a") as journal:
+        await journal.append(message("first", "r1", "manual", stored_at=1_700_000_000.0))
+        await journal.append(close("first"))
+        await journal.append(message("second", "r1", "smoke"))
+    claims = await _rows(pg_dsn, "SELECT ref, generation, alarm_id, content, stored_at"
+                                 " FROM trygg_alarm_refs ORDER BY generation")
+    assert [c[:4] for c in claims] == [
+        ("r1", 0, "first", key("manual")), ("r1", 1, "second", key("smoke"))]
+    assert claims[0][4] == 1_700_000_000.0
 
 
 @pg
-async def test_dedupe_follows_the_core_window(pg_dsn: str) -> None:
-    """A ref is a new alarm only once its alarm is closed and the 24 h window has passed."""
-    now = time.time()
-    old = now - DEDUP_WINDOW_S - 60
-
-    def alarm(alarm_id: str, ref: str, raised_at: float) -> list[Record]:
-        return [
-            AlarmOpened(alarm_id, "dev-w", ref, AlarmType.MANUAL, 1, None, None, 0, None),
-            HopAdded(alarm_id, Hop.RAISED, raised_at, "dev-w"),
-        ]
-
-    def close(alarm_id: str) -> list[Record]:
-        return [HopAdded(alarm_id, Hop.CLOSED, now, "anna", cause="test")]
-
+async def test_claims_from_schema_version_1_never_block_a_message(pg_dsn: str) -> None:
+    """An upgrade over a journal whose claims have no content: a reused ref is stored."""
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        steps = MIGRATIONS["journal"]
+        await conn.execute("CREATE TABLE trygg_schema (component text NOT NULL, version integer"
+                           " NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
+                           " applied_by text NOT NULL DEFAULT '', PRIMARY KEY (component, version))")
+        for statement in steps[0]:
+            await conn.execute(statement.encode())
+        await conn.execute("INSERT INTO trygg_schema (component, version) VALUES ('journal', 1)")
+        await conn.execute(
+            "INSERT INTO trygg_alarm_refs (device_id, ref, generation, alarm_id, kind,"
+            " alarm_opened_at, gateway_id) VALUES ('dev-d', 'r1', 0, 'v1-alarm', 'opened', %s,"
+            " 'gw-old')", (time.time(),))
     async with PostgresJournal(pg_dsn, gateway_id="gw-a") as journal:
-        # Closed and older than the window: the device reset its counter; a new alarm.
-        await journal.append(alarm("old-closed", "r1", old))
-        await journal.append(close("old-closed"))
-        await journal.append(alarm("reuse-1", "r1", now))
-        # ... and that one is open again, so the pair is taken once more.
+        await journal.append(message("after-upgrade", "r1", "manual"))
         with pytest.raises(DuplicateAlarmError):
-            await journal.append(alarm("reuse-2", "r1", now))
-        # Older than the window but still open: a resend of a stuck alarm.
-        await journal.append(alarm("old-open", "r2", old))
-        with pytest.raises(DuplicateAlarmError):
-            await journal.append(alarm("dup-2", "r2", now))
-        # Closed but within the window: still a resend.
-        await journal.append(alarm("recent-closed", "r3", now - 60))
-        await journal.append(close("recent-closed"))
-        with pytest.raises(DuplicateAlarmError):
-            await journal.append(alarm("dup-3", "r3", now))
-        # A ref attached to an open alarm is taken too.
-        await journal.append([RefAttached("old-open", "dev-w", "r4", AlarmType.MANUAL, now)])
-        with pytest.raises(DuplicateAlarmError):
-            await journal.append(alarm("dup-4", "r4", now))
-        stored = [r.alarm_id for r in await journal.load() if isinstance(r, AlarmOpened)]
-    assert stored == ["old-closed", "reuse-1", "old-open", "recent-closed"]
-    claims = await _rows(pg_dsn, "SELECT ref, generation, alarm_id FROM trygg_alarm_refs ORDER BY ref, generation")
-    assert claims == [
-        ("r1", 0, "old-closed"),
-        ("r1", 1, "reuse-1"),
-        ("r2", 0, "old-open"),
-        ("r3", 0, "recent-closed"),
-        ("r4", 0, "old-open"),
-    ]
+            await journal.append(message("resend", "r1", "manual"))
+    assert await _rows(pg_dsn, "SELECT alarm_id FROM trygg_alarm_refs ORDER BY generation") == [
+        ("v1-alarm",), ("after-upgrade",)]
 
 
 @pg

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from xml.sax.saxutils import escape
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alarms.model import AlarmType
+from alarms.model import AlarmType, DeviceStatus, Position, PositionSource
 from devices.scaip import (
     DEVICE_TYPE_ROWS,
     MAX_SCAIP_XML,
+    STATUS_CODE_ROWS,
     EventKind,
     Location,
     MessageType,
@@ -19,14 +21,20 @@ from devices.scaip import (
     ScaipReason,
     ScaipRequest,
     ScaipResponse,
+    ScaipTables,
     Snu,
     StatusMeaning,
+    StatusRule,
     check_sender,
     classify,
+    content_of,
+    describe,
     encode_mrq,
     encode_mrs,
     parse_mrq,
     parse_mrs,
+    parse_status_rule,
+    readable_ref,
 )
 
 # Shapes seen from deployed controllers (padding, field order, optional mty, a leading space
@@ -61,25 +69,53 @@ VALID: list[tuple[bytes, dict[str, object]]] = [
         {"cid": "8031372", "dty": "0004"},
     ),
     (
-        b'<?xml version="1.0" encoding="UTF-8"?>\n<mrq>\n  <ref>r</ref>\n  <cid>c</cid>\n'
-        b"  <dty>5</dty>\n  <mty>re</mty>\n  <pri>2</pri>\n  <lco>002</lco>\n"
-        b"  <lva>K\xc3\xb6k</lva>\n  <lte>59.3293</lte>\n  <lge>18.0686</lge>\n"
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<mrq>\n  <ref>r</ref>\n  <cid>1</cid>\n'
+        b"  <dty>5</dty>\n  <mty>re</mty>\n  <pri>2</pri>\n  <lco>021</lco>\n"
+        b"  <lva>2</lva>\n  <lte>K\xc3\xb6ket</lte>\n"
         b"  <crd>gsm:+4670</crd><crd>sip:4711@h</crd><!-- a comment -->\n</mrq>",
         {
             "mty": MessageType.RESET,
             "pri": 2,
-            "location": Location("002", "Kök", "59.3293", "18.0686"),
+            "location": Location("021", "2", "Köket"),
             "crd": ("gsm:+4670", "sip:4711@h"),
+            "position": None,
         },
     ),
     (
-        b"<mrq><ref>abcdefghijklmnop</ref><cid>c</cid><dty>1</dty><mty>IN</mty>"
-        b"<ver>01.00</ver><hbo>0</hbo></mrq>",
+        b"<mrq><ref>abcdefghijklmnop</ref><cid>1234567890123456</cid><dty>1</dty><mty>IN</mty>"
+        b"<ver>01.00</ver><hbo>0</hbo><dco>002</dco></mrq>",
         {
             "ref": "abcdefghijklmnop",
+            "cid": "1234567890123456",
             "mty": MessageType.INFO,
-            "extra": (("ver", "01.00"), ("hbo", "0")),
+            "ver": "01.00",
+            "dco": "002",
+            "extra": (("hbo", "0"),),
         },
+    ),
+    # A mobile alarm with a position (issue 18.2): the <lge> parts of the message model.
+    (
+        b"<mrq><ref>7</ref><mty>ME</mty><cid>26317</cid><dty>0051</dty><stc>0010</stc>"
+        b"<lco>035</lco><lge><geo>59.329300,18.068600</geo><tim>2024-03-18T11:25:37+01</tim>"
+        b"<gga>$GPGGA,102537.00,5919.758,N,01804.116,E,1,08,0.9,45.0,M,24.0,M,,*5D</gga>"
+        b"</lge></mrq>",
+        {
+            "position": Position(59.3293, 18.0686, 4.5, 1710757537.0, PositionSource.SCAIP_GEO),
+            "position_problem": None,
+            "dty": "0051",
+        },
+    ),
+    (
+        b"<mrq><ref>8</ref><cid>26317</cid><dty>51</dty><lge><geo>59.3,18.0</geo></lge></mrq>",
+        {"position": Position(59.3, 18.0, None, None, PositionSource.SCAIP_GEO)},
+    ),
+    # An unreadable position costs the position, never the alarm.
+    (
+        b"<mrq><ref>9</ref><cid>26317</cid><dty>51</dty><lge><geo>north</geo>"
+        b"<tim>yesterday</tim></lge></mrq>",
+        {"position": None, "position_problem":
+            "tim is not an ISO 8601 time with a UTC offset; geo is not 'latitude,longitude' "
+            "in decimal degrees"},
     ),
 ]
 
@@ -96,7 +132,7 @@ def _mrq(*fields: str) -> bytes:
     return ("<mrq>" + "".join(fields) + "</mrq>").encode()
 
 
-R, C, D = "<ref>r1</ref>", "<cid>c1</cid>", "<dty>4</dty>"
+R, C, D = "<ref>r1</ref>", "<cid>41</cid>", "<dty>4</dty>"
 
 INVALID: list[tuple[bytes, Snu, ScaipReason, str | None]] = [
     (_mrq(C, D), Snu.MANDATORY_MISSING, ScaipReason.MISSING_TAG, None),
@@ -105,31 +141,46 @@ INVALID: list[tuple[bytes, Snu, ScaipReason, str | None]] = [
     (_mrq(R, C, "<dty> </dty>"), Snu.MANDATORY_MISSING, ScaipReason.MISSING_TAG, "r1"),
     (_mrq("<ref>" + "x" * 17 + "</ref>", C, D), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, None),
     (_mrq("<ref>a b</ref>", C, D), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, None),
+    # Issue 18.5: the message model's patterns, not "printable".
+    (_mrq("<ref>a-b</ref>", C, D), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, None),
+    (_mrq("<ref>a_b</ref>", C, D), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, None),
+    (_mrq(R, "<cid>c1</cid>", D), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
+    (_mrq(R, "<cid>" + "1" * 17 + "</cid>", D), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
+    (_mrq(R, C, D, "<ver>1.0</ver>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
+    (_mrq(R, C, D, "<ver>01.0a</ver>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
+    (_mrq(R, C, D, "<dco>1234</dco>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
     (_mrq(R, C, "<dty>x4</dty>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
     (_mrq(R, C, "<dty>12345</dty>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
     (_mrq(R, C, D, "<stc>ten</stc>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
     (_mrq(R, C, D, "<pri>high</pri>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
     (_mrq(R, C, D, "<mty>XX</mty>"), Snu.WRONG_CONTENT, ScaipReason.UNKNOWN_MTY, "r1"),
-    (_mrq(R, C, D, "<lva>" + "x" * 300 + "</lva>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, None),
-    (_mrq(R, R, C, D), Snu.INVALID_FORMAT, ScaipReason.DUPLICATE_TAG, None),
-    (_mrq(R, C, "<dty><x>4</x></dty>"), Snu.INVALID_FORMAT, ScaipReason.NESTED, None),
-    (_mrq(R, "stray text", C, D), Snu.INVALID_FORMAT, ScaipReason.NESTED, None),
-    (b"<mrs><ref>r</ref><snu>0</snu></mrs>", Snu.INVALID_FORMAT, ScaipReason.WRONG_ROOT, None),
-    (b"<mrq><ref>r</ref>", Snu.INVALID_FORMAT, ScaipReason.NOT_XML, None),
+    # Every refusal carries the ref whenever it could be read (issue 18.5).
+    (_mrq(R, C, D, "<lva>" + "x" * 300 + "</lva>"), Snu.WRONG_CONTENT, ScaipReason.BAD_FIELD, "r1"),
+    (_mrq(R, R, C, D), Snu.INVALID_FORMAT, ScaipReason.DUPLICATE_TAG, "r1"),
+    (_mrq(R, "<ref>r2</ref>", C, D), Snu.INVALID_FORMAT, ScaipReason.DUPLICATE_TAG, None),
+    (_mrq(R, C, "<dty><x>4</x></dty>"), Snu.INVALID_FORMAT, ScaipReason.NESTED, "r1"),
+    (_mrq(R, "stray text", C, D), Snu.INVALID_FORMAT, ScaipReason.NESTED, "r1"),
+    (_mrq(R, C, D, "<lge><geo><x/></geo></lge>"), Snu.INVALID_FORMAT, ScaipReason.NESTED, "r1"),
+    (_mrq(R, C, D, "<lge><geo>1,2</geo><geo>1,2</geo></lge>"), Snu.INVALID_FORMAT,
+     ScaipReason.DUPLICATE_TAG, "r1"),
+    (_mrq(R, C, D, "<lge><geo>1,2</geo></lge><lge><tim>x</tim></lge>"), Snu.INVALID_FORMAT,
+     ScaipReason.DUPLICATE_TAG, "r1"),
+    (b"<mrs><ref>r</ref><snu>0</snu></mrs>", Snu.INVALID_FORMAT, ScaipReason.WRONG_ROOT, "r"),
+    (b"<mrq><ref>r</ref>", Snu.INVALID_FORMAT, ScaipReason.NOT_XML, "r"),
     (b"", Snu.INVALID_FORMAT, ScaipReason.NOT_XML, None),
     (b"\xff\xfe<\x00m", Snu.INVALID_FORMAT, ScaipReason.NOT_XML, None),
     (b'<?xml version="1.0" encoding="nope"?><mrq/>', Snu.INVALID_FORMAT, ScaipReason.NOT_XML, None),
     (
-        _mrq(*[f"<x{i}>1</x{i}>" for i in range(60)]),
+        _mrq(R, *[f"<x{i}>1</x{i}>" for i in range(60)]),
         Snu.INVALID_FORMAT,
         ScaipReason.TOO_MANY_FIELDS,
-        None,
+        "r1",
     ),
     (
         _mrq(R, C, D, "<lva>" + "x" * MAX_SCAIP_XML + "</lva>"),
         Snu.TOO_LONG,
         ScaipReason.OVERSIZE,
-        None,
+        "r1",
     ),
 ]
 
@@ -139,8 +190,7 @@ def test_invalid_mrq(doc: bytes, snu: Snu, reason: ScaipReason, ref: str | None)
     parsed = parse_mrq(doc)
     assert isinstance(parsed, ScaipError), parsed
     assert (parsed.snu, parsed.reason) == (snu, reason)
-    if ref is not None:
-        assert parsed.ref == ref
+    assert parsed.ref == ref
     assert parsed.detail
 
 
@@ -218,13 +268,16 @@ def test_generated_mrq_never_raises(doc: bytes) -> None:
     parsed = parse_mrq(doc)
     assert isinstance(parsed, ScaipRequest | ScaipError)
     if isinstance(parsed, ScaipRequest):
-        assert 1 <= len(parsed.ref) <= 16
-        assert parsed.cid and parsed.dty.isdigit()
+        assert 1 <= len(parsed.ref) <= 16 and parsed.ref.isalnum() and parsed.ref.isascii()
+        assert parsed.cid.isdigit() and parsed.dty.isdigit()
         # Everything the gateway derives from a valid request must also be total.
         classify(parsed)
+        content_of(parsed)
+        describe(parsed)
         parse_mrs(encode_mrs(parsed.ref, Snu.OK))
     else:
         assert parsed.snu in set(Snu)
+        assert parsed.ref is None or (parsed.ref.isalnum() and parsed.ref.isascii())
 
 
 @settings(max_examples=300)
@@ -246,8 +299,8 @@ def test_mrs_round_trips(ref: str, snu: Snu) -> None:
 
 @settings(max_examples=200)
 @given(
-    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=16),
-    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64),
+    st.from_regex(r"\A[0-9A-Za-z]{1,16}\Z"),
+    st.from_regex(r"\A[0-9]{1,16}\Z"),
     st.from_regex(r"\A\d{1,4}\Z"),
     st.sampled_from(list(MessageType)),
 )
@@ -299,21 +352,42 @@ def test_from_user_must_equal_cid() -> None:
     ("overrides", "kind", "alarm_type", "known"),
     [
         ({"mty": MessageType.HEARTBEAT}, EventKind.HEARTBEAT, None, True),
-        ({"mty": MessageType.RESET}, EventKind.RESET, None, True),
+        ({"mty": MessageType.HEARTBEAT, "stc": "0009"}, EventKind.HEARTBEAT, None, True),
+        ({"mty": MessageType.RESET}, EventKind.STATUS, None, True),
         ({"mty": MessageType.INFO}, EventKind.INFO, None, True),
+        ({"mty": MessageType.INFO, "stc": "0010"}, EventKind.INFO, None, True),
         ({"stc": "0010"}, EventKind.ALARM, AlarmType.MANUAL, True),
-        ({"stc": "19"}, EventKind.RESET, None, True),
         ({"stc": "0102"}, EventKind.ALARM, AlarmType.TEST, True),
+        ({"stc": "103"}, EventKind.ALARM, AlarmType.TEST, True),
         ({"dty": "0005", "stc": "10"}, EventKind.ALARM, AlarmType.FALL, True),
-        ({"dty": "6"}, EventKind.ALARM, AlarmType.SMOKE, True),
-        ({"dty": "0007"}, EventKind.ALARM, AlarmType.WATER, True),
-        ({"dty": "8"}, EventKind.ALARM, AlarmType.BED_EXIT, True),
-        ({"dty": "9"}, EventKind.ALARM, AlarmType.DOOR, True),
-        ({"dty": "10"}, EventKind.ALARM, AlarmType.INACTIVITY, True),
-        ({"dty": "11"}, EventKind.ALARM, AlarmType.TEMPERATURE, True),
-        # Unknown codes never drop an alarm: MANUAL, flagged as a fallback.
+        # Issue 18.3: smoke and flood (priority 1), door, bed, wandering; provisional codes.
+        ({"dty": "0023", "stc": "0010"}, EventKind.ALARM, AlarmType.SMOKE, True),
+        ({"dty": "0033", "stc": "0009"}, EventKind.ALARM, AlarmType.WATER, True),
+        ({"dty": "0014", "stc": "0076"}, EventKind.ALARM, AlarmType.DOOR, True),
+        ({"dty": "0012", "stc": "0003"}, EventKind.ALARM, AlarmType.BED_EXIT, True),
+        ({"dty": "0015"}, EventKind.ALARM, AlarmType.DOOR, True),
+        ({"dty": "0006"}, EventKind.ALARM, AlarmType.MANUAL, True),
+        ({"dty": "0007"}, EventKind.ALARM, AlarmType.MANUAL, True),
+        ({"dty": "0008"}, EventKind.ALARM, AlarmType.MANUAL, True),
+        ({"dty": "0009"}, EventKind.ALARM, AlarmType.MANUAL, True),
+        ({"dty": "0011", "stc": "0081"}, EventKind.ALARM, AlarmType.MEDICATION, True),
+        ({"dty": "0010", "stc": "0104"}, EventKind.ALARM, AlarmType.INACTIVITY, True),
+        ({"dty": "0024", "stc": "0101"}, EventKind.ALARM, AlarmType.TEMPERATURE, True),
+        # Issue 18.4: status events are not alarms.
+        ({"stc": "0019"}, EventKind.STATUS, None, True),
+        ({"stc": "0093"}, EventKind.STATUS, None, True),
+        ({"stc": "0111"}, EventKind.STATUS, None, True),
+        ({"stc": "0088"}, EventKind.STATUS, None, True),
+        ({"dty": "0003", "stc": "0016"}, EventKind.FAULT, None, True),
+        ({"dty": "0002", "stc": "0085"}, EventKind.FAULT, None, True),
+        ({"dty": "0002", "stc": "0086"}, EventKind.RESTORE, None, True),
+        ({"stc": "0070"}, EventKind.INFO, None, True),
+        # An "alarm" from infrastructure is a fault of it.
+        ({"dty": "0040", "stc": "0010"}, EventKind.FAULT, None, True),
+        # Unknown codes never drop an alarm: MANUAL or the device's type, flagged.
         ({"dty": "9999"}, EventKind.ALARM, AlarmType.MANUAL, False),
-        ({"dty": "6", "stc": "777"}, EventKind.ALARM, AlarmType.SMOKE, False),
+        ({"dty": "23", "stc": "777"}, EventKind.ALARM, AlarmType.SMOKE, False),
+        ({"dty": "23", "stc": "49"}, EventKind.ALARM, AlarmType.SMOKE, False),
     ],
 )
 def test_classify(
@@ -323,6 +397,30 @@ def test_classify(
     assert (result.kind, result.alarm_type, result.known) == (kind, alarm_type, known)
 
 
+@pytest.mark.parametrize(("stc", "status"), [
+    ("0019", DeviceStatus.CANCELLED), ("0002", DeviceStatus.CANCELLED),
+    ("0092", DeviceStatus.RESET), ("0093", DeviceStatus.RESET),
+    ("0111", DeviceStatus.COMPLETE), ("0088", DeviceStatus.PRESENCE)])
+def test_status_codes_name_the_device_status(stc: str, status: DeviceStatus) -> None:
+    assert classify(_request(stc=stc)).status is status
+    assert classify(_request(mty=MessageType.RESET)).status is DeviceStatus.RESET
+
+
+def test_fault_kinds_pair_a_fault_with_its_restore() -> None:
+    pendant_low = classify(_request(dty="0003", did="01", stc="0016"))
+    pendant_ok = classify(_request(dty="3", did="01", stc="15"))
+    assert pendant_low.faults == ("scaip.battery.3.01",) == pendant_ok.faults
+    # Another pendant's battery is another fault; the controller's power is one per controller.
+    assert classify(_request(dty="3", did="02", stc="16")).faults == ("scaip.battery.3.02",)
+    assert classify(_request(dty="2", stc="85")).faults == ("scaip.power",)
+    assert classify(_request(dty="48", stc="86")).faults == ("scaip.power",)
+    # A restoral clears every fault of the device that sent it.
+    assert set(classify(_request(dty="3", did="01", stc="94")).faults) == {
+        "scaip.battery.3.01", "scaip.device.3.01", "scaip.tamper.3.01"}
+    # A device id that is not a plain id does not end up in a ref.
+    assert classify(_request(dty="3", did="a/b", stc="16")).faults == ("scaip.battery.3.-",)
+
+
 def test_classify_tables_are_injectable() -> None:
     result = classify(
         _request(dty="42", stc="555"),
@@ -330,15 +428,66 @@ def test_classify_tables_are_injectable() -> None:
         status_codes={555: StatusMeaning.ALARM},
     )
     assert (result.alarm_type, result.known) == (AlarmType.DOOR, True)
+    site = ScaipTables.with_overrides({23: AlarmType.WATER}, {10: StatusRule(StatusMeaning.INFO)})
+    assert classify(_request(dty="23", stc="9"), tables=site).alarm_type is AlarmType.WATER
+    assert classify(_request(dty="23", stc="10"), tables=site).kind is EventKind.INFO
+    assert classify(_request(dty="5", stc="9"), tables=site).alarm_type is AlarmType.FALL
+
+
+def test_site_tables_are_validated() -> None:
+    with pytest.raises(ValueError, match="test"):
+        ScaipTables.with_overrides({1: AlarmType.TEST}, {})
+    with pytest.raises(ValueError, match="0-9999"):
+        ScaipTables.with_overrides({10_000: AlarmType.FALL}, {})
+    assert parse_status_rule("fault:battery") == StatusRule(StatusMeaning.FAULT, "battery")
+    assert parse_status_rule("restore:*") == StatusRule(StatusMeaning.RESTORE, "*")
+    assert str(parse_status_rule(" presence ")) == "presence"
+    for bad in ("alarmx", "fault", "fault:*", "fault:Battery", "reset:battery", "restore:"):
+        with pytest.raises(ValueError):
+            parse_status_rule(bad)
 
 
 def test_every_device_alarm_type_has_a_device_type() -> None:
-    # Test alarms come as a status code; technical alarms are raised by the gateway itself.
+    # Test alarms come as a status code.
     mapped = {alarm_type for _, alarm_type in DEVICE_TYPE_ROWS}
-    assert mapped == set(AlarmType) - {AlarmType.TEST, AlarmType.TECHNICAL}
+    assert mapped == set(AlarmType) - {AlarmType.TEST}
 
 
-def test_location_coordinates() -> None:
-    assert Location(lat="59.3293", lon="18.0686").latitude == pytest.approx(59.3293)
-    assert Location(lat="91", lon="x").latitude is None
-    assert Location(lon="nan").longitude is None
+def test_code_tables_are_the_public_lists() -> None:
+    """Spot checks against the public code lists (docs/scaip.md, "Sources")."""
+    devices = {row.code: row.meaning for row, _ in DEVICE_TYPE_ROWS}
+    statuses = {row.code: row.meaning for row, _ in STATUS_CODE_ROWS}
+    assert devices[23] == "smoke detector" and devices[33] == "flood detector"
+    assert devices[6] == "personal attack trigger" and devices[7] == "panic button"
+    assert devices[8].startswith("duty switch") and devices[9].startswith("duty switch")
+    assert devices[11] == "pill dispenser"
+    assert statuses[16] == "battery low" and statuses[85] == "power failure"
+    assert statuses[88] == "presence after alarm" and statuses[111] == "intervention complete"
+    assert statuses[93] == "manual reset" and statuses[102].startswith("test transmission")
+    assert sorted(devices) == [c for c in range(52) if c != 42]
+    assert sorted(statuses) == [c for c in range(128) if c != 49]
+
+
+def test_content_key_ignores_ref_and_position_only() -> None:
+    base = _request(stc="0010")
+    assert content_of(base) == content_of(dataclasses.replace(base, ref="other"))
+    moved = Position(59.3, 18.0, None, None, PositionSource.SCAIP_GEO)
+    assert content_of(base) == content_of(dataclasses.replace(base, position=moved))
+    for change in ({"stc": "0009"}, {"dty": "23"}, {"did": "2"}, {"cid": "4712"},
+                   {"location": Location("021")}, {"crd": ("gsm:+46",)},
+                   {"extra": (("cha", "1"),)}):
+        assert content_of(base) != content_of(dataclasses.replace(base, **change)), change
+    # Padding is not content: "10" and "0010" are the same code.
+    assert content_of(base) == content_of(dataclasses.replace(base, stc="10"))
+
+
+def test_describe_names_device_status_and_place() -> None:
+    text = describe(_request(dty="0023", stc="0010", location=Location("021", None, "Köket")))
+    assert text == "SCAIP smoke detector (dty 0023), manual alarm (stc 0010), at kitchen / Köket"
+
+
+def test_readable_ref_from_broken_documents() -> None:
+    assert readable_ref(b"<mrq><ref>abc1</ref><cid>1") == "abc1"
+    assert readable_ref(b"<mrq><ref>a-b</ref>") is None
+    assert readable_ref(b"<ref>a</ref><ref>b</ref>") is None
+    assert readable_ref(b"<ref>a</ref><ref>a</ref>") == "a"

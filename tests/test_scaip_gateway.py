@@ -26,7 +26,7 @@ def _scaip_controller(tmp_path: Path) -> None:
     """The scenario's controller id (cid) is provisioned as a device of team-a."""
     org = OrgStore(tmp_path / "gw" / "org.sqlite3")
     seed_small(org)
-    org.put_device(DeviceInfo("sipp4711", "alarm_unit", "r-a", model="SCAIP controller"))
+    org.put_device(DeviceInfo("4711", "alarm_unit", "r-a", model="SCAIP controller"))
     org.close()
 
 
@@ -46,7 +46,7 @@ async def test_scaip_alarm_from_sipp_reaches_staff(
             code, errors = await run_sipp(scenario, transport, port, work)
             assert code == 0, errors
             alarm = await next_alarm(ws)
-            assert alarm["device_id"] == "sipp4711"
+            assert alarm["device_id"] == "4711"
             assert alarm["ref"] == "sipp1"
             assert alarm["type"] == "manual"
             assert [h["hop"] for h in alarm["hops"]] == ["raised", "stored", "routed"]
@@ -67,7 +67,7 @@ async def test_unknown_controller_is_refused(
             run_sipp("scaip_uac_udp.xml", "u1", gw.scaip.udp_port, work), 90)
         assert code != 0, "the scenario requires snu 0, which an unknown cid must not get"
         assert gw.core.alarms == {} or all(
-            a.device_id != "sipp4711" for a in gw.core.alarms.values())
+            a.device_id != "4711" for a in gw.core.alarms.values())
 
 
 async def test_scaip_over_tls_with_client_certificates(
@@ -83,7 +83,7 @@ async def test_scaip_over_tls_with_client_certificates(
     pki = tmp_path / "pki"
     ca = create_ca(pki)
     server = issue(ca, pki, "gateway", server=True)
-    client = issue(ca, pki, "sipp4711", server=False)
+    client = issue(ca, pki, "4711", server=False)
     scaip = {"port": 0, "udp": False, "tls_cert": str(server.cert), "tls_key": str(server.key),
              "tls_client_ca": str(ca.cert)}
     async with make_gateway(mosquitto, scaip=scaip) as gw:
@@ -94,8 +94,8 @@ async def test_scaip_over_tls_with_client_certificates(
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", gw.scaip.tcp_port, ssl=context, server_hostname="127.0.0.1")
         try:
-            body = encode_mrq(ref="tls1", cid="sipp4711", dty="0004", stc="0010")
-            writer.write(sip_message(body, user="sipp4711", transport="TLS"))
+            body = encode_mrq(ref="tls1", cid="4711", dty="0004", stc="0010")
+            writer.write(sip_message(body, user="4711", transport="TLS"))
             framer = SipStreamReader()
             received: list[object] = []
             async with asyncio.timeout(10):
@@ -115,7 +115,7 @@ async def test_scaip_over_tls_with_client_certificates(
         finally:
             writer.close()
             await writer.wait_closed()
-        assert gw.core.find("sipp4711", "tls1") is not None
+        assert gw.core.find("4711", "tls1") is not None
         # Without a client certificate the connection is refused (with TLS 1.3 the client
         # learns it at its first read: an alert or an immediate close), and nothing stored.
         plain = ssl.create_default_context(cafile=ca.cert)
@@ -123,12 +123,12 @@ async def test_scaip_over_tls_with_client_certificates(
         try:
             r2, w2 = await asyncio.open_connection(
                 "127.0.0.1", gw.scaip.tcp_port, ssl=plain, server_hostname="127.0.0.1")
-            w2.write(sip_message(encode_mrq(ref="tls2", cid="sipp4711", dty="0004",
-                                            stc="0010"), user="sipp4711", transport="TLS"))
+            w2.write(sip_message(encode_mrq(ref="tls2", cid="4711", dty="0004",
+                                            stc="0010"), user="4711", transport="TLS"))
             await w2.drain()
             answer = await asyncio.wait_for(r2.read(65536), 10)
             w2.close()
         except (ssl.SSLError, ConnectionError):
             answer = b""
         assert answer == b""
-        assert gw.core.find("sipp4711", "tls2") is None
+        assert gw.core.find("4711", "tls2") is None

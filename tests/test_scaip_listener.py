@@ -105,7 +105,7 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 async def listener(recorder: Recorder) -> AsyncIterator[ScaipListener]:
-    async with ScaipListener(recorder, port=0, mrs_in_response={"inbody"}) as running:
+    async with ScaipListener(recorder, port=0, mrs_in_response={"4700"}) as running:
         yield running
 
 
@@ -157,17 +157,20 @@ async def test_handler_snu_is_passed_through(
     assert (await expect_mrs(udp)).snu == Snu.HOLD
 
 
-@pytest.mark.parametrize(
-    ("body", "user", "snu", "reason"),
-    [
-        (encode_mrq(ref="r1", cid="4711", dty="4"), "9999", Snu.WRONG_CONTENT, "cid_mismatch"),
-        (b"<mrq><ref>r1</ref><cid>4711</cid></mrq>", "4711", Snu.MANDATORY_MISSING, "missing_tag"),
-        (b"<mrq><ref>r1</ref", "4711", Snu.INVALID_FORMAT, "not_xml"),
-        (b'<!DOCTYPE m [<!ENTITY a "b">]><mrq/>', "4711", Snu.INVALID_FORMAT, "forbidden_xml"),
-        (b"<mrq>" + b" " * 5000 + b"</mrq>", "4711", Snu.TOO_LONG, "oversize"),
-    ],
-)
-async def test_refused_mrq_is_answered_without_calling_the_handler(
+REFUSED = [
+    (encode_mrq(ref="r1", cid="4711", dty="4"), "9999", Snu.WRONG_CONTENT, "cid_mismatch", "r1"),
+    (b"<mrq><ref>r1</ref><cid>4711</cid></mrq>", "4711", Snu.MANDATORY_MISSING, "missing_tag",
+     "r1"),
+    (b"<mrq><ref>r1</ref><cid>", "4711", Snu.INVALID_FORMAT, "not_xml", "r1"),
+    (b"<mrq><ref>r1</ref", "4711", Snu.INVALID_FORMAT, "not_xml", None),
+    (b'<!DOCTYPE m [<!ENTITY a "b">]><mrq/>', "4711", Snu.INVALID_FORMAT, "forbidden_xml", None),
+    (b"<mrq>" + b" " * 5000 + b"</mrq>", "4711", Snu.TOO_LONG, "oversize", None),
+    (encode_mrq(ref="r-1", cid="4711", dty="4"), "4711", Snu.WRONG_CONTENT, "bad_field", None),
+]
+
+
+@pytest.mark.parametrize(("body", "user", "snu", "reason", "ref"), REFUSED)
+async def test_refused_mrq_from_an_unverified_source_is_answered_in_the_200(
     listener: ScaipListener,
     udp: UdpClient,
     recorder: Recorder,
@@ -175,13 +178,44 @@ async def test_refused_mrq_is_answered_without_calling_the_handler(
     user: str,
     snu: Snu,
     reason: str,
+    ref: str | None,
 ) -> None:
+    """No request of ours toward an address that never proved it receives (issue 17.5)."""
     udp.send(sip_message(body, user=user))
     ok = await udp.next()
     assert isinstance(ok, SipResponse)
     assert ok.status == 200
-    assert (await expect_mrs(udp)).snu == snu
+    mrs = parse_mrs(ok.body)
+    assert isinstance(mrs, ScaipResponse)
+    assert (mrs.ref, mrs.snu) == (ref, snu)
     assert recorder.calls == []
+    assert listener.stats.rejects[reason] == 1
+    assert listener.stats.mrs_sent == 0
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(udp.inbox.get(), 1.0)
+
+
+@pytest.mark.parametrize(("body", "user", "snu", "reason", "ref"), REFUSED)
+async def test_refused_mrq_from_a_verified_controller_gets_its_mrs_message(
+    listener: ScaipListener,
+    udp: UdpClient,
+    recorder: Recorder,
+    body: bytes,
+    user: str,
+    snu: Snu,
+    reason: str,
+    ref: str | None,
+) -> None:
+    udp.send(sip_message(ALARM, call_id="first", branch="z9hG4bKv"))
+    assert isinstance(await udp.next(), SipResponse)
+    assert (await expect_mrs(udp)).snu == Snu.OK  # answering our <mrs> verifies the source
+    await asyncio.sleep(0.05)
+    udp.send(sip_message(body, user=user))
+    ok = await udp.next()
+    assert isinstance(ok, SipResponse) and ok.status == 200 and ok.body == b""
+    mrs = await expect_mrs(udp)
+    assert (mrs.ref, mrs.snu) == (ref, snu)
+    assert len(recorder.calls) == 1
     assert listener.stats.rejects[reason] == 1
 
 
@@ -271,7 +305,7 @@ async def test_saturated_handler_answers_busy(recorder: Recorder) -> None:
 async def test_mrs_in_the_200_ok_for_configured_controllers(
     listener: ScaipListener, udp: UdpClient, recorder: Recorder
 ) -> None:
-    udp.send(sip_message(encode_mrq(ref="r9", cid="inbody", dty="5"), user="inbody"))
+    udp.send(sip_message(encode_mrq(ref="r9", cid="4700", dty="5"), user="4700"))
     ok = await udp.next()
     assert isinstance(ok, SipResponse)
     assert ok.status == 200
@@ -332,15 +366,20 @@ def _free_port() -> int:
         return port
 
 
-async def run_sipp(scenario: str, transport: str, port: int, cwd: Path) -> tuple[int, str]:
-    """Run one sipp call (-m 1) with a global timeout; return (exit code, stderr tail)."""
+async def run_sipp(
+    scenario: str, transport: str, port: int, cwd: Path, *, calls: int = 1,
+    rate: float | None = None,
+) -> tuple[int, str]:
+    """Run ``calls`` sipp calls (at ``rate`` per second) with a global timeout; return
+    (exit code, stderr tail)."""
     assert SIPP is not None
     process = await asyncio.create_subprocess_exec(
         SIPP,
         f"127.0.0.1:{port}",
         "-sf", str(SCENARIOS / scenario),
         "-t", transport,  # u1 = UDP, t1 = one TCP connection
-        "-m", "1",
+        "-m", str(calls),
+        *(("-r", str(rate)) if rate is not None else ()),
         "-i", "127.0.0.1",
         "-p", str(_free_port()),
         "-timeout", "20s",
@@ -376,16 +415,16 @@ sipp_required = pytest.mark.skipif(
 @pytest.mark.parametrize(
     ("scenario", "transport", "cid"),
     [
-        ("scaip_uac_udp.xml", "u1", "sipp4711"),
-        ("scaip_uac_tcp.xml", "t1", "sipp4711"),
-        ("scaip_uac_mrs_in_200.xml", "u1", "sipp4712"),
-        ("scaip_uac_mrs_in_200.xml", "t1", "sipp4712"),
+        ("scaip_uac_udp.xml", "u1", "4711"),
+        ("scaip_uac_tcp.xml", "t1", "4711"),
+        ("scaip_uac_mrs_in_200.xml", "u1", "4712"),
+        ("scaip_uac_mrs_in_200.xml", "t1", "4712"),
     ],
 )
 async def test_sipp_controller(
     recorder: Recorder, tmp_path: Path, scenario: str, transport: str, cid: str
 ) -> None:
-    async with ScaipListener(recorder, port=0, mrs_in_response={"sipp4712"}) as listener:
+    async with ScaipListener(recorder, port=0, mrs_in_response={"4712"}) as listener:
         port = listener.udp_port if transport == "u1" else listener.tcp_port
         assert port is not None
         code, log = await run_sipp(scenario, transport, port, tmp_path)

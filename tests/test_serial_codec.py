@@ -300,3 +300,19 @@ def test_any_split_gives_the_same_items(pieces: list[bytes], cuts: list[int]) ->
     assert split == whole
     records = [i for i in whole if not isinstance(i, FrameError)]
     assert len(records) <= len(pieces)
+
+
+@pytest.mark.parametrize("noise", [b"\xe4", b"\xff\xfe", "ö".encode()])
+def test_a_non_ascii_byte_naks_with_the_device_and_ref_that_were_readable(noise: bytes) -> None:
+    """Issue 18.5: the NAK is addressed whenever the header fields were intact."""
+    frame = encode_record(ALARM)
+    broken = frame.replace(b"type=fall", b"type=f" + noise + b"ll")
+    [error] = SerialDecoder().feed(broken)
+    assert isinstance(error, FrameError)
+    assert error.nak_reason is NakReason.BAD_CHECKSUM
+    assert (error.device_id, error.ref) == ("dev-1", "b0-a1")
+    # A non-ASCII byte inside the device id or ref leaves that field unaddressed.
+    in_ref = frame.replace(b"b0-a1", b"b0-" + noise + b"1")
+    [error] = SerialDecoder().feed(in_ref)
+    assert isinstance(error, FrameError)
+    assert (error.device_id, error.ref) == ("dev-1", None)

@@ -237,6 +237,19 @@ async def test_pty_checksum_error_and_noise(tmp_path: Path) -> None:
         assert [m.ref for m in store.messages] == [good.ref]
 
 
+async def test_pty_non_ascii_byte_is_naked_with_the_readable_address(tmp_path: Path) -> None:
+    """Issue 18.5: a non-ASCII byte in the payload NAKs 'checksum' to the device and ref."""
+    store = Store()
+    async with _sim(tmp_path, ["rx-1"]) as sim, _link(store, sim) as link:
+        await asyncio.wait_for(link.wait_up(), 5)
+        broken = encode_record(alarm("rx-1", "bad-2")).replace(b"manual", b"m\xe4nual")
+        sim.send_raw(broken)
+        await eventually(lambda: sim.stats.naks["checksum"] == 1)
+        [nak] = [r for r in sim.replies if r.reason is not None]
+        assert (nak.device_id, nak.ref) == ("rx-1", "bad-2")
+        assert store.messages == []
+
+
 async def test_pty_port_removed_and_restored(tmp_path: Path) -> None:
     store = Store()
     states: asyncio.Queue[bool] = asyncio.Queue()

@@ -351,3 +351,82 @@ def test_stream_reader_never_raises_and_stays_bounded(parts: list[bytes], chunk:
         for item in reader.feed(data[i : i + chunk]):
             assert isinstance(item, SipRequest | SipResponse | SipError)
         assert reader.buffered <= MAX_SIP_MESSAGE + chunk
+
+
+# -- issue 18.5 ----------------------------------------------------------------------------
+
+
+def test_methods_are_case_sensitive() -> None:
+    lower = message(start="message sip:trygg@127.0.0.1 SIP/2.0").replace(
+        b"CSeq: 7 MESSAGE", b"CSeq: 7 message")
+    for stream in (False, True):
+        parsed = parse_message(lower, stream=stream)
+        assert isinstance(parsed, SipRequest)
+        assert parsed.method == "message", "an unknown method, for the listener to answer 405"
+    # ... and the stream reader frames it like any request (it used to be skipped as junk).
+    out = SipStreamReader().feed(lower + message())
+    assert [m.method for m in out if isinstance(m, SipRequest)] == ["message", "MESSAGE"]
+    # CSeq must name the method exactly.
+    mixed = message().replace(b"CSeq: 7 MESSAGE", b"CSeq: 7 Message")
+    assert isinstance(parse_message(mixed), SipError)
+
+
+@pytest.mark.parametrize(("value", "user"), [
+    ("<sip:4711@h>;tag=1", "4711"),
+    ('"sip:4711@evil" <sip:666@h>;tag=1', "666"),
+    ('"A \\"quoted\\" <sip:4711@x>" <sip:666@h>', "666"),
+    ("Mallory sip:4711@x <sip:666@h>", "666"),
+    ("sip:4711@h;tag=1", "4711"),
+    ('"unterminated <sip:4711@h>', None),
+    ('"a" sip:4711@h', None),
+    ("<sip:4711@h", None),
+    ("", None),
+])
+def test_from_user_is_the_uri_user_never_the_display_name(value: str, user: str | None) -> None:
+    raw = message().replace(b"From: <sip:4711@10.0.0.2>;tag=x1", f"From: {value}".encode())
+    parsed = parse_message(raw)
+    assert isinstance(parsed, SipRequest)
+    assert parsed.from_user == user
+
+
+def test_oversize_datagram_keeps_the_addressing_headers_for_the_513() -> None:
+    big = message(body=b"x" * (20 * 1024))
+    parsed = parse_message(big)
+    assert isinstance(parsed, SipError) and parsed.status == 513
+    assert parsed.header("Via") == "SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKabc"
+    assert parsed.header("Call-ID") == "call-1@10.0.0.2"
+    assert parsed.header("Content-Type") is None, "only what a response echoes"
+    # A 20 KiB header block, too.
+    huge_head = message(headers=[
+        "Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKabc", "From: <sip:4711@h>;tag=1",
+        "To: <sip:t@h>", "Call-ID: c", "CSeq: 1 MESSAGE", "X-Pad: " + "p" * 20 * 1024])
+    error = parse_message(huge_head)
+    assert isinstance(error, SipError) and error.status == 513
+    assert error.header("CSeq") == "1 MESSAGE"
+    reply = build_response(513, request=error)
+    assert reply.startswith(b"SIP/2.0 513 Message Too Large\r\nVia: SIP/2.0/UDP 10.0.0.2")
+
+
+def test_oversize_header_block_on_a_stream_is_answerable_then_resyncs() -> None:
+    reader = SipStreamReader()
+    head = (b"MESSAGE sip:x SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKbig\r\n"
+            b"From: <sip:1@h>;tag=1\r\nTo: <sip:t@h>\r\nCall-ID: big\r\nCSeq: 1 MESSAGE\r\n")
+    out = reader.feed(head + b"X-Pad: " + b"p" * (20 * 1024))
+    errors = [o for o in out if isinstance(o, SipError)]
+    assert errors[0].status == 513 and errors[0].is_request
+    assert errors[0].header("Call-ID") == "big"
+    out = reader.feed(b"\r\n\r\n" + message())
+    assert isinstance(out[-1], SipRequest)
+
+
+def test_too_many_headers_keep_the_first_ones_for_the_400() -> None:
+    many = message().replace(b"Content-Type:", b"".join(
+        f"X-H{i}: {i}\r\n".encode() for i in range(80)) + b"Content-Type:")
+    for stream in (False, True):
+        parsed = parse_message(many, stream=stream)
+        assert isinstance(parsed, SipError)
+        assert parsed.reason is SipErrorReason.TOO_MANY_HEADERS and parsed.status == 400
+        assert parsed.header("Via") is not None and parsed.header("CSeq") == "7 MESSAGE"
+    streamed = SipStreamReader().feed(many + message())
+    assert isinstance(streamed[0], SipError) and streamed[0].header("Via") is not None
+    assert isinstance(streamed[-1], SipRequest)

@@ -236,6 +236,17 @@ function field(sv, en, value, cls) {
   return [h("dt", {}, bi(sv, en)), h("dd", { class: cls }, value)];
 }
 
+// A mobile alarm's latest position: a map link (and geo: for the phone's maps app), with
+// accuracy and age so staff know how far to trust it.
+function positionField(position) {
+  if (!position) return [];
+  const accuracy = position.accuracy_m == null ? "" : ` ±${Math.round(position.accuracy_m)} m`;
+  const age = Math.max(0, Math.round((Date.now() - new Date(position.at)) / 60000));
+  return field("Position", "Position", h("span", {},
+    h("a", { href: position.map_url, target: "_blank", rel: "noopener" }, "Karta / Map"), " · ",
+    h("a", { href: position.geo_uri }, "geo:"), `${accuracy}, ${age} min`), "position");
+}
+
 function renderDetail() {
   const alarm = detail;
   const state = stateOf(alarm);
@@ -252,6 +263,7 @@ function renderDetail() {
       field("Entré", "Entry", r.entry_info, "entry"),
       field("Handlingsplan", "Action plan", r.action_plan, "plan"),
       field("Larmenhet", "Device", alarm.device_id, "device"),
+      ...positionField(alarm.position),
       field("Orsak", "Cause", alarm.cause, "cause"),
       field("Anteckning", "Note", alarm.note, "note")));
   $("timeline").replaceChildren(...alarm.hops.map((hop) => {

@@ -5,6 +5,7 @@ export const TYPES = {
   water: ["Vattenläcka", "Water leak"], bed_exit: ["Lämnat sängen", "Bed exit"],
   door: ["Dörr", "Door"], inactivity: ["Ingen aktivitet", "No activity"],
   temperature: ["Temperatur", "Temperature"], test: ["Provlarm", "Test alarm"],
+  medication: ["Medicin", "Medication"],
   technical: ["Tekniskt larm", "Technical alarm"],
 };
 
