@@ -60,6 +60,7 @@ from alarms.records import (
     CentreConfirmation,
     Escalated,
     HopAdded,
+    NotificationRecorded,
     OwnerChanged,
     Record,
     RefAttached,
@@ -310,6 +311,7 @@ _KIND: dict[type[Any], str] = {
     CentreConfirmation: "centre_confirmed",
     OwnerChanged: "owner",
     RefAttached: "attached",
+    NotificationRecorded: "notification",
 }
 
 _INSERT_RECORD = (
