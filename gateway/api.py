@@ -28,7 +28,7 @@ from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketDisconnected
 
 from alarms.events import (
@@ -60,6 +60,7 @@ from gateway.security import (
     SecurityHeaders,
     SecuritySettings,
 )
+from gateway.smscodec import e164
 from gateway.views import alarm_json, for_role
 
 _LOGGER = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ class StaffIn(BaseModel):
     team_ids: list[str] = Field(default_factory=list, max_length=50)
     password: str | None = Field(default=None, min_length=12, max_length=200)
     on_duty: bool = True
+    # E.164, for the SMS fallback (docs/sms.md); normalised, unique among staff.
+    phone: Annotated[str, AfterValidator(e164)] | None = Field(default=None, max_length=32)
 
 
 class RecipientIn(BaseModel):
@@ -602,7 +605,8 @@ def _require(member: StaffMember, *roles: str) -> None:
 
 def _staff_json(member: StaffMember) -> dict[str, Any]:
     return {"id": member.id, "username": member.username, "name": member.name,
-            "role": member.role, "team_ids": list(member.team_ids), "on_duty": member.on_duty}
+            "role": member.role, "team_ids": list(member.team_ids), "on_duty": member.on_duty,
+            "phone": member.phone}
 
 
 def _recipient_json(recipient: RecipientInfo, gateway: Gateway, *, full: bool
@@ -693,6 +697,9 @@ def _org_routes(app: FastAPI, gateway: Gateway, sessions: RefreshStore,
         other = org.staff_by_username(body.username)
         if other is not None and other.id != staff_id:
             raise HTTPException(409, f"username {body.username!r} is taken")
+        same_phone = org.staff_by_phone(body.phone) if body.phone else None
+        if same_phone is not None and same_phone.id != staff_id:
+            raise HTTPException(409, f"phone number is {same_phone.id}'s")
         existing = org.staff.get(staff_id)
         if body.password is not None:
             password_hash = await asyncio.to_thread(hash_password, body.password)
@@ -701,7 +708,7 @@ def _org_routes(app: FastAPI, gateway: Gateway, sessions: RefreshStore,
         else:
             raise HTTPException(422, "a new staff member needs a password")
         updated = StaffMember(staff_id, body.username, body.name, body.role,
-                              tuple(body.team_ids), password_hash, body.on_duty)
+                              tuple(body.team_ids), password_hash, body.on_duty, body.phone)
         org.put_staff(updated)
         if existing is not None and (existing.role != updated.role or body.password):
             await asyncio.to_thread(sessions.revoke_staff, staff_id)
