@@ -244,9 +244,10 @@ DLR_MASK = DLR_DELIVERED | DLR_UNDELIVERED | DLR_SMSC_ACCEPTED | DLR_SMSC_REJECT
 
 
 def sendsms_params(*, username: str, password: str, sender: str, to: str, text: str,
-                   dlr_url: str) -> dict[str, str]:
-    """The query of one ``/cgi-bin/sendsms`` request asking for delivery reports."""
-    return {
+                   dlr_url: str | None) -> dict[str, str]:
+    """The query of one ``/cgi-bin/sendsms`` request; with ``dlr_url``, asking for delivery
+    reports (answers to staff replies go without: nothing escalates on them)."""
+    params = {
         "username": username,
         "password": password,
         "from": sender,
@@ -254,9 +255,11 @@ def sendsms_params(*, username: str, password: str, sender: str, to: str, text: 
         "text": text,
         "charset": "UTF-8",
         "coding": "0",
-        "dlr-mask": str(DLR_MASK),
-        "dlr-url": dlr_url,
     }
+    if dlr_url is not None:
+        params["dlr-mask"] = str(DLR_MASK)
+        params["dlr-url"] = dlr_url
+    return params
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,6 +167,9 @@ def test_sendsms_asks_for_delivery_reports() -> None:
                             text="hej", dlr_url="http://gw/dlr")
     assert params["dlr-mask"] == str(DLR_MASK) == "27"
     assert params["dlr-url"] == "http://gw/dlr" and params["charset"] == "UTF-8"
+    answer = sendsms_params(username="u", password="p", sender="TRYGG", to="+46701234567",
+                            text="hej", dlr_url=None)
+    assert "dlr-mask" not in answer and "dlr-url" not in answer
 
 
 @pytest.mark.parametrize(("code", "body", "status"), [
