@@ -101,6 +101,7 @@ from gateway.ratelimit import LogLimiter
 from gateway.sensors import SensorService, create_sensor_router
 from gateway.serial import ACK, SerialLink, Verdict, nak
 from gateway.sip import ScaipListener
+from gateway.sms import SmsService
 from gateway.staffwatch import StaffWatch
 from gateway.tsdb import Sample, SqliteSink, TelemetrySink
 from gateway.views import alarm_json, for_role, iso
@@ -293,6 +294,13 @@ class Gateway:
         self.status_listeners.append(self.cameras.on_status)
         self.routers.append(create_provlarm_router(self))
         self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
+        # -- SMS fallback through Kannel (gateway/sms.py, docs/sms.md) ---------------------
+        self.sms: SmsService | None = None
+        if settings.sms is not None:
+            self.sms = SmsService.for_gateway(self, report=self._decide_locked)
+            self.routers.append(self.sms.router)
+            self.notifiers.append(self.sms.notify)
+        # -- end SMS fallback ----------------------------------------------------------------
         self._deadlines_changed = asyncio.Event()
         self._shedding = False
         self._ingest_counters: dict[type, Any] = {}
@@ -370,6 +378,8 @@ class Gateway:
                 offline,
             )
             await self._stack.enter_async_context(self.watch)
+            if self.sms is not None:  # SMS fallback: after replay, its outbox is the journal
+                await self._stack.enter_async_context(self.sms)
             self._count_versions(records)
             if self.settings.cluster is not None:
                 await self._join_cluster()
