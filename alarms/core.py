@@ -383,7 +383,7 @@ class AlarmCore:
                     for queued in self._queue_sms(alarm, step.attempt, targets, now):
                         alarm = evolve(alarm, queued)
                         records.append(queued)
-                if step.attempt > 0:
+                if step.kind is EscalationKind.CENTRE and step.attempt > 0:
                     centre_attempt = step.attempt
                 if step.kind is EscalationKind.CENTRE and not climbed:
                     continue  # a retry to the centre alone tells staff nothing new

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alarms import shortcode
+from alarms.actions import Notify, NotifyCentre
 from alarms.core import AlarmCore, Decision
 from alarms.directory import Directory, Recipient, Staff
 from alarms.escalation import SmsRule, TeamPolicy, sms_schedule
@@ -107,8 +108,10 @@ def test_no_receipt_within_the_delay_texts_the_staff_on_duty_who_have_a_phone() 
     assert alarm.level == 0  # an SMS is not a rung: the ladder keeps its place
     assert alarm.reply_code == code and h.core.find_code(code) is alarm
     # The app is told loudly at the same moment (the SMS may still be on its way).
-    notify = next(a for a in decision.actions if type(a).__name__ == "Notify")
-    assert getattr(notify, "urgent", False)
+    notify = next(a for a in decision.actions if isinstance(a, Notify))
+    assert notify.urgent
+    # An SMS round is not a delivery to the alarm centre (its entry also has an attempt).
+    assert not any(isinstance(a, NotifyCentre) for a in decision.actions)
     # The next thing is the first rung, at its usual time.
     after = h.core.deadline_of("A1")
     assert after is not None and after.kind is EscalationKind.TEAM and after.at == T0 + 60
