@@ -260,3 +260,31 @@ def test_status_page_refuses_entities() -> None:
     bomb = (b'<?xml version="1.0"?><!DOCTYPE g [<!ENTITY a "aaaa">]>'
             b"<gateway><status>&a;</status></gateway>")
     assert isinstance(parse_status(bomb), StatusRefused)
+
+
+# -- the simulator reads what the gateway writes ----------------------------------------------
+
+
+@given(st.text(max_size=100), st.sampled_from(list(RecipientField)))
+def test_the_simulated_phone_finds_the_code_in_every_alarm_text(
+    address: str, field: RecipientField
+) -> None:
+    from firmware_sim.smsphone import reply_code
+
+    code = shortcode.assign(address, ())
+    text = alarm_text(AlarmFacts("A1", "fall", code, address, "r-1"), field=field,
+                      app_url="https://x.example/app/")
+    assert reply_code(text) == code
+
+
+def test_fakesmsc_lines_are_parsed() -> None:
+    from firmware_sim.smsphone import MtMessage, parse_line
+
+    line = ("2026-12-05 09:19:34 [20993] [0] DEBUG: Got message 1: "
+            "<+46700999000 +46701234567 text TRYGG Fall: Storgatan 1. Svara JA K7Q2>")
+    assert parse_line(line) == MtMessage("+46700999000", "+46701234567",
+                                         "TRYGG Fall: Storgatan 1. Svara JA K7Q2")
+    assert parse_line("... Got message 2: <a b data %C3%A5+x>") == MtMessage("a", "b", "å x")
+    assert parse_line("... Got message 3: <a b ucs-2 %00%E5>") == MtMessage("a", "b", "å")
+    assert parse_line("INFO: fakesmsc starting") is None
+    assert parse_line("Got message 4: <a b weird x>") is None
