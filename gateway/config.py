@@ -251,6 +251,12 @@ class SmsSettings(BaseModel):
     # Answer each staff reply with an SMS saying what became of it.
     confirm_replies: bool = True
 
+    @field_validator("status_url", "callback_url", "app_url", "status_password")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # TOML has no null: "" is how a file says "none".
+        return value or None
+
 
 class ScaipSettings(BaseModel):
     """The SCAIP (SS 91100) receiver: SIP MESSAGE over UDP and TCP (docs/scaip.md)."""
