@@ -23,12 +23,13 @@ import psycopg
 import pytest
 
 from alarms.core import DEDUP_WINDOW_S
-from alarms.model import AlarmType, EscalationKind, HandoverKind, Hop
+from alarms.model import AlarmType, EscalationKind, HandoverKind, Hop, NotificationStatus
 from alarms.records import (
     AlarmOpened,
     CentreConfirmation,
     Escalated,
     HopAdded,
+    NotificationRecorded,
     OwnerChanged,
     Record,
     RefAttached,
@@ -110,6 +111,11 @@ def every_record() -> list[Record]:
         OwnerChanged("alarm-1", HandoverKind.FORWARDED, 1_700_000_400.0, "anna", "bo"),
         OwnerChanged("alarm-1", HandoverKind.HANDED_BACK, 1_700_000_500.0, "bo", None),
         RefAttached("alarm-1", "dev-1", "ref-1b", AlarmType.MANUAL, 1_700_000_100.0),
+        NotificationRecorded("alarm-1", "sms", "alarm-1.1.anna", "anna",
+                             NotificationStatus.QUEUED, 1_700_000_030.0, 1, code="K7Q2"),
+        NotificationRecorded("alarm-1", "sms", "alarm-1.1.anna", "anna",
+                             NotificationStatus.FAILED, 1_700_000_031.0, 1,
+                             detail="DLR 2: undeliverable"),
     ]
 
 
