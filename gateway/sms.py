@@ -230,7 +230,15 @@ class SmsService:
             raise RuntimeError("SmsService is already running")
         await self._lock.acquire()
         self._runner = asyncio.create_task(self.run(), name="sms service")
+        self._runner.add_done_callback(self._stopped)
         return self
+
+    @staticmethod
+    def _stopped(task: "asyncio.Task[None]") -> None:
+        # The loops isolate their own failures; ending otherwise is a bug, and it must not
+        # pass silently: SMS would stop while everything else looks fine.
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _LOGGER.critical("SMS service stopped: %r", error, exc_info=error)
 
     async def __aexit__(
         self,
@@ -298,10 +306,15 @@ class SmsService:
     async def _sweep(self) -> None:
         """Re-send what the journal says is queued and this process is not sending."""
         while True:
-            if self.host.acts(ESCALATION):
-                for alarm in self.host.core.open_in_order():
-                    if alarm.notifications:
-                        self._enqueue(self._pending(alarm))
+            try:
+                if self.host.acts(ESCALATION):
+                    for alarm in self.host.core.open_in_order():
+                        if alarm.notifications:
+                            self._enqueue(self._pending(alarm))
+            except Exception as exc:  # noqa: BLE001 - the next sweep must still run
+                if self._log.allow("sweep"):
+                    _LOGGER.warning("SMS outbox sweep failed: %r%s", exc,
+                                    self._log.suppressed_note("sweep"))
             await asyncio.sleep(OUTBOX_SWEEP_S)
 
     # -- sending -----------------------------------------------------------------------------
@@ -411,11 +424,16 @@ class SmsService:
         assert self.settings.status_url is not None
         while True:
             self._wake_check.clear()
-            fault = await self._check(client)
-            self.checks += 1
-            self._failures = self._failures + 1 if fault else 0
-            if fault is None or self._failures >= DOWN_AFTER:
-                await self._settle(fault)
+            try:
+                fault = await self._check(client)
+                self.checks += 1
+                self._failures = self._failures + 1 if fault else 0
+                if fault is None or self._failures >= DOWN_AFTER:
+                    await self._settle(fault)
+            except Exception as exc:  # noqa: BLE001 - supervision must keep running
+                if self._log.allow("supervise"):
+                    _LOGGER.warning("SMS supervision check failed: %r%s", exc,
+                                    self._log.suppressed_note("supervise"))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.check_interval_s):
                     await self._wake_check.wait()

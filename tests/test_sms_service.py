@@ -236,3 +236,17 @@ async def test_a_delivery_report_through_the_callback_reaches_the_chain(
     delivered = [m for m in host.core.alarms["A1"].messages().values()
                  if m.status is NotificationStatus.DELIVERED]
     assert len(delivered) == 1 and delivered[0].detail == "DLR 1"
+
+
+async def test_the_service_is_reusable_but_not_reentrant(
+    host: Host, sendsms: tuple[Sendsms, str]
+) -> None:
+    fake, url = sendsms
+    sms = service(host, url)
+    async with sms:
+        with pytest.raises(RuntimeError, match="already running"):
+            await sms.__aenter__()
+        await until(lambda: statuses(host) == {NotificationStatus.SENT})
+    async with sms:  # again, after a clean exit
+        pass
+    assert len(fake.requests) == 2
