@@ -13,6 +13,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
+from alarms import shortcode
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
 from alarms.causes import RESTORED_CAUSE, TEST_PASSED_CAUSE, match_cause
 from alarms.dedupe import Claim, content_key, is_resend
@@ -28,6 +29,7 @@ from alarms.events import (
     FaultReported,
     ForwardRequested,
     HandBackRequested,
+    NotificationReported,
     OnSiteRequested,
     PositionReported,
     Presence,
@@ -45,7 +47,9 @@ from alarms.model import (
     HOP_ORDER,
     LADDER_KINDS,
     MAX_POSITIONS,
+    NOTIFICATION_RANK,
     PRIORITY,
+    SMS_CHANNEL,
     Alarm,
     AlarmType,
     AttachedRef,
@@ -57,6 +61,8 @@ from alarms.model import (
     HandoverKind,
     Hop,
     HopEntry,
+    NotificationEntry,
+    NotificationStatus,
     Position,
     PositionEntry,
 )
@@ -66,6 +72,7 @@ from alarms.records import (
     DeviceNoted,
     Escalated,
     HopAdded,
+    NotificationRecorded,
     OwnerChanged,
     PositionAdded,
     Record,
@@ -125,6 +132,9 @@ class AlarmCore:
         self._open_by_recipient: dict[str, dict[str, None]] = {}
         self._owner_of: dict[str, str] = {}
         self._owners: Counter[str] = Counter()
+        # Reply codes of open alarms (SMS fallback): a reply names its alarm by one, and a
+        # new code must differ from every open alarm's.
+        self._codes: dict[str, str] = {}
         # Presence is not journaled: after a restart every client reconnects anyway, and a
         # replayed "connected" would be a lie. Routing writes its result into the journal, so
         # replay never needs presence. Counted, because one person may have two devices.
@@ -223,6 +233,11 @@ class AlarmCore:
         """A recipient's open alarms, in the order they opened (an index, not a scan)."""
         return [self.alarms[a] for a in self._open_by_recipient.get(recipient_id, {})]
 
+    def find_code(self, code: str) -> Alarm | None:
+        """The open alarm whose SMS carried reply code ``code`` (upper case), if any."""
+        alarm_id = self._codes.get(code)
+        return None if alarm_id is None else self.alarms[alarm_id]
+
     def deadline_of(self, alarm_id: str) -> Due | None:
         """What happens next to an alarm and when; None once it is closed."""
         return self._due.get(alarm_id)
@@ -261,6 +276,8 @@ class AlarmCore:
             return Decision(refusal=Refusal(404, f"no alarm {event.alarm_id!r}"))
         if isinstance(event, CentreConfirmed):
             return self._decide_centre_confirmed(alarm, event, now)
+        if isinstance(event, NotificationReported):
+            return self._decide_notification(alarm, event, now)
         if isinstance(event, TestCompleted):
             return self._decide_test_completed(alarm, event, now)
         if not self._may_act(event.staff_id, alarm):
@@ -519,7 +536,11 @@ class AlarmCore:
                 climbed = step.level > alarm.level
                 alarm = evolve(alarm, record)
                 records.append(record)
-                if step.attempt > 0:
+                if step.kind is EscalationKind.SMS:
+                    for queued in self._queue_sms(alarm, step.attempt, targets, now):
+                        alarm = evolve(alarm, queued)
+                        records.append(queued)
+                if step.kind is EscalationKind.CENTRE and step.attempt > 0:
                     centre_attempt = step.attempt
                 if step.kind is EscalationKind.CENTRE and not climbed:
                     continue  # a retry to the centre alone tells staff nothing new
@@ -545,6 +566,39 @@ class AlarmCore:
         if not 1 <= event.attempt <= alarm.centre_attempts:
             return Decision(refusal=Refusal(422, f"no delivery attempt {event.attempt}"))
         record = CentreConfirmation(alarm.id, now, event.attempt, event.reference)
+        return Decision(records=(record,), actions=(Notify(alarm.id, self._audience(alarm)),))
+
+    def _queue_sms(
+        self, alarm: Alarm, attempt: int, targets: frozenset[str], now: float
+    ) -> list[NotificationRecorded]:
+        """One queued SMS per target, all carrying the alarm's reply code (assigned now if
+        this is its first SMS). The queued records are the sender's outbox."""
+        code = alarm.reply_code or shortcode.assign(alarm.id, self._codes)
+        return [
+            NotificationRecorded(
+                alarm.id, SMS_CHANNEL, f"{alarm.id}.{attempt}.{staff_id}", staff_id,
+                NotificationStatus.QUEUED, now, attempt, code,
+            )
+            for staff_id in sorted(targets)
+        ]
+
+    def _decide_notification(
+        self, alarm: Alarm, event: NotificationReported, now: float
+    ) -> Decision:
+        current = alarm.messages(event.channel).get(event.message_id)
+        if current is None:
+            return Decision(refusal=Refusal(404, f"no message {event.message_id!r}"))
+        if event.status is NotificationStatus.QUEUED:
+            return Decision(refusal=Refusal(422, "only the core queues messages"))
+        if NOTIFICATION_RANK[event.status] <= NOTIFICATION_RANK[current.status]:
+            # A report that does not move the message on: a repeated delivery report, or
+            # Kannel's answer arriving after the delivery report it caused.
+            return Decision()
+        record = NotificationRecorded(
+            alarm.id, event.channel, event.message_id, current.staff_id, event.status, now,
+            current.attempt, detail=None if event.detail is None else event.detail[:200],
+        )
+        # Staff clients show the chain; the new status changes what they show. Not urgent.
         return Decision(records=(record,), actions=(Notify(alarm.id, self._audience(alarm)),))
 
     def _decide_forward(self, alarm: Alarm, event: ForwardRequested, now: float) -> Decision:
@@ -734,6 +788,13 @@ class AlarmCore:
                 bucket.pop(alarm.id, None)
                 if not bucket:
                     del self._open_by_recipient[recipient_id]
+        code = alarm.reply_code
+        if code is not None:
+            if is_open:
+                self._codes[code] = alarm.id
+            elif self._codes.get(code) == alarm.id:
+                # Closed: the code is free for a later alarm.
+                del self._codes[code]
         previous = self._owner_of.pop(alarm.id, None)
         if previous is not None:
             self._owners[previous] -= 1
@@ -800,6 +861,12 @@ def evolve(alarm: Alarm, record: Record) -> Alarm:
     if isinstance(record, DeviceNoted):
         note = DeviceNote(record.status, record.at, record.device_id, record.ref, record.text)
         return dataclasses.replace(alarm, device_notes=(*alarm.device_notes, note))
+    if isinstance(record, NotificationRecorded):
+        sent = NotificationEntry(
+            record.channel, record.message_id, record.staff_id, record.status, record.at,
+            record.attempt, record.code, record.detail,
+        )
+        return dataclasses.replace(alarm, notifications=(*alarm.notifications, sent))
     raise ValueError(f"alarm {alarm.id} is already open")  # a second AlarmOpened
 
 

@@ -36,6 +36,8 @@ class Staff:
     team_ids: frozenset[str]
     on_duty: bool = True
     role: str = "staff"
+    # Reachable by SMS (has a phone number): only they can be texted when the app fails.
+    sms: bool = False
 
 
 @dataclass(frozen=True, slots=True)

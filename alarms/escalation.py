@@ -13,10 +13,17 @@ Every open alarm has exactly one next deadline, whatever its phase:
 - on site, not closed: a reminder to close it (or to ask for help);
 - and, while the alarm centre has not confirmed a delivery, the next retry to it —
   whichever of these comes first.
+
+The SMS fallback (docs/sms.md) adds two deadlines while nobody owns the alarm: when no
+phone has confirmed receipt within the team's SMS delay for the alarm's priority, text the
+staff on duty (once per ownerless period); and when that SMS round is not delivered (every
+message failed, or no delivery report within ``sms_delivery_timeout_s``), the next rung of
+the ladder comes at once instead of at its usual time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from alarms.model import (
@@ -27,6 +34,7 @@ from alarms.model import (
     EscalationKind,
     HandoverKind,
     Hop,
+    NotificationStatus,
 )
 
 
@@ -51,6 +59,11 @@ DEFAULT_LADDER: tuple[EscalationStep, ...] = (
 
 # The municipal target: staff on site within about 30 minutes of the alarm (DESIGN.md §1).
 PRESENCE_DEADLINE_S = 30 * 60.0
+
+# How long an SMS round may go without a delivery report before the next rung comes at once.
+# Operators report delivery within seconds when the phone is reachable; two minutes covers a
+# slow network without leaving an undelivered fallback unnoticed for long.
+SMS_DELIVERY_TIMEOUT_S = 120.0
 
 # Fire and water threaten the home itself and often more than one person: everyone at once.
 WHOLE_TEAM_TYPES = frozenset({AlarmType.SMOKE, AlarmType.WATER})
@@ -91,6 +104,17 @@ class TeamPolicy:
     # Retry delivery to the alarm centre until it confirms: 30 s, doubling, at most 10 min.
     centre_retry_s: float = 30.0
     centre_retry_max_s: float = 600.0
+    # SMS fallback: (priority, seconds) pairs. An ownerless alarm of that priority that no
+    # phone confirmed within the seconds is texted to the staff on duty. Empty: no SMS.
+    sms_after_s: tuple[tuple[int, float], ...] = ()
+    sms_delivery_timeout_s: float = SMS_DELIVERY_TIMEOUT_S
+
+    def sms_delay(self, priority: int) -> float | None:
+        """Seconds without receipt before an alarm of ``priority`` is texted; None: never."""
+        for level, after_s in self.sms_after_s:
+            if level == priority:
+                return after_s
+        return None
 
     def __post_init__(self) -> None:
         previous = 0.0
@@ -101,9 +125,44 @@ class TeamPolicy:
                 raise ValueError("ladder steps must come at strictly increasing times > 0")
             previous = step.after_s
         for name in ("presence_deadline_s", "reminder_s", "close_reminder_s",
-                     "low_priority_reminder_s", "centre_retry_s", "centre_retry_max_s"):
+                     "low_priority_reminder_s", "centre_retry_s", "centre_retry_max_s",
+                     "sms_delivery_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if any(after_s <= 0 for _, after_s in self.sms_after_s):
+            raise ValueError("sms_after_s delays must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class SmsRule:
+    """Text the staff on duty when no phone confirmed an alarm within ``after_s``.
+
+    Applies to alarms of priority ``max_priority`` or more urgent (1 fire/water, 2 button
+    and fall, 3 sensor alarms; 0: none), for ``teams`` (empty: every team without a rule
+    of its own).
+    """
+
+    after_s: float
+    max_priority: int = 2
+    teams: frozenset[str] = frozenset()
+
+
+def sms_schedule(rules: Sequence[SmsRule], team_id: str | None) -> tuple[tuple[int, float], ...]:
+    """A team's ``TeamPolicy.sms_after_s`` from the configured rules.
+
+    A team named by any rule gets only the rules naming it (so a team can be left out with
+    ``max_priority = 0``); other teams get the general rules. Within those, the first rule
+    covering a priority decides its delay.
+    """
+    own = [r for r in rules if team_id is not None and team_id in r.teams]
+    chosen = own or [r for r in rules if not r.teams]
+    schedule: list[tuple[int, float]] = []
+    for priority in range(1, max((r.max_priority for r in chosen), default=0) + 1):
+        for rule in chosen:
+            if priority <= rule.max_priority:
+                schedule.append((priority, rule.after_s))
+                break
+    return tuple(schedule)
 
 
 DEFAULT_POLICY = TeamPolicy()
@@ -147,6 +206,43 @@ def last_centre_attempt(alarm: Alarm) -> EscalationEntry | None:
         if entry.kind is EscalationKind.CENTRE and entry.attempt > 0:
             return entry
     return None
+
+
+def sms_round(alarm: Alarm, since: float) -> EscalationEntry | None:
+    """The SMS round of the ownerless period that began at ``since``, if one was sent."""
+    for entry in reversed(alarm.escalations):
+        if entry.at < since:
+            return None
+        if entry.kind is EscalationKind.SMS:
+            return entry
+    return None
+
+
+def sms_rounds(alarm: Alarm) -> int:
+    """How many SMS rounds the alarm has had."""
+    return sum(1 for e in alarm.escalations if e.kind is EscalationKind.SMS)
+
+
+def sms_undelivered_at(alarm: Alarm, policy: TeamPolicy, since: float) -> float | None:
+    """When the SMS round of this ownerless period counts as not delivered; None if it was
+    delivered to somebody, is still within its time, or a rung has been climbed since.
+
+    A round that reached nobody (no staff member with a phone) fails at once; one whose
+    every message failed, when the last one did; otherwise when no delivery report came
+    within ``sms_delivery_timeout_s``.
+    """
+    entry = sms_round(alarm, since)
+    if entry is None or entry.level != alarm.level:
+        return None
+    sent = [m for m in alarm.messages().values() if m.attempt == entry.attempt]
+    if not sent:
+        return entry.at
+    if any(m.status is NotificationStatus.DELIVERED for m in sent):
+        return None
+    final = (NotificationStatus.FAILED, NotificationStatus.CANCELLED)
+    if all(m.status in final for m in sent):
+        return max(m.at for m in sent)
+    return entry.at + policy.sms_delivery_timeout_s
 
 
 def centre_delay(policy: TeamPolicy, attempt: int) -> float:
@@ -222,6 +318,27 @@ def _unowned_due(alarm: Alarm, policy: TeamPolicy) -> Due:
         attempt = 0
         if step.kind is EscalationKind.CENTRE and last_centre_attempt(alarm) is None:
             attempt = 1
-        return Due(origin + step.after_s, step.kind, level + 1, attempt, reason="not accepted")
-    return Due(_attention(alarm, start) + policy.reminder_s, EscalationKind.REMINDER, level,
-               reason="not accepted; ladder exhausted")
+        found = Due(origin + step.after_s, step.kind, level + 1, attempt, reason="not accepted")
+        # The SMS was the way to reach someone the app could not: if it did not arrive
+        # either, waiting for the rung's usual time helps nobody.
+        late = sms_undelivered_at(alarm, policy, start)
+        if late is not None and late < found.at:
+            found = Due(late, step.kind, level + 1, attempt, reason="SMS not delivered")
+    else:
+        found = Due(_attention(alarm, start) + policy.reminder_s, EscalationKind.REMINDER,
+                    level, reason="not accepted; ladder exhausted")
+    sms = _sms_due(alarm, policy, start)
+    if sms is not None and sms.at <= found.at:
+        return sms
+    return found
+
+
+def _sms_due(alarm: Alarm, policy: TeamPolicy, start: float) -> Due | None:
+    """The SMS round of this ownerless period, while no phone has confirmed receipt."""
+    if alarm.reached(Hop.DELIVERED):
+        return None
+    delay = policy.sms_delay(alarm.priority)
+    if delay is None or sms_round(alarm, start) is not None:
+        return None
+    return Due(start + delay, EscalationKind.SMS, alarm.level, sms_rounds(alarm) + 1,
+               reason="no phone confirmed receipt")

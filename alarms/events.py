@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from alarms.model import AlarmType, DeviceStatus, Position
+from alarms.model import AlarmType, DeviceStatus, NotificationStatus, Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +166,19 @@ class CentreConfirmed:
 
 
 @dataclass(frozen=True, slots=True)
+class NotificationReported:
+    """An outside channel reported on one message: the SMS gateway took it, the operator
+    delivered it, or it failed (``detail`` says why). Built from the sender's result and
+    from delivery reports; the core ignores a status that does not move the message on."""
+
+    alarm_id: str
+    channel: str
+    message_id: str
+    status: NotificationStatus
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """The clock: do whatever every deadline up to ``now`` calls for.
 
@@ -192,6 +205,7 @@ Event: TypeAlias = (
     | CentreConfirmed
     | Tick
     | DeviceEvent
+    | NotificationReported
 )
 
 

@@ -86,6 +86,10 @@ class EscalationKind(StrEnum):
     LEAD = "lead"
     # Nothing new to escalate to: remind everyone who already has the alarm.
     REMINDER = "reminder"
+    # No phone confirmed receipt in time: text the staff on duty (SMS fallback). Beside the
+    # ladder like a reminder: it keeps the level, and the next rung follows as usual (or
+    # sooner, when the SMS is not delivered: ``alarms.escalation``).
+    SMS = "sms"
 
 
 # Kinds that climb the ladder; the others keep the level where it is.
@@ -185,6 +189,47 @@ class DeviceNote:
     device_id: str
     ref: str
     text: str | None = None
+class NotificationStatus(StrEnum):
+    """How far one message on an outside channel (SMS) got. Only ever moves forward."""
+
+    QUEUED = "queued"  # decided and journaled: the outbox entry the sender works from
+    SENT = "sent"  # the SMS gateway took it (Kannel answered 202)
+    DELIVERED = "delivered"  # the operator reported it delivered to the phone (DLR)
+    FAILED = "failed"  # refused, unreachable, or reported not delivered
+    CANCELLED = "cancelled"  # not sent: the alarm was accepted or closed meanwhile
+
+
+# A status may follow another only if it ranks higher: a late or repeated report (a "sent"
+# after the delivery report already came) changes nothing.
+NOTIFICATION_RANK: dict[NotificationStatus, int] = {
+    NotificationStatus.QUEUED: 0,
+    NotificationStatus.SENT: 1,
+    NotificationStatus.DELIVERED: 2,
+    NotificationStatus.FAILED: 2,
+    NotificationStatus.CANCELLED: 2,
+}
+
+# The one outside channel so far. A notification record names its channel so that others
+# (a voice call) can join without a new record kind.
+SMS_CHANNEL = "sms"
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationEntry:
+    """One status of one message to one staff member on an outside channel.
+
+    ``attempt`` is the SMS round (the ``sms`` escalation entry with the same attempt);
+    ``code`` is the reply code the message carries (on ``queued`` entries).
+    """
+
+    channel: str
+    message_id: str
+    staff_id: str
+    status: NotificationStatus
+    at: float
+    attempt: int = 1
+    code: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +279,7 @@ class Alarm:
         return self.device_id == device_id or any(
             ref.device_id == device_id for ref in self.attached
         )
+    notifications: tuple[NotificationEntry, ...] = ()
 
     @property
     def last_hop(self) -> Hop:
@@ -288,3 +334,24 @@ class Alarm:
         return sum(
             1 for e in self.escalations if e.kind is EscalationKind.CENTRE and e.attempt > 0
         )
+
+    @property
+    def reply_code(self) -> str | None:
+        """The short code staff reply with (assigned with the first SMS), if any."""
+        for entry in self.notifications:
+            if entry.code is not None:
+                return entry.code
+        return None
+
+    def messages(self, channel: str = SMS_CHANNEL) -> dict[str, NotificationEntry]:
+        """Each message on ``channel`` by id, at its latest status (first entry's order)."""
+        latest: dict[str, NotificationEntry] = {}
+        for entry in self.notifications:
+            if entry.channel != channel:
+                continue
+            current = latest.get(entry.message_id)
+            if current is None or (
+                NOTIFICATION_RANK[entry.status] > NOTIFICATION_RANK[current.status]
+            ):
+                latest[entry.message_id] = entry
+        return latest

@@ -16,6 +16,7 @@ from alarms.model import (
     EscalationKind,
     HandoverKind,
     Hop,
+    NotificationStatus,
     Position,
     PositionSource,
 )
@@ -122,6 +123,26 @@ class DeviceNoted:
     text: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationRecorded:
+    """One status of one message on an outside channel (SMS): queued, sent, delivered, failed.
+
+    Beside the hops, like escalations: the chain shows what was tried on which channel and
+    what the operator reported, and the ``queued`` entries are the outbox the SMS sender
+    works from (a restart re-sends what was queued but never handed over).
+    """
+
+    alarm_id: str
+    channel: str
+    message_id: str
+    staff_id: str
+    status: NotificationStatus
+    at: float
+    attempt: int = 1
+    code: str | None = None
+    detail: str | None = None
+
+
 Record: TypeAlias = (
     AlarmOpened
     | HopAdded
@@ -131,6 +152,7 @@ Record: TypeAlias = (
     | RefAttached
     | PositionAdded
     | DeviceNoted
+    | NotificationRecorded
 )
 
 
@@ -206,6 +228,21 @@ def to_json(record: Record) -> str:
             "actor": record.actor,
             "owner": record.owner,
         }
+    elif isinstance(record, NotificationRecorded):
+        body = {
+            "kind": "notification",
+            "alarm_id": record.alarm_id,
+            "channel": record.channel,
+            "message_id": record.message_id,
+            "staff_id": record.staff_id,
+            "status": record.status.value,
+            "at": record.at,
+            "attempt": record.attempt,
+        }
+        if record.code is not None:
+            body["code"] = record.code
+        if record.detail is not None:
+            body["detail"] = record.detail
     elif isinstance(record, RefAttached):
         body = {
             "kind": "attached",
@@ -289,6 +326,20 @@ def from_json(text: str) -> Record:
                 at=float(body["at"]),
                 actor=str(body["actor"]),
                 owner=None if owner is None else str(owner),
+            )
+        if kind == "notification":
+            code = body.get("code")
+            detail = body.get("detail")
+            return NotificationRecorded(
+                alarm_id=str(body["alarm_id"]),
+                channel=str(body["channel"]),
+                message_id=str(body["message_id"]),
+                staff_id=str(body["staff_id"]),
+                status=NotificationStatus(body["status"]),
+                at=float(body["at"]),
+                attempt=int(body.get("attempt", 1)),
+                code=None if code is None else str(code),
+                detail=None if detail is None else str(detail),
             )
         if kind == "attached":
             return RefAttached(

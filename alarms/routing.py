@@ -103,6 +103,8 @@ def step_targets(
             found |= {lead}
         found |= directory.on_call_at(team_id, now)
         return found or whole_team(directory, team_id, now)
+    if kind is EscalationKind.SMS:
+        return sms_targets(directory, alarm, now)
     if kind is EscalationKind.LEAD:
         lead = directory.lead_of(team_id)
         found = directory.on_call_at(team_id, now) | (
@@ -112,3 +114,15 @@ def step_targets(
     # CENTRE and REMINDER alert nobody new: the alarm centre is not staff, and a reminder
     # goes to those who already have the alarm.
     return frozenset()
+
+
+def sms_targets(directory: Directory, alarm: Alarm, now: float) -> frozenset[str]:
+    """Who is texted when no phone confirmed receipt: the team on duty, those with a phone.
+
+    If none of them has a phone, whoever the fallbacks name (on call, next level, lead)
+    and has one. Empty when nobody reachable by SMS exists: the core then escalates at once.
+    """
+    reachable = frozenset(s.id for s in directory.staff.values() if s.sms)
+    return (whole_team(directory, alarm.team_id, now) & reachable) or (
+        fallback(directory, alarm.team_id, now) & reachable
+    )

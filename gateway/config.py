@@ -16,12 +16,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from alarms.escalation import SmsRule
 from alarms.model import AlarmType
 from devices.contract import DEFAULT_PREFIX
 from devices.scaip import ScaipTables, StatusRule, parse_status_rule
 from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
+from gateway.smscodec import RecipientField
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -164,6 +166,25 @@ class InfluxSettings(BaseModel):
     bucket: str = "trygg"
 
 
+class SmsStepSettings(BaseModel):
+    """One SMS fallback rule (``[[escalation.sms]]``, docs/sms.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Seconds from stored (or handed back) without any phone confirming receipt.
+    after_s: float = Field(gt=0)
+    # Alarms this urgent or more: 1 fire/water, 2 button/fall, 3 sensor alarms; 0 none.
+    # Technical and test alarms are never texted.
+    max_priority: int = Field(default=2, ge=0, le=3)
+    # Teams the rule is for; empty: every team that has no rule of its own.
+    teams: list[str] = []
+
+
+# With [sms] configured and no rules: text button, fall, fire and water alarms that no phone
+# confirmed within 30 s, half-way to the first rung (re-alert the team at 60 s).
+DEFAULT_SMS_STEP = SmsStepSettings(after_s=30.0, max_priority=2)
+
+
 class EscalationSettings(BaseModel):
     """The escalation ladder (docs/routing.md). Seconds count from when the alarm was stored
     (or handed back) without anybody accepting it."""
@@ -178,6 +199,15 @@ class EscalationSettings(BaseModel):
     centre_retry_s: float = Field(default=30.0, gt=0)
     # The external alarm centre (larmcentral): JSON POSTed here; a 2xx answer confirms it.
     centre_url: str | None = None
+    # The SMS fallback's rules (need [sms]); none with [sms] set means DEFAULT_SMS_STEP.
+    sms: list[SmsStepSettings] = []
+    # An SMS round not delivered within this (or failed) brings the next rung forward.
+    sms_delivery_timeout_s: float = Field(default=120.0, gt=0)
+
+    @property
+    def sms_rules(self) -> tuple[SmsRule, ...]:
+        """The rules for the pure core (``alarms.escalation.sms_schedule``)."""
+        return tuple(SmsRule(r.after_s, r.max_priority, frozenset(r.teams)) for r in self.sms)
 
     @property
     def has_centre(self) -> bool:
@@ -189,6 +219,46 @@ class EscalationSettings(BaseModel):
         if not self.team_s < self.next_level_s < self.centre_s:
             raise ValueError("escalation times must increase: team_s < next_level_s < centre_s")
         return self
+
+
+class SmsSettings(BaseModel):
+    """The SMS fallback through Kannel (docs/sms.md): where to send, how callbacks are
+    protected, what a message says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # smsbox's sendsms interface and the sendsms-user it checks.
+    sendsms_url: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
+    username: str = Field(min_length=1)
+    password: str = Field(min_length=1)
+    # The originator: the number (or short code) the operator routes replies back from. An
+    # alphanumeric sender ("TRYGG") cannot be replied to.
+    sender: str = Field(min_length=1, max_length=16, pattern=r"^\+?[A-Za-z0-9]+$")
+    # bearerbox's status page, polled to supervise Kannel and its SMSC link; None: not.
+    status_url: str | None = "http://127.0.0.1:13000/status.xml"
+    status_password: str | None = None
+    check_interval_s: float = Field(default=10.0, gt=0, le=300)
+    timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # How Kannel reaches the gateway's HTTP API (dlr-url, get-url); None: http://host:port
+    # of [http].
+    callback_url: str | None = None
+    # Shared secret in the callback URLs (MO get-url; DLR tokens are derived from it).
+    # URL-safe characters only: Kannel substitutes %-escapes in those URLs.
+    callback_secret: str = Field(min_length=24, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
+    # Client addresses allowed to call back (bearerbox/smsbox hosts); empty: any.
+    callback_allow: list[str] = []
+    # The staff app link in every SMS; None: no link.
+    app_url: str | None = None
+    # What an SMS says about where to go: address, code (the recipient id) or none.
+    recipient_field: RecipientField = RecipientField.ADDRESS
+    # Answer each staff reply with an SMS saying what became of it.
+    confirm_replies: bool = True
+
+    @field_validator("status_url", "callback_url", "app_url", "status_password")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # TOML has no null: "" is how a file says "none".
+        return value or None
 
 
 class ScaipSettings(BaseModel):
@@ -352,6 +422,8 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = Field(default=15.0, gt=0)
     scaip: ScaipSettings | None = None
     serial: list[SerialLineSettings] = []
+    # The SMS fallback through Kannel (docs/sms.md); None: no SMS.
+    sms: SmsSettings | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -369,6 +441,15 @@ class Settings(BaseSettings):
     def _cluster_needs_a_shared_journal(self) -> Settings:
         if self.cluster is not None and self.journal_dsn is None:
             raise ValueError("[cluster] needs journal_dsn: gateways share the PostgreSQL journal")
+        return self
+
+    @model_validator(mode="after")
+    def _sms_rules_need_sms(self) -> Settings:
+        if self.sms is None:
+            if self.escalation.sms:
+                raise ValueError("[[escalation.sms]] rules need [sms] (the Kannel connection)")
+        elif not self.escalation.sms:
+            self.escalation = self.escalation.model_copy(update={"sms": [DEFAULT_SMS_STEP]})
         return self
 
     @model_validator(mode="after")

@@ -62,6 +62,7 @@ from alarms.records import (
     DeviceNoted,
     Escalated,
     HopAdded,
+    NotificationRecorded,
     OwnerChanged,
     PositionAdded,
     Record,
@@ -324,6 +325,7 @@ _KIND: dict[type[Any], str] = {
     RefAttached: "attached",
     PositionAdded: "position",
     DeviceNoted: "device_noted",
+    NotificationRecorded: "notification",
 }
 
 _INSERT_RECORD = (

@@ -14,10 +14,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from alarms.directory import Directory, Recipient, Staff
-from alarms.escalation import RECOMMENDED_POLICY, EscalationStep, TeamPolicy
+from alarms.escalation import (
+    RECOMMENDED_POLICY,
+    SMS_DELIVERY_TIMEOUT_S,
+    EscalationStep,
+    SmsRule,
+    TeamPolicy,
+    sms_schedule,
+)
 from alarms.model import EscalationKind
 
 
@@ -40,6 +47,8 @@ class StaffMember:
     team_ids: tuple[str, ...]
     password_hash: str
     on_duty: bool = True
+    # E.164 (``+46701234567``): where the SMS fallback texts them (docs/sms.md); None: never.
+    phone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +121,7 @@ CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS staff (
     id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
     role TEXT NOT NULL, team_ids TEXT NOT NULL, password_hash TEXT NOT NULL,
-    on_duty INTEGER NOT NULL DEFAULT 1);
+    on_duty INTEGER NOT NULL DEFAULT 1, phone TEXT);
 CREATE TABLE IF NOT EXISTS recipients (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
     team_id TEXT NOT NULL REFERENCES teams(id), entry_info TEXT NOT NULL DEFAULT '',
@@ -139,6 +148,16 @@ class EscalationTimes(Protocol):
         """Whether an alarm centre is configured to escalate to."""
 
 
+@runtime_checkable
+class SmsRules(Protocol):
+    """The SMS fallback settings (gateway.config.EscalationSettings with ``[sms]`` set)."""
+
+    @property
+    def sms_rules(self) -> tuple[SmsRule, ...]: ...
+
+    sms_delivery_timeout_s: float
+
+
 class OrgStore:
     """Organisation data with an in-memory copy. Writes are synchronous and rare."""
 
@@ -148,6 +167,11 @@ class OrgStore:
         # Erased personal data must not linger in free pages (gateway/privacy.py).
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(staff)")}
+        if "phone" not in columns:
+            # A store from before the SMS fallback: add the column, nobody has a phone yet.
+            with self._conn:
+                self._conn.execute("ALTER TABLE staff ADD COLUMN phone TEXT")
         self._mutex = threading.Lock()
         self.teams: dict[str, Team] = {}
         self.staff: dict[str, StaffMember] = {}
@@ -166,9 +190,12 @@ class OrgStore:
         c = self._conn
         self.teams = {r[0]: Team(*r) for r in c.execute("SELECT id, name FROM teams")}
         self.staff = {
-            r[0]: StaffMember(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], bool(r[6]))
+            r[0]: StaffMember(
+                r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], bool(r[6]), r[7]
+            )
             for r in c.execute(
-                "SELECT id, username, name, role, team_ids, password_hash, on_duty FROM staff"
+                "SELECT id, username, name, role, team_ids, password_hash, on_duty, phone "
+                "FROM staff"
             )
         }
         self.recipients = {
@@ -199,7 +226,8 @@ class OrgStore:
         """Create or replace a staff member."""
         with self._mutex, self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO staff VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO staff (id, username, name, role, team_ids, "
+                "password_hash, on_duty, phone) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     member.id,
                     member.username,
@@ -208,6 +236,7 @@ class OrgStore:
                     json.dumps(list(member.team_ids)),
                     member.password_hash,
                     int(member.on_duty),
+                    member.phone,
                 ),
             )
         self.staff[member.id] = member
@@ -326,6 +355,13 @@ class OrgStore:
         with self._mutex:
             self._conn.execute("VACUUM")
 
+    def staff_by_phone(self, phone: str) -> StaffMember | None:
+        """The staff member with this E.164 phone number (numbers are unique)."""
+        for member in self.staff.values():
+            if member.phone == phone:
+                return member
+        return None
+
     def staff_by_username(self, username: str) -> StaffMember | None:
         """Look up a login name."""
         for member in self.staff.values():
@@ -352,6 +388,14 @@ class OrgStore:
                 reminder_s=escalation.reminder_s,
                 centre_retry_s=escalation.centre_retry_s,
             )
+        # The SMS fallback, when configured: per team, from the rules (docs/sms.md).
+        rules: tuple[SmsRule, ...] = ()
+        delivery_timeout_s = SMS_DELIVERY_TIMEOUT_S
+        if isinstance(escalation, SmsRules):
+            rules = escalation.sms_rules
+            delivery_timeout_s = escalation.sms_delivery_timeout_s
+        base = dataclasses.replace(base, sms_after_s=sms_schedule(rules, None),
+                                   sms_delivery_timeout_s=delivery_timeout_s)
         policies: dict[str, TeamPolicy] = {}
         for team in self.teams.values():
             leads = sorted(
@@ -361,7 +405,8 @@ class OrgStore:
             # better than nobody.
             others = tuple(sorted(t for t in self.teams if t != team.id))
             policies[team.id] = dataclasses.replace(
-                base, lead_id=leads[0] if leads else None, next_level_teams=others
+                base, lead_id=leads[0] if leads else None, next_level_teams=others,
+                sms_after_s=sms_schedule(rules, team.id),
             )
         return Directory(
             default_policy=base,
@@ -371,7 +416,7 @@ class OrgStore:
             },
             recipients={r.id: Recipient(r.id, r.team_id) for r in self.recipients.values()},
             staff={
-                s.id: Staff(s.id, frozenset(s.team_ids), s.on_duty, s.role)
+                s.id: Staff(s.id, frozenset(s.team_ids), s.on_duty, s.role, s.phone is not None)
                 for s in self.staff.values()
             },
             device_types={d.id: d.type for d in self.devices.values()},

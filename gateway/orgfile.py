@@ -2,7 +2,8 @@
 
     [[teams]]       id, name
     [[staff]]       id, username, name, role (staff|lead|technician|admin), teams = [...],
-                    password (hashed on import, never stored) or password_hash
+                    password (hashed on import, never stored) or password_hash,
+                    phone (E.164, "+46701234567": for the SMS fallback; unique)
     [[recipients]]  id, name, address, team, entry_info, action_plan
     [[devices]]     id, type, recipient, model, serial, heartbeat_s
     [rosters.<team id>]   day / evening / night = [staff ids] every day of the week;
@@ -20,11 +21,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alarms.roster import Roster, RosterKey, Shift, every_day
 from gateway.auth import hash_password
 from gateway.org import DeviceInfo, OrgStore, RecipientInfo, StaffMember, Team
+from gateway.smscodec import e164
 
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -46,6 +48,12 @@ class StaffRow(_Row):
     teams: list[str] = []
     password: str | None = Field(default=None, min_length=12)
     password_hash: str | None = None
+    phone: str | None = None
+
+    @field_validator("phone")
+    @classmethod
+    def _phone_is_e164(cls, value: str | None) -> str | None:
+        return None if value is None else e164(value)
 
 
 class RecipientRow(_Row):
@@ -101,6 +109,11 @@ def parse(path: Path) -> OrgFile:
         problems += [f"staff {s.id}: unknown team {t!r}" for t in s.teams if t not in teams]
         if s.password is None and s.password_hash is None:
             problems.append(f"staff {s.id}: needs password or password_hash")
+    phones: dict[str, str] = {}
+    for s in data.staff:
+        if s.phone is not None and phones.setdefault(s.phone, s.id) != s.id:
+            # A reply is attributed to whoever has the number: it must name one person.
+            problems.append(f"staff {s.id}: phone {s.phone} is also {phones[s.phone]}'s")
     problems += [f"recipient {r.id}: unknown team {r.team!r}"
                  for r in data.recipients if r.team not in teams]
     problems += [f"device {d.id}: unknown recipient {d.recipient!r}"
@@ -123,7 +136,8 @@ def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, in
         org.put_team(Team(t.id, t.name))
     for s in data.staff:
         secret = s.password_hash or hash_password(s.password or "")
-        org.put_staff(StaffMember(s.id, s.username, s.name, s.role, tuple(s.teams), secret))
+        org.put_staff(StaffMember(s.id, s.username, s.name, s.role, tuple(s.teams), secret,
+                                  phone=s.phone))
     for r in data.recipients:
         org.put_recipient(RecipientInfo(r.id, r.name, r.address, r.team, r.entry_info,
                                         r.action_plan))

@@ -31,6 +31,7 @@ from gateway.scaip_intake import ScaipIntake
 from gateway.sensors import SensorService
 from gateway.serial import SerialLink, nak
 from gateway.sip import ScaipListener
+from gateway.sms import SmsService
 from gateway.staffwatch import StaffWatch
 from gateway.supervisor import Policy
 from gateway.telemetry import TelemetryPath
@@ -90,6 +91,7 @@ class Services:
     http_port: int = 0
     scaip: ScaipListener | None = None
     serial_links: dict[str, SerialLink] = field(default_factory=dict)
+    sms: SmsService | None = None
 
     @classmethod
     async def start(cls, gw: ServicesHost, stack: AsyncExitStack) -> Services:
@@ -119,6 +121,12 @@ class Services:
         centre = CentreAdapter(settings.escalation.centre_url, gw.centre_confirmed)
         await sup.enter("alarm centre", centre, Policy.RESTART)
         gw.effects.centre = centre
+        sms: SmsService | None = None
+        if settings.sms is not None:
+            # The SMS fallback (docs/sms.md): after replay, its outbox is the journal.
+            sms = SmsService.for_gateway(gw, report=gw.pipeline.decide_locked)
+            await sup.enter("sms fallback", sms, Policy.RESTART)
+            gw.effects.add_notifier(sms.notify)
         if not settings.escalation.has_centre:
             _LOGGER.info("no alarm centre configured: the escalation ladder ends at the next "
                          "level, then reminds everyone who has the alarm")
@@ -136,7 +144,7 @@ class Services:
 
         services = cls(telemetry=telemetry, sinks=sinks, sensors=sensors, push=push,
                        centre=centre, provlarm=provlarm, staff_watch=staff_watch,
-                       cameras=cameras, registry=device_registry(gw))
+                       cameras=cameras, registry=device_registry(gw), sms=sms)
         gw.services = services  # the web app and the in-band transports read them
         await services._start_inband(gw)
         async def retention() -> None:

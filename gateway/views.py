@@ -73,6 +73,15 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
             None if alarm.centre_confirmed_at is None else iso(alarm.centre_confirmed_at)
         ),
         "centre_reference": alarm.centre_reference,
+        # The SMS fallback (docs/sms.md): the reply code, and every status of every message
+        # per channel, in order (queued, sent, delivered / failed). Never phone numbers.
+        "reply_code": alarm.reply_code,
+        "notifications": [
+            {"channel": n.channel, "message_id": n.message_id, "staff_id": n.staff_id,
+             "status": n.status.value, "at": iso(n.at), "attempt": n.attempt,
+             "detail": n.detail}
+            for n in alarm.notifications
+        ],
         "hops": [
             {"hop": entry.hop.value, "at": iso(entry.at), "actor": entry.actor}
             for entry in alarm.hops

@@ -30,6 +30,7 @@ from alarms.model import (
     EscalationKind,
     HandoverKind,
     Hop,
+    NotificationStatus,
     Position,
     PositionSource,
 )
@@ -39,6 +40,7 @@ from alarms.records import (
     DeviceNoted,
     Escalated,
     HopAdded,
+    NotificationRecorded,
     OwnerChanged,
     PositionAdded,
     Record,
@@ -133,6 +135,11 @@ def every_record() -> list[Record]:
         DeviceNoted("alarm-1", DeviceStatus.RESET, 1_700_000_104.0, "dev-1", "ref-9"),
         DeviceNoted("alarm-1", DeviceStatus.PRESENCE, 1_700_000_105.0, "dev-1", "ref-10",
                     text="närvaro / presence"),
+        NotificationRecorded("alarm-1", "sms", "alarm-1.1.anna", "anna",
+                             NotificationStatus.QUEUED, 1_700_000_030.0, 1, code="K7Q2"),
+        NotificationRecorded("alarm-1", "sms", "alarm-1.1.anna", "anna",
+                             NotificationStatus.FAILED, 1_700_000_031.0, 1,
+                             detail="DLR 2: undeliverable"),
     ]
 
 

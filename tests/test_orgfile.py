@@ -93,3 +93,47 @@ async def test_imported_roster_decides_who_gets_the_alarm(
         routed = next(a for a in gw.core.alarms.values() if a.id == alarm["id"]).targets
         assert routed == frozenset({"anna"})
         await anna.http.aclose()
+
+
+def test_staff_phones_are_e164_and_unique(tmp_path: Path) -> None:
+    from gateway.orgfile import OrgFileError, RosterStore, import_file, parse
+
+    path = tmp_path / "org.toml"
+    with_phones = ORG.replace('teams = ["team-a"]\npassword', 'teams = ["team-a"]\n'
+                              'phone = "+46 70-123 45 67"\npassword', 1)
+    path.write_text(with_phones)
+    assert [s.phone for s in parse(path).staff] == ["+46701234567", None]
+    org = OrgStore(tmp_path / "org.sqlite3")
+    import_file(path, org, RosterStore(tmp_path / "rosters.sqlite3"))
+    assert org.staff["anna"].phone == "+46701234567" and org.staff["bo"].phone is None
+    assert org.staff_by_phone("+46701234567") == org.staff["anna"]
+    directory = org.directory()
+    assert directory.staff["anna"].sms and not directory.staff["bo"].sms
+    org.close()
+    # Read back from disk, too.
+    reopened = OrgStore(tmp_path / "org.sqlite3")
+    assert reopened.staff["anna"].phone == "+46701234567"
+    reopened.close()
+
+    path.write_text(ORG.replace('password = "', 'phone = "0701234567"\npassword = "', 1))
+    with pytest.raises(OrgFileError, match="international"):
+        parse(path)
+    path.write_text(ORG.replace('password = "', 'phone = "+46701234567"\npassword = "'))
+    with pytest.raises(OrgFileError, match="also anna's"):
+        parse(path)
+
+
+def test_a_store_from_before_phones_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "org.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE staff (id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, "
+                 "name TEXT NOT NULL, role TEXT NOT NULL, team_ids TEXT NOT NULL, "
+                 "password_hash TEXT NOT NULL, on_duty INTEGER NOT NULL DEFAULT 1)")
+    conn.execute("INSERT INTO staff VALUES ('old', 'old', 'Old', 'staff', '[]', 'h', 1)")
+    conn.commit()
+    conn.close()
+    org = OrgStore(path)
+    assert org.staff["old"].phone is None
+    org.close()

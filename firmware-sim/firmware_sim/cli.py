@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``trygg sim``; returns the exit status."""
+    if argv and argv[0] == "sms-phone":
+        from .smsphone import main as phone_main  # staff phones answering by SMS
+
+        return phone_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

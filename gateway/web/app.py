@@ -67,6 +67,8 @@ def create_app(gw: WebGateway) -> FastAPI:
         cameras.router(gw),
         push.router(gw),
         ops.router(gw),
+        # Kannel's delivery-report and reply callbacks, when the SMS fallback is on.
+        *([gw.sms.router] if gw.sms is not None else []),
         *gw.routers,
     ):
         app.include_router(router)

@@ -21,6 +21,7 @@ from gateway.provlarm import Provlarm
 from gateway.push import PushNotifier
 from gateway.security import LoginGuard, RefreshStore, SecuritySettings
 from gateway.sensors import SensorService
+from gateway.sms import SmsService
 from gateway.tsdb import SqliteSink
 from gateway.watch import DeviceWatch
 
@@ -67,6 +68,14 @@ class WebGateway(ServiceHost, Protocol):
     @property
     def push(self) -> PushNotifier:
         """Web Push."""
+
+    @property
+    def http_port(self) -> int:
+        """The bound HTTP port."""
+
+    @property
+    def sms(self) -> SmsService | None:
+        """The SMS fallback, when configured."""
 
     @property
     def routers(self) -> list[Any]:

@@ -5,13 +5,14 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway.audit import AuditKind
 from gateway.auth import hash_password
 from gateway.errors import ConflictError, InvalidError, NotFoundError
 from gateway.org import RecipientInfo, StaffMember, Team
 from gateway.privacy import erase_recipient, export_recipient
+from gateway.smscodec import e164
 from gateway.web.deps import ID_PATTERN, IdPath, WebGateway, WebState, require, staff_dependency
 
 
@@ -36,6 +37,8 @@ class StaffIn(BaseModel):
     team_ids: list[str] = Field(default_factory=list, max_length=50)
     password: str | None = Field(default=None, min_length=12, max_length=200)
     on_duty: bool = True
+    # E.164, for the SMS fallback (docs/sms.md); normalised, unique among staff.
+    phone: Annotated[str, AfterValidator(e164)] | None = Field(default=None, max_length=32)
 
 
 class RecipientIn(BaseModel):
@@ -54,7 +57,8 @@ class RecipientIn(BaseModel):
 def staff_json(member: StaffMember) -> dict[str, Any]:
     """A staff member as administrators read it (never the password hash)."""
     return {"id": member.id, "username": member.username, "name": member.name,
-            "role": member.role, "team_ids": list(member.team_ids), "on_duty": member.on_duty}
+            "role": member.role, "team_ids": list(member.team_ids), "on_duty": member.on_duty,
+            "phone": member.phone}
 
 
 def recipient_json(recipient: RecipientInfo, gw: WebGateway, *, full: bool) -> dict[str, Any]:
@@ -149,6 +153,9 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         other = org.staff_by_username(body.username)
         if other is not None and other.id != staff_id:
             raise ConflictError(f"username {body.username!r} is taken")
+        same_phone = org.staff_by_phone(body.phone) if body.phone else None
+        if same_phone is not None and same_phone.id != staff_id:
+            raise ConflictError(f"phone number is {same_phone.id}'s")
         existing = org.staff.get(staff_id)
         if body.password is not None:
             password_hash = await asyncio.to_thread(hash_password, body.password)
@@ -157,7 +164,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         else:
             raise InvalidError("a new staff member needs a password")
         updated = StaffMember(staff_id, body.username, body.name, body.role,
-                              tuple(body.team_ids), password_hash, body.on_duty)
+                              tuple(body.team_ids), password_hash, body.on_duty, body.phone)
         org.put_staff(updated)
         if existing is not None and (existing.role != updated.role or body.password):
             await asyncio.to_thread(sessions.revoke_staff, staff_id)
