@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from devices.contract import DEFAULT_PREFIX
+from devices.dc09 import Dc09Account, Meaning, accounts_by_id, parse_codes
 from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
@@ -221,6 +222,51 @@ class ScaipSettings(BaseModel):
         return context
 
 
+class Dc09AccountSettings(BaseModel):
+    """One DC-09 transmitter account and the device it is (docs/dc09.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str
+    device_id: str
+    # The AES key as the transmitter is programmed with it (16, 24 or 32 hex characters);
+    # with a key the account accepts encrypted messages only.
+    key: str | None = Field(default=None, repr=False)
+
+
+class Dc09Settings(BaseModel):
+    """The SIA DC-09 receiver: TCP and UDP (docs/dc09.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    # DC-09 has no registered port: use what the transmitters are programmed with.
+    port: int = Field(default=9000, ge=0, le=65535)
+    udp: bool = True
+    tcp: bool = True
+    accounts: list[Dc09AccountSettings] = []
+    # Site corrections of the code tables: {"BA" = "door", "cid:130" = "door",
+    # "RP" = "heartbeat", "OP" = "status:opened"}.
+    codes: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _valid(self) -> Dc09Settings:
+        # Built once here so a bad account, key or code stops start-up with its name.
+        self.receiver_accounts()
+        self.code_tables()
+        return self
+
+    def receiver_accounts(self) -> list[Dc09Account]:
+        """The accounts as ``devices.dc09.Dc09Account`` (validated)."""
+        accounts = [Dc09Account(a.account, a.device_id, a.key) for a in self.accounts]
+        accounts_by_id(accounts)  # refuses an account configured twice
+        return accounts
+
+    def code_tables(self) -> tuple[dict[str, Meaning], dict[int, Meaning]]:
+        """The (SIA, Contact ID) tables with this site's corrections."""
+        return parse_codes(self.codes)
+
+
 class SerialLineSettings(BaseModel):
     """One serial line with a receiver and its devices behind it (docs/serial.md)."""
 
@@ -289,6 +335,7 @@ class Settings(BaseSettings):
     # An alarm no staff client has confirmed within this raises a technical alarm.
     delivery_timeout_s: float = Field(default=15.0, gt=0)
     scaip: ScaipSettings | None = None
+    dc09: Dc09Settings | None = None
     serial: list[SerialLineSettings] = []
 
     @classmethod

@@ -80,6 +80,7 @@ from gateway.cameras import CameraService
 from gateway.centre import CentreAdapter
 from gateway.config import Settings
 from gateway.consoles import create_console_router
+from gateway.dc09 import Dc09Receiver, dc09_receiver
 from gateway.duties import ESCALATION, SUPERVISION
 from gateway.hub import StaffHub
 from gateway.ids import new_alarm_id
@@ -277,6 +278,7 @@ class Gateway:
         )
         self.journal_failed_since: float | None = None
         self.scaip: ScaipListener | None = None
+        self.dc09: Dc09Receiver | None = None  # DC-09 receiver (gateway/dc09.py)
         self.serial_links: dict[str, SerialLink] = {}
         self.provlarm = Provlarm(self, settings.provlarm, data_dir / "supervision.sqlite3")
         self.staff_watch = StaffWatch(self, settings.delivery_timeout_s)
@@ -347,6 +349,11 @@ class Gateway:
                     self._on_scaip, host=scaip.host, port=scaip.port, udp=scaip.udp,
                     tcp=scaip.tcp, mrs_in_response=frozenset(scaip.mrs_in_response),
                     tls=scaip.server_context()))
+            # -- DC-09 receiver (issue 18 item 7, gateway/dc09.py): ACK after store_message.
+            if self.settings.dc09 is not None:
+                self.dc09 = await self._stack.enter_async_context(
+                    dc09_receiver(self.settings.dc09, self.store_message))
+            # -- end DC-09
             for line in self.settings.serial:
                 self.serial_links[line.name] = await self._stack.enter_async_context(
                     SerialLink(

@@ -25,8 +25,8 @@ from devices.dc09 import (
     Dc09Refusal,
     Dc09StreamReader,
     Kind,
-    Reply,
     RefMemory,
+    Reply,
     accounts_by_id,
     classify,
     crc16,
@@ -436,7 +436,7 @@ def test_bad_site_codes_are_refused(codes: dict[str, str]) -> None:
                                               ("XYZ", None), ("123", "short"),
                                               ("123", "0123456789ABCDEFG")])
 def test_bad_accounts_are_refused(account: str, key: str | None) -> None:
-    with pytest.raises(ValueError, match="DC-09 account|key of account"):
+    with pytest.raises(ValueError, match=r"DC-09 account|key of account"):
         Dc09Account(account, "dev", key)
 
 
