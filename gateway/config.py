@@ -6,7 +6,7 @@ import logging
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -15,8 +15,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from alarms.model import AlarmType
 from devices.contract import DEFAULT_PREFIX
 from devices.dc09 import Dc09Account, Meaning, accounts_by_id, parse_codes
+from devices.scaip_out import CentreCode, SipUri, codes_with, parse_sip_uri, valid_user
 from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
@@ -162,6 +164,67 @@ class InfluxSettings(BaseModel):
     bucket: str = "trygg"
 
 
+class CentreScaipSettings(BaseModel):
+    """The alarm centre as a SCAIP receiver: SIP MESSAGE + <mrq> (docs/scaip.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The centre's SIP URI (request URI; its host and port are where we send).
+    uri: str
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    # Our address: bound locally and written in Via and From.
+    local_host: str = "127.0.0.1"
+    local_port: int = Field(default=0, ge=0, le=65535)
+    # Our SIP user (keepalives, OPTIONS) when no controller id is set.
+    user: str = "trygg"
+    # The <cid> we send. Unset: each alarm's device id is the cid (and the From user), as
+    # if its controller called the centre itself; set: the gateway is one controller and
+    # the device id goes in <did>.
+    controller_id: str | None = None
+    # Alarm type -> {"dty": "0005", "stc": "0010"}, over devices/scaip_out.DEFAULT_CODES.
+    codes: dict[str, dict[str, str]] = {}
+    # How the link is supervised between alarms: a SCAIP PI heartbeat (as controllers
+    # send), SIP OPTIONS, or not at all.
+    keepalive: Literal["pi", "options", "none"] = "pi"
+    keepalive_s: float = Field(default=60.0, gt=0)
+    # Unanswered transactions in a row before the link counts as down (technical alarm).
+    down_after: int = Field(default=1, ge=1)
+    # TLS: the CA the centre's certificate must chain to (unset: system store), and the
+    # name to verify when the URI's host is an address.
+    ca_file: Path | None = None
+    tls_server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> CentreScaipSettings:
+        self.target()
+        self.code_table()
+        for name in ("user", "controller_id"):
+            value = getattr(self, name)
+            if value is not None and not valid_user(value):
+                raise ValueError(f"centre_scaip.{name} {value!r} is not a SIP user / SCAIP cid")
+        if self.transport != "tls" and (self.ca_file or self.tls_server_name):
+            raise ValueError("centre_scaip.ca_file / tls_server_name need transport = tls")
+        return self
+
+    def target(self) -> SipUri:
+        """The centre's URI, parsed."""
+        return parse_sip_uri(self.uri)
+
+    def code_table(self) -> dict[AlarmType, CentreCode]:
+        """Alarm type -> (dty, stc) with this site's codes."""
+        return codes_with(self.codes)
+
+    def client_context(self) -> ssl.SSLContext | None:
+        """The TLS client context (certificate and name verified), for transport tls."""
+        if self.transport != "tls":
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_file is not None:
+            context.load_verify_locations(cafile=self.ca_file)
+        return context
+
+
 class EscalationSettings(BaseModel):
     """The escalation ladder (docs/routing.md). Seconds count from when the alarm was stored
     (or handed back) without anybody accepting it."""
@@ -176,6 +239,15 @@ class EscalationSettings(BaseModel):
     centre_retry_s: float = Field(default=30.0, gt=0)
     # The external alarm centre (larmcentral): JSON POSTed here; a 2xx answer confirms it.
     centre_url: str | None = None
+    # How to talk to it: "http-json" (centre_url) or "scaip" (centre_scaip, docs/scaip.md).
+    centre_protocol: Literal["http-json", "scaip"] = "http-json"
+    centre_scaip: CentreScaipSettings | None = None
+
+    @model_validator(mode="after")
+    def _centre_protocol(self) -> EscalationSettings:
+        if self.centre_protocol == "scaip" and self.centre_scaip is None:
+            raise ValueError("centre_protocol = \"scaip\" needs [escalation.centre_scaip]")
+        return self
 
     @model_validator(mode="after")
     def _increasing(self) -> EscalationSettings:

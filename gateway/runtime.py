@@ -77,7 +77,7 @@ from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
 from gateway.auth import TokenIssuer
 from gateway.cameras import CameraService
-from gateway.centre import CentreAdapter
+from gateway.centre_scaip import make_centre, report_fault
 from gateway.config import Settings
 from gateway.consoles import create_console_router
 from gateway.dc09 import Dc09Receiver, dc09_receiver
@@ -294,7 +294,12 @@ class Gateway:
         self.routers.append(self.cameras.router)
         self.status_listeners.append(self.cameras.on_status)
         self.routers.append(create_provlarm_router(self))
-        self.centre = CentreAdapter(settings.escalation.centre_url, self._centre_confirmed)
+        # -- alarm centre (issue 18 item 6): HTTP JSON (gateway/centre.py) or SCAIP
+        # (gateway/centre_scaip.py), chosen by [escalation] centre_protocol; link and
+        # refusal faults become technical alarms through report_fault.
+        self.centre = make_centre(settings.escalation, self._centre_confirmed,
+                                  functools.partial(report_fault, self))
+        # -- end alarm centre
         self._deadlines_changed = asyncio.Event()
         self._shedding = False
         self._ingest_counters: dict[type, Any] = {}
