@@ -137,7 +137,6 @@ class ScaipCentre:
         tls: ssl.SSLContext | None = None,
         tls_server_name: str | None = None,
         t1: float = T1,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         if transport not in ("udp", "tcp", "tls"):
             raise ValueError("transport must be udp, tcp or tls")
@@ -160,7 +159,6 @@ class ScaipCentre:
         # T1 is RFC 3261's 0.5 s in production; tests shrink it with every timer it scales.
         self._t1 = t1
         self._t2 = T2 * t1 / T1
-        self._clock = clock
         self.link = LinkMonitor(down_after)
         self._refusing: bool | None = None  # None: not known yet (see deliver)
         self.stats = CentreStats()
@@ -375,23 +373,26 @@ class ScaipCentre:
 
     async def _transact(self, request: bytes,
                         responses: asyncio.Queue[SipResponse]) -> SipResponse | None:
-        tx = ClientTransaction(reliable=self.transport != "udp", now=self._clock(),
+        # The transaction runs on the loop's monotonic clock, the one asyncio.timeout uses:
+        # a timer then never fires "early" against the transaction's own deadline.
+        loop = asyncio.get_running_loop()
+        tx = ClientTransaction(reliable=self.transport != "udp", now=loop.time(),
                                t1=self._t1, t2=self._t2)
         if not self._write(request):
             return None
         while (deadline := tx.deadline) is not None:
             try:
-                async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                async with asyncio.timeout_at(deadline):
                     response = await responses.get()
             except TimeoutError:
-                event = tx.on_timer(self._clock())
+                event = tx.on_timer(loop.time())
                 if event is TxEvent.TIMEOUT:
                     return None
                 if event is TxEvent.RETRANSMIT:
                     self.stats.retransmissions += 1
                     self._write(request)
                 continue
-            if tx.on_response(response.status, self._clock()):
+            if tx.on_response(response.status, loop.time()):
                 return response
         return None
 
@@ -559,7 +560,7 @@ async def report_fault(port: TechnicalPort, kind: str, active: bool, detail: str
 
 
 def make_centre(settings: EscalationSettings, confirm: Confirm,
-                on_fault: FaultReport) -> CentreAdapter | ScaipCentre:
+                on_fault: FaultReport) -> CentrePort:
     """The adapter ``[escalation] centre_protocol`` chooses."""
     scaip = settings.centre_scaip
     if settings.centre_protocol != "scaip" or scaip is None:
