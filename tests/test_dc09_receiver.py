@@ -141,8 +141,9 @@ async def test_a_nak_makes_the_transmitter_resend_the_same_event(
     store.outcome = "unavailable"
     async with tx(receiver, "udp", max_attempts=20) as sender:
         task = asyncio.create_task(sender.alarm("FA"))
-        while sender.stats.naks < 2:
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(WAIT):
+            while sender.stats.naks < 2:
+                await asyncio.sleep(0.02)
         store.outcome = None  # the journal recovers
         answer = await asyncio.wait_for(task, WAIT)
     assert answer is not None
@@ -332,8 +333,9 @@ async def test_gateway_naks_while_the_journal_fails_and_acks_the_resend(
         gw.journal.fail_writes = lambda: failing
         async with tx(gw.dc09, "tcp", max_attempts=50, account="1234", key=None) as sender:
             task = asyncio.create_task(sender.alarm("FA"))
-            while sender.stats.naks < 1:
-                await asyncio.sleep(0.02)
+            async with asyncio.timeout(WAIT):
+                while sender.stats.naks < 1:
+                    await asyncio.sleep(0.02)
             assert gw.dc09.stats.not_stored >= 1
             failing = False
             answer = await asyncio.wait_for(task, WAIT)
@@ -365,7 +367,7 @@ async def test_null_messages_supervise_the_account(
 ) -> None:
     async with make_gateway(mosquitto, dc09=DC09) as gw:
         assert gw.dc09 is not None
-        async with tx(gw.dc09, "tcp", null_interval_s=0.3):
+        async with tx(gw.dc09, "tcp", null_interval_s=0.3), asyncio.timeout(WAIT):
             while gw.dc09.stats.heartbeats < 3:
                 await asyncio.sleep(0.05)
             assert gw.devices["dc09-enc"].counts["HeartbeatMessage"] >= 3

@@ -168,7 +168,10 @@ class Dc09Transmitter:
         )
         self.stats.frames += 1
         try:
-            return await asyncio.wait_for(self._roundtrip(frame), self.answer_timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that races with the answer, and the null loop would then never stop.
+            async with asyncio.timeout(self.answer_timeout_s):
+                return await self._roundtrip(frame)
         except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
             _LOGGER.debug("DC-09 %s: no answer (%s)", self.account, exc)
             await self._disconnect()
