@@ -7,7 +7,7 @@ import logging
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -19,7 +19,9 @@ from pydantic_settings import (
 from alarms.escalation import SmsRule
 from alarms.model import AlarmType
 from devices.contract import DEFAULT_PREFIX
+from devices.dc09 import Dc09Account, Meaning, accounts_by_id, parse_codes
 from devices.scaip import ScaipTables, StatusRule, parse_status_rule
+from devices.scaip_out import CentreCode, SipUri, codes_with, parse_sip_uri, valid_user
 from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
@@ -185,6 +187,64 @@ class SmsStepSettings(BaseModel):
 DEFAULT_SMS_STEP = SmsStepSettings(after_s=30.0, max_priority=2)
 
 
+class CentreScaipSettings(BaseModel):
+    """The alarm centre as a SCAIP receiver: SIP MESSAGE + <mrq> (docs/scaip.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The centre's SIP URI (request URI; its host and port are where we send).
+    uri: str
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    # Our address: bound locally and written in Via and From.
+    local_host: str = "127.0.0.1"
+    local_port: int = Field(default=0, ge=0, le=65535)
+    # Our SIP user (keepalives, OPTIONS) when no controller id is set.
+    user: str = "trygg"
+    # The <cid> we send: the message model's 1-16 digits, as the centre registered this
+    # gateway. Device ids are not cids, so each alarm's device id goes in <did>.
+    controller_id: str = Field(pattern=r"^[0-9]{1,16}$")
+    # Alarm type -> {"dty": "0005", "stc": "0010"}, over devices/scaip_out.DEFAULT_CODES.
+    codes: dict[str, dict[str, str]] = {}
+    # How the link is supervised between alarms: a SCAIP PI heartbeat (as controllers
+    # send), SIP OPTIONS, or not at all.
+    keepalive: Literal["pi", "options", "none"] = "pi"
+    keepalive_s: float = Field(default=60.0, gt=0)
+    # Unanswered transactions in a row before the link counts as down (technical alarm).
+    down_after: int = Field(default=1, ge=1)
+    # TLS: the CA the centre's certificate must chain to (unset: system store), and the
+    # name to verify when the URI's host is an address.
+    ca_file: Path | None = None
+    tls_server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> CentreScaipSettings:
+        self.target()
+        self.code_table()
+        if not valid_user(self.user):
+            raise ValueError(f"centre_scaip.user {self.user!r} is not a SIP user")
+        if self.transport != "tls" and (self.ca_file or self.tls_server_name):
+            raise ValueError("centre_scaip.ca_file / tls_server_name need transport = tls")
+        return self
+
+    def target(self) -> SipUri:
+        """The centre's URI, parsed."""
+        return parse_sip_uri(self.uri)
+
+    def code_table(self) -> dict[AlarmType, CentreCode]:
+        """Alarm type -> (dty, stc) with this site's codes."""
+        return codes_with(self.codes)
+
+    def client_context(self) -> ssl.SSLContext | None:
+        """The TLS client context (certificate and name verified), for transport tls."""
+        if self.transport != "tls":
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_file is not None:
+            context.load_verify_locations(cafile=self.ca_file)
+        return context
+
+
 class EscalationSettings(BaseModel):
     """The escalation ladder (docs/routing.md). Seconds count from when the alarm was stored
     (or handed back) without anybody accepting it."""
@@ -212,7 +272,20 @@ class EscalationSettings(BaseModel):
     @property
     def has_centre(self) -> bool:
         """Whether an alarm centre is configured (else the ladder has no centre step)."""
+        if self.centre_protocol == "scaip":
+            return self.centre_scaip is not None
         return self.centre_url is not None
+
+
+    # How to talk to it: "http-json" (centre_url) or "scaip" (centre_scaip, docs/scaip.md).
+    centre_protocol: Literal["http-json", "scaip"] = "http-json"
+    centre_scaip: CentreScaipSettings | None = None
+
+    @model_validator(mode="after")
+    def _centre_protocol(self) -> EscalationSettings:
+        if self.centre_protocol == "scaip" and self.centre_scaip is None:
+            raise ValueError("centre_protocol = \"scaip\" needs [escalation.centre_scaip]")
+        return self
 
     @model_validator(mode="after")
     def _increasing(self) -> EscalationSettings:
@@ -353,6 +426,51 @@ class ScaipSettings(BaseModel):
         return context
 
 
+class Dc09AccountSettings(BaseModel):
+    """One DC-09 transmitter account and the device it is (docs/dc09.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account: str
+    device_id: str
+    # The AES key as the transmitter is programmed with it (16, 24 or 32 hex characters);
+    # with a key the account accepts encrypted messages only.
+    key: str | None = Field(default=None, repr=False)
+
+
+class Dc09Settings(BaseModel):
+    """The SIA DC-09 receiver: TCP and UDP (docs/dc09.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    # DC-09 has no registered port: use what the transmitters are programmed with.
+    port: int = Field(default=9000, ge=0, le=65535)
+    udp: bool = True
+    tcp: bool = True
+    accounts: list[Dc09AccountSettings] = []
+    # Site corrections of the code tables: {"BA" = "door", "cid:130" = "door",
+    # "RP" = "heartbeat", "OP" = "status:opened"}.
+    codes: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _valid(self) -> Dc09Settings:
+        # Built once here so a bad account, key or code stops start-up with its name.
+        self.receiver_accounts()
+        self.code_tables()
+        return self
+
+    def receiver_accounts(self) -> list[Dc09Account]:
+        """The accounts as ``devices.dc09.Dc09Account`` (validated)."""
+        accounts = [Dc09Account(a.account, a.device_id, a.key) for a in self.accounts]
+        accounts_by_id(accounts)  # refuses an account configured twice
+        return accounts
+
+    def code_tables(self) -> tuple[dict[str, Meaning], dict[int, Meaning]]:
+        """The (SIA, Contact ID) tables with this site's corrections."""
+        return parse_codes(self.codes)
+
+
 class SerialLineSettings(BaseModel):
     """One serial line with a receiver and its devices behind it (docs/serial.md)."""
 
@@ -421,6 +539,7 @@ class Settings(BaseSettings):
     # An alarm no staff client has confirmed within this raises a technical alarm.
     delivery_timeout_s: float = Field(default=15.0, gt=0)
     scaip: ScaipSettings | None = None
+    dc09: Dc09Settings | None = None
     serial: list[SerialLineSettings] = []
     # The SMS fallback through Kannel (docs/sms.md); None: no SMS.
     sms: SmsSettings | None = None

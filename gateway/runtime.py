@@ -346,6 +346,7 @@ class Gateway:
     registry = property(lambda self: self._service("registry"), doc="Device registry.")
     scaip = property(lambda self: self._service("scaip"), doc="The SCAIP listener, if any.")
     serial_links = property(lambda self: self._service("serial_links"), doc="Serial lines.")
+    dc09 = property(lambda self: self._service("dc09"), doc="The DC-09 receiver, if any.")
     sms = property(lambda self: self._service("sms"), doc="The SMS fallback, if any.")
     http_port = property(lambda self: self._service("http_port"), doc="The bound HTTP port.")
     @property

@@ -10,18 +10,21 @@ listeners.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from devices.contract import DeviceMessage
 from devices.scaip import Snu
 from devices.serial import NakReason
 from gateway.audit import AuditKind
 from gateway.broker_auth import BrokerAuthSettings, BrokerFiles
 from gateway.cameras import CameraService
-from gateway.centre import CentreAdapter
+from gateway.centre_scaip import CentrePort, make_centre, report_fault
+from gateway.dc09 import Dc09Receiver, dc09_receiver
 from gateway.inband import InBand
 from gateway.org import DeviceInfo
 from gateway.provisioning import BrokerAccount, DeviceRegistry
@@ -83,7 +86,7 @@ class Services:
     sinks: list[TelemetrySink]
     sensors: SensorService
     push: PushNotifier
-    centre: CentreAdapter
+    centre: CentrePort
     provlarm: Provlarm
     staff_watch: StaffWatch
     cameras: CameraService
@@ -92,6 +95,7 @@ class Services:
     scaip: ScaipListener | None = None
     serial_links: dict[str, SerialLink] = field(default_factory=dict)
     sms: SmsService | None = None
+    dc09: Dc09Receiver | None = None
 
     @classmethod
     async def start(cls, gw: ServicesHost, stack: AsyncExitStack) -> Services:
@@ -118,7 +122,10 @@ class Services:
         push = PushNotifier.for_data_dir(data_dir)
         await sup.enter("web push", push, Policy.RESTART)
         gw.effects.add_notifier(push.notify)
-        centre = CentreAdapter(settings.escalation.centre_url, gw.centre_confirmed)
+        # HTTP JSON or SCAIP, as [escalation] centre_protocol says; the SCAIP link's faults
+        # and refusals become technical alarms (gateway.centre_scaip.report_fault).
+        centre = make_centre(settings.escalation, gw.centre_confirmed,
+                             functools.partial(report_fault, gw))
         await sup.enter("alarm centre", centre, Policy.RESTART)
         gw.effects.centre = centre
         sms: SmsService | None = None
@@ -176,6 +183,15 @@ class Services:
         def line_state(name: str) -> Callable[[bool], None]:
             return lambda up: gw.links.report(f"serial-{name}", up)
 
+        if settings.dc09 is not None:
+            # SIA DC-09 (gateway.dc09): the receiver maps frames to device messages itself
+            # and ACKs only once they are stored.
+            async def store_dc09(message: DeviceMessage) -> str | None:
+                return await gw.ingest.store(message, "dc09")
+
+            receiver = dc09_receiver(settings.dc09, store_dc09)
+            await sup.enter("dc09 receiver", receiver, Policy.RESTART)
+            self.dc09 = receiver
         for line in settings.serial:
             link = SerialLink(
                 gw.ingest.isolated("serial", inband.serial, nak(NakReason.NOT_STORED)),

@@ -51,7 +51,8 @@ def _faults(value: str) -> list[FaultKind]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``trygg sim`` argument parser."""
     p = argparse.ArgumentParser(prog="trygg sim",
-                                description="Simulated alarm units and sensors over MQTT.")
+                                description="Simulated alarm units and sensors over MQTT "
+                                            "(`trygg sim dc09 --help`: a DC-09 transmitter).")
     p.add_argument("--host", default="127.0.0.1", help="MQTT broker host")
     p.add_argument("--port", type=int, default=1883, help="MQTT broker port")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         from .smsphone import main as phone_main  # staff phones answering by SMS
 
         return phone_main(argv[1:])
+    if argv and argv[0] == "dc09":
+        # ``trygg sim dc09 ...``: a SIA DC-09 transmitter instead of an MQTT fleet.
+        from .dc09_device import main as dc09_main
+
+        return dc09_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
