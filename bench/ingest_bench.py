@@ -30,6 +30,7 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -132,7 +133,7 @@ def write_config(data_dir: Path, mqtt_port: int, prefix: str, http_port: int,
     """A ``trygg run`` TOML for the bench."""
     path = data_dir / "trygg.toml"
     path.write_text(
-        f'gateway_id = "{gateway_id}"\ndata_dir = "{data_dir}"\nsecret_key = "{"b" * 48}"\n'
+        f'gateway_id = "{gateway_id}"\ndata_dir = "{data_dir}"\nsecret_key = "{secrets.token_urlsafe(48)}"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nprefix = "{prefix}"\n'
         f'[http]\nhost = "127.0.0.1"\nport = {http_port}\n'
     )

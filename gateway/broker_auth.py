@@ -155,7 +155,7 @@ class BrokerFiles:
 
     def write(self, accounts: Mapping[str, str], prefix: str, gateway_username: str) -> None:
         """Replace both files (ACL first: a new account must never run without its rules)."""
-        atomic_write(self.acl_file, acl_text(prefix, gateway_username), 0o644)
+        atomic_write(self.acl_file, acl_text(prefix, gateway_username))
         atomic_write(self.password_file, password_text(accounts))
 
     def reload(self) -> bool:

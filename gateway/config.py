@@ -26,6 +26,7 @@ from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
 from gateway.smscodec import RecipientField
+from gateway.strength import secret_problem
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -510,8 +511,11 @@ class ProvlarmSettings(BaseModel):
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
+    # hide_input_in_errors: a refused setting's error must not print the secrets beside it
+    # (secret_key, passwords, tokens) into a log.
     model_config = SettingsConfigDict(
-        env_prefix="TRYGG_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="TRYGG_", env_nested_delimiter="__", extra="forbid",
+        hide_input_in_errors=True,
     )
 
     # Set by ``load``: the TOML file between the defaults and the environment.
@@ -519,6 +523,10 @@ class Settings(BaseSettings):
 
     gateway_id: str = "gw1"
     data_dir: Path = Path("trygg-data")
+    # Demo mode (weaker checks: default secret, short token lifetimes, plain-http push test
+    # endpoints) is set in code only, by `trygg demo` and the tests: a settings file or the
+    # environment that names it is refused (``_CodeOnly``), so no production config can
+    # switch the checks off.
     demo: bool = False
     secret_key: str = DEFAULT_SECRET
     # Deprecated: the old name of ``security.access_ttl_s``, honoured when only it is set
@@ -554,7 +562,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: explicit arguments, environment, TOML file, defaults."""
-        return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_path))
+        return (init_settings, _CodeOnly(env_settings, "the environment (TRYGG_DEMO)"),
+                _CodeOnly(_TomlSource(settings_cls, cls._toml_path), "the settings file"))
 
     @model_validator(mode="after")
     def _cluster_needs_a_shared_journal(self) -> Settings:
@@ -606,14 +615,41 @@ class Settings(BaseSettings):
                 "secret_key is the default; set TRYGG_SECRET_KEY or secret_key in the "
                 "config file (only `trygg demo` may run with a generated secret)"
             )
-        if not self.demo and len(self.secret_key) < 32:
-            raise ValueError("secret_key must be at least 32 characters")
+        problem = None if self.demo else secret_problem(self.secret_key)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property
     def client_id(self) -> str:
         """The MQTT client id: stable, so the broker keeps the gateway's session."""
         return self.mqtt.client_id or f"trygg-gateway-{self.gateway_id}"
+
+
+# Settings only code may set (``load(None, demo=True)`` in `trygg demo` and the tests).
+CODE_ONLY = ("demo",)
+
+
+class _CodeOnly(PydanticBaseSettingsSource):
+    """A settings source that refuses the code-only settings instead of passing them on."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource, where: str) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+        self._where = where
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        named = [key for key in CODE_ONLY if key in data]
+        if named:
+            raise ValueError(
+                f"{', '.join(named)} cannot be set in {self._where}: demo mode is only "
+                "`trygg demo`; remove it"
+            )
+        return data
 
 
 class _TomlSource(PydanticBaseSettingsSource):

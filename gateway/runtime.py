@@ -41,6 +41,7 @@ from gateway.auth import TokenIssuer
 from gateway.config import Settings
 from gateway.duties import SUPERVISION
 from gateway.effects import Effects
+from gateway.files import private_umask, tighten
 from gateway.health import Probe, Watchdog, health_report
 from gateway.hub import StaffHub
 from gateway.ingest import DeviceSeen, Ingest
@@ -77,7 +78,10 @@ class Gateway:
         self.clock = clock
         # Replacement services for tests (e.g. ``{"cameras": factory}``): gateway.services.
         self.overrides = overrides or {}
+        # Data files are private (0600/0700) whatever umask we were started with.
+        private_umask()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tighten(settings.data_dir)
         self.org = org if org is not None else OrgStore(settings.data_dir / "org.sqlite3")
         self._owns_org = org is None
         self.rosters = RosterStore(settings.data_dir / "rosters.sqlite3")

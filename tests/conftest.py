@@ -21,6 +21,8 @@ from gateway.runtime import Gateway
 
 MOSQUITTO = ("127.0.0.1", 1883)
 PASSWORD = "correct horse battery"
+# A signing secret that passes the strength check outside demo mode (gateway.strength).
+TEST_SECRET = "O22Y--reqdMGxJjIPiqmGaH0Uz1hnM6AF1-kNVuUdk31eqsY"
 # Hashing is deliberately slow; hash once per test session.
 _HASH: list[str] = []
 

@@ -1,0 +1,187 @@
+"""Issue 17's low and high edges of the web side: demo mode only in code, token and secret
+rules, private data files, password strength, and what the audit log keeps.
+
+Each test names the guarantee of docs/security.md ("Holding the edges") that it proves.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from pydantic import ValidationError
+
+from gateway.auth import TokenError, TokenIssuer
+from gateway.config import load
+from gateway.files import tighten
+from gateway.strength import password_problem, secret_problem
+from tests.conftest import TEST_SECRET, GatewayFactory
+from tests.helpers import device
+
+# -- 2. demo mode is reachable only through `trygg demo` ----------------------------------------
+
+
+def test_demo_in_a_settings_file_is_refused(tmp_path: Path) -> None:
+    """``demo = true`` in a `trygg run` config cannot switch the default-secret check off."""
+    config = tmp_path / "trygg.toml"
+    config.write_text('demo = true\nsecret_key = "changethis"\n')
+    with pytest.raises(ValueError, match="demo cannot be set in the settings file"):
+        load(config)
+    # Even "demo = false": the key is not part of the file's surface at all.
+    config.write_text(f'demo = false\nsecret_key = "{TEST_SECRET}"\n')
+    with pytest.raises(ValueError, match="demo cannot be set"):
+        load(config)
+
+
+@pytest.mark.parametrize("value", ["true", "1", "false"])
+def test_demo_in_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("TRYGG_DEMO", value)
+    monkeypatch.setenv("TRYGG_SECRET_KEY", "changethis")
+    with pytest.raises(ValueError, match=r"environment \(TRYGG_DEMO\)"):
+        load(None)
+
+
+def test_default_secret_refused_outside_code_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without demo (only code can set it) the default secret is refused; the demo's code
+    path still works."""
+    with pytest.raises(ValidationError, match="secret_key is the default"):
+        load(None)
+    assert load(None, demo=True).demo
+
+
+def test_refused_secret_is_not_echoed_in_the_error() -> None:
+    secret = "q" * 40
+    with pytest.raises(ValidationError) as refused:
+        load(None, secret_key=secret)
+    assert secret not in str(refused.value)
+
+
+# -- 12. tokens need an expiry; secrets need entropy; data files are private -----------------------
+
+
+def test_token_without_exp_is_refused() -> None:
+    issuer = TokenIssuer(TEST_SECRET, 900)
+    assert issuer.check(issuer.issue("anna")) == "anna"
+    now = int(time.time())
+    forever = jwt.encode({"sub": "anna", "iat": now, "typ": "access"}, TEST_SECRET,
+                         algorithm="HS256")
+    with pytest.raises(TokenError, match="exp"):
+        issuer.check(forever)
+    expired = jwt.encode({"sub": "anna", "iat": now - 100, "exp": now - 10, "typ": "access"},
+                         TEST_SECRET, algorithm="HS256")
+    with pytest.raises(TokenError, match="expired"):
+        issuer.check(expired)
+
+
+@pytest.mark.parametrize("secret", [
+    "a" * 32,                                  # one letter, 32 times
+    "test-secret-" + "x" * 40,                 # words and padding
+    "abcdefghijklmnopqrstuvwxyz0123456789",    # a keyboard run
+    "changethis" * 4,
+])
+def test_low_entropy_secrets_are_refused(secret: str) -> None:
+    assert secret_problem(secret) is not None
+    with pytest.raises(ValidationError, match="secret_key is guessable"):
+        load(None, secret_key=secret)
+    assert load(None, demo=True, secret_key=secret).demo  # the demo and tests may
+
+
+def test_random_secrets_are_accepted() -> None:
+    import secrets
+
+    for secret in (secrets.token_urlsafe(32), secrets.token_hex(16), secrets.token_urlsafe(48),
+                   TEST_SECRET):
+        assert secret_problem(secret) is None, secret
+    assert secret_problem("x" * 31) == "secret_key must be at least 32 characters"
+
+
+@pytest.fixture
+def shell_umask() -> Iterator[None]:
+    """Run with a shell's default umask (022), as a hand-started gateway would."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def _loose(root: Path) -> list[str]:
+    """Entries below ``root`` (itself included) that group or others may use."""
+    entries = [root, *root.rglob("*")]
+    return [f"{p.relative_to(root)} {oct(stat.S_IMODE(p.lstat().st_mode))}"
+            for p in entries if not p.is_symlink() and p.lstat().st_mode & 0o077]
+
+
+@pytest.mark.network
+async def test_data_files_are_private_whatever_the_umask(
+    shell_umask: None, make_gateway: GatewayFactory, mosquitto: tuple[str, int], prefix: str,
+    tmp_path: Path,
+) -> None:
+    """SQLite files (with -wal/-shm), keys, journal, audit, broker files: 0600; dirs 0700.
+    A file left 0644 by an older version is tightened at start."""
+    data_dir = tmp_path / "gw"
+    data_dir.mkdir()
+    old = data_dir / "left-by-an-older-version.sqlite3"
+    old.write_text("")
+    old.chmod(0o644)
+    async with make_gateway(mosquitto, data_dir=data_dir,
+                            broker_auth={"enabled": True}) as gw:
+        async with device(mosquitto, prefix, "dev-a") as dev:
+            await dev.alarm("files-1")
+            assert (await dev.wait_ack("files-1"))["status"] == "stored"
+        assert gw.registry.sync_broker()
+        created = {p.name for p in data_dir.rglob("*")}
+        for name in ("journal.sqlite3", "audit.sqlite3", "org.sqlite3", "vapid-private.pem",
+                     "passwd", "acl", "telemetry.sqlite3"):
+            assert name in created, (name, sorted(created))
+        assert _loose(data_dir) == []
+    assert _loose(data_dir) == []
+
+
+def test_tighten_removes_bits_and_never_follows_links(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir(mode=0o755)
+    (tmp_path / "d" / "f").write_text("x")
+    (tmp_path / "d" / "f").chmod(0o664)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.write_text("not ours")
+    outside.chmod(0o644)
+    try:
+        (tmp_path / "d" / "link").symlink_to(outside)
+        (tmp_path / "d" / "exec").write_text("")
+        (tmp_path / "d" / "exec").chmod(0o750)
+        assert tighten(tmp_path / "d") == 3
+        assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
+        assert stat.S_IMODE((tmp_path / "d" / "f").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "d" / "exec").stat().st_mode) == 0o700
+        assert stat.S_IMODE(outside.stat().st_mode) == 0o644  # a link's target is not ours
+        assert tighten(tmp_path / "d") == 0
+    finally:
+        outside.unlink()
+
+
+# -- 9. passwords: zxcvbn and a deny list ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", [
+    "password1234", "aaaaaaaaaaaa", "123456789012", "Sommar2024!!", "H3mtj@nst2025!",
+    "L0senord!2024", "sommarsommar12", "qwertyuiop12", "Anna Andersson1",
+])
+def test_weak_passwords_are_refused(password: str) -> None:
+    problem = password_problem(password, ["anna", "Anna Andersson"])
+    assert problem is not None and problem.startswith("password:")
+
+
+@pytest.mark.parametrize("password", [
+    "correct horse battery", "kaffe-Tallrik-Moln-9", "Tr0ubador&3xyz-lampa",
+])
+def test_strong_passwords_are_accepted(password: str) -> None:
+    assert password_problem(password, ["anna", "Anna Andersson"]) is None
+
+
+def test_short_password_reason() -> None:
+    assert password_problem("kort-Ord-9") == "password: at least 12 characters"
