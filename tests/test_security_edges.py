@@ -11,7 +11,9 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import jwt
 import pytest
 from pydantic import ValidationError
@@ -19,8 +21,9 @@ from pydantic import ValidationError
 from gateway.auth import TokenError, TokenIssuer
 from gateway.config import load
 from gateway.files import tighten
+from gateway.runtime import Gateway
 from gateway.strength import password_problem, secret_problem
-from tests.conftest import TEST_SECRET, GatewayFactory
+from tests.conftest import PASSWORD, TEST_SECRET, GatewayFactory
 from tests.helpers import device
 
 # -- 2. demo mode is reachable only through `trygg demo` ----------------------------------------
@@ -185,3 +188,121 @@ def test_strong_passwords_are_accepted(password: str) -> None:
 
 def test_short_password_reason() -> None:
     assert password_problem("kort-Ord-9") == "password: at least 12 characters"
+
+
+def test_org_file_refuses_a_weak_password_naming_the_row(tmp_path: Path) -> None:
+    from gateway.orgfile import OrgFileError, parse
+
+    path = tmp_path / "org.toml"
+    path.write_text(
+        '[[teams]]\nid = "t"\nname = "T"\n'
+        '[[staff]]\nid = "s1"\nusername = "sven"\nname = "Sven"\nrole = "staff"\n'
+        'teams = ["t"]\npassword = "correct horse battery"\n'
+        '[[staff]]\nid = "s2"\nusername = "stina"\nname = "Stina"\nrole = "staff"\n'
+        'teams = ["t"]\npassword = "Sommar2024!!"\n'
+        '[[staff]]\nid = "s3"\nusername = "sixten"\nname = "Sixten"\nrole = "staff"\n'
+        'teams = ["t"]\npassword = "short"\n')
+    with pytest.raises(OrgFileError) as refused:
+        parse(path)
+    reason = str(refused.value)
+    assert "staff s2: password: too easy to guess" in reason
+    assert "staff s3: password: at least 12 characters" in reason
+    assert "s1" not in reason
+    assert "Sommar2024" not in reason  # the reason never repeats the password
+
+
+# -- 9 and 11 over the admin API and the login ---------------------------------------------------
+
+
+async def _admin(gw: Gateway, client: httpx.AsyncClient) -> dict[str, str]:
+    from gateway.auth import hash_password
+    from gateway.org import StaffMember
+
+    gw.org.put_staff(StaffMember("ada", "ada", "Ada", "admin", (), hash_password(PASSWORD)))
+    token = (await client.post("/api/v1/auth/token",
+                               data={"username": "ada", "password": PASSWORD})).json()
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+def _audit(data_dir: Path) -> list[tuple[str, str, str, dict[str, Any]]]:
+    from gateway.audit import AuditLog
+
+    with AuditLog.open(data_dir / "audit.sqlite3") as log:
+        return [(r.kind, r.actor, r.subject, dict(r.detail)) for r in log.records()]
+
+
+@pytest.mark.network
+async def test_admin_api_password_strength_and_change_audit(
+    make_gateway: GatewayFactory, mosquitto: tuple[str, int], tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "gw"
+    async with make_gateway(mosquitto, data_dir=data_dir) as gw, httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gw.http_port}") as client:
+        admin = await _admin(gw, client)
+        body = {"id": "cleo", "username": "cleo", "name": "Cleo", "role": "staff",
+                "team_ids": ["team-b"]}
+        for weak in ("password1234", "aaaaaaaaaaaa", "Sommar2024!!", "cleo-cleo-cleo"):
+            refused = await client.put("/api/v1/admin/staff/cleo", headers=admin,
+                                       json={**body, "password": weak})
+            assert refused.status_code == 422, (weak, refused.text)
+            assert refused.json()["detail"].startswith("password: "), refused.text
+        # A promotion to admin, a team change and a new password: all in the record.
+        promoted = await client.put(
+            "/api/v1/admin/staff/cleo", headers=admin,
+            json={**body, "role": "admin", "team_ids": ["team-a"], "on_duty": False,
+                  "password": "kaffe-Tallrik-Moln-9"})
+        assert promoted.status_code == 200, promoted.text
+        renamed = await client.put("/api/v1/admin/staff/cleo", headers=admin,
+                                   json={**body, "role": "admin", "team_ids": ["team-a"],
+                                         "on_duty": False, "name": "Cleo Ny"})
+        assert renamed.status_code == 200, renamed.text
+        created = await client.put(
+            "/api/v1/admin/staff/dan", headers=admin,
+            json={"id": "dan", "username": "dan", "name": "Dan", "role": "lead",
+                  "team_ids": ["team-a"], "password": "Tr0ubador&3xyz-lampa"})
+        assert created.status_code == 200, created.text
+    changes = [d for k, _, s, d in _audit(data_dir)
+               if k == "config_change" and d.get("what") == "staff"]
+    assert changes[0]["changes"] == {
+        "role": {"from": "staff", "to": "admin"},
+        "team_ids": {"added": ["team-a"], "removed": ["team-b"]},
+        "on_duty": {"from": True, "to": False}, "password_set": True}
+    assert changes[1]["changes"] == {"name_changed": True}
+    assert changes[2]["changes"] == {"created": True, "role": "lead", "team_ids": ["team-a"],
+                                     "on_duty": True, "password_set": True}
+    raw = (data_dir / "audit.sqlite3").read_bytes()
+    for secret in (b"kaffe-Tallrik", b"Tr0ubador", b"Cleo Ny"):
+        assert secret not in raw
+
+
+@pytest.mark.network
+async def test_failed_login_never_stores_an_unknown_typed_username(
+    make_gateway: GatewayFactory, mosquitto: tuple[str, int], tmp_path: Path,
+) -> None:
+    """A password typed into the username field is not kept: known usernames are audited
+    as the staff id, unknown ones as a keyed hash, also in the lockout's record."""
+    data_dir = tmp_path / "gw"
+    typed = "Lingon-Skog-Regn-42"  # somebody's password, typed one field too early
+    async with make_gateway(mosquitto, data_dir=data_dir) as gw, httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gw.http_port}") as client:
+        for _ in range(5):
+            r = await client.post("/api/v1/auth/token",
+                                  data={"username": typed, "password": "x"})
+            assert r.status_code == 401
+        locked = await client.post("/api/v1/auth/token",
+                                   data={"username": typed, "password": "x"})
+        assert locked.status_code == 429
+        r = await client.post("/api/v1/auth/token", data={"username": "bo", "password": "x"})
+        assert r.status_code == 401
+    records = _audit(data_dir)
+    failed = [(a, d) for k, a, _, d in records if k == "login_failed"]
+    assert {a for a, _ in failed[:5]} == {failed[0][0]}  # the same name, the same hash
+    assert failed[0][0].startswith("unknown:") and failed[0][1]["known_user"] is False
+    assert failed[-1] == ("bo", {"address": "127.0.0.1", "known_user": True})
+    lock = next((a, s) for k, a, s, _ in records if k == "login_locked")
+    assert lock == (failed[0][0], f"user:{failed[0][0]}")
+    assert any(k == "login_refused" and a == failed[0][0] for k, a, _, _ in records)
+    data = (data_dir / "audit.sqlite3").read_bytes()
+    assert typed.encode() not in data
+    assert not list(data_dir.glob("audit.sqlite3-wal")) or typed.encode() not in (
+        data_dir / "audit.sqlite3-wal").read_bytes()
