@@ -24,6 +24,7 @@ from devices.scaip import ScaipTables, StatusRule, parse_status_rule
 from devices.scaip_out import CentreCode, SipUri, codes_with, parse_sip_uri, valid_user
 from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
+from gateway.pushguard import DEFAULT_PUSH_HOSTS
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
 from gateway.smscodec import RecipientField
 from gateway.strength import secret_problem
@@ -129,6 +130,31 @@ def _no_passphrase() -> str:
     # Without a callback OpenSSL prompts on the terminal for an encrypted key's passphrase,
     # which would hang (or, without a terminal, fail obscurely) a service's start.
     raise ValueError("the key is encrypted; the gateway needs an unencrypted key (mode 0600)")
+
+
+class PushSettings(BaseModel):
+    """Web Push (docs/staff-app.md): which push services subscriptions may point at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Endpoint hosts the gateway will POST to (docs/security.md, "Web Push endpoints"):
+    # exact names, or "*.domain" for any subdomain. The default is the major browsers' push
+    # services; add a self-hosted one (e.g. an autopush) here.
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_PUSH_HOSTS),
+                                     min_length=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            name = pattern.removeprefix("*.")
+            labels = name.split(".")
+            if (len(labels) < 2 or any(not label or not all(c.isalnum() or c == "-"
+                                                               for c in label)
+                                       for label in labels)
+                    or all(label.isdigit() for label in labels)):
+                raise ValueError(f"{pattern!r} is not a host name (or *.domain)")
+        return [p.lower() for p in value]
 
 
 class ClusterSettings(BaseModel):
@@ -542,6 +568,7 @@ class Settings(BaseSettings):
     escalation: EscalationSettings = EscalationSettings()
     provlarm: ProvlarmSettings = ProvlarmSettings()
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    push: PushSettings = PushSettings()
     broker_auth: BrokerAuthSettings | None = None
     retention: RetentionSettings = RetentionSettings()
     # An alarm no staff client has confirmed within this raises a technical alarm.

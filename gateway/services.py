@@ -30,6 +30,7 @@ from gateway.org import DeviceInfo
 from gateway.provisioning import BrokerAccount, DeviceRegistry
 from gateway.provlarm import Provlarm
 from gateway.push import PushNotifier
+from gateway.pushguard import EndpointPolicy
 from gateway.scaip_intake import ScaipIntake
 from gateway.sensors import SensorService
 from gateway.serial import SerialLink, nak
@@ -119,7 +120,11 @@ class Services:
         sup.start("telemetry shedding", path.watch_shedding, Policy.RESTART)
         await sup.enter("mqtt telemetry lane", gw.telemetry_link, Policy.RESTART)
 
-        push = PushNotifier.for_data_dir(data_dir)
+        # Where pushes may go: the settings' push services; tests pass their loopback fake
+        # service's policy in code (gateway.pushguard.EndpointPolicy.loopback_for_tests).
+        endpoints: EndpointPolicy = overrides.get(
+            "push_endpoints", EndpointPolicy(tuple(settings.push.allowed_hosts)))
+        push = PushNotifier.for_data_dir(data_dir, policy=endpoints)
         await sup.enter("web push", push, Policy.RESTART)
         gw.effects.add_notifier(push.notify)
         # HTTP JSON or SCAIP, as [escalation] centre_protocol says; the SCAIP link's faults
