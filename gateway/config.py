@@ -22,7 +22,7 @@ from devices.contract import DEFAULT_PREFIX
 from devices.dc09 import Dc09Account, Meaning, accounts_by_id, parse_codes
 from devices.scaip import ScaipTables, StatusRule, parse_status_rule
 from devices.scaip_out import CentreCode, SipUri, codes_with, parse_sip_uri, valid_user
-from gateway.broker_auth import BrokerAuthSettings
+from gateway.broker_auth import BrokerAuthSettings, telemetry_account
 from gateway.privacy import RetentionSettings
 from gateway.pushguard import DEFAULT_PUSH_HOSTS
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
@@ -42,8 +42,12 @@ class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=0, le=65535)
     prefix: str = DEFAULT_PREFIX
+    # The alarm lane's broker account; the telemetry lane logs in as ``telemetry_username``
+    # (default "<username>-telemetry") with the same password: with Mosquitto's
+    # use_username_as_clientid each lane's username is its client id (docs/security.md).
     username: str | None = None
     password: str | None = None
+    telemetry_username: str | None = None
     client_id: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
     # TLS to the broker (docs/configuration.md, "TLS to the broker"). The broker's
@@ -69,7 +73,15 @@ class MqttSettings(BaseModel):
     def _user_and_password_together(self) -> MqttSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("mqtt.username and mqtt.password must be set together")
+        if self.telemetry_username is not None and self.username is None:
+            raise ValueError("mqtt.telemetry_username needs mqtt.username and password")
         return self
+
+    def lane_username(self, lane: str) -> str | None:
+        """The broker account of a lane ("alarm" or "telemetry"); None without accounts."""
+        if self.username is None or lane == "alarm":
+            return self.username
+        return self.telemetry_username or telemetry_account(self.username)
 
     @model_validator(mode="after")
     def _tls_files(self) -> MqttSettings:

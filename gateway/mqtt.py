@@ -73,6 +73,11 @@ SHARED_CHANNELS = frozenset({Channel.ALARM, Channel.TELEMETRY})
 # (unacked) and reaches a live member; with no member left, devices keep resending.
 SESSION_EXPIRY_S = 0
 
+# MQTT 5 DISCONNECT reason code "Session taken over": another client connected with this
+# client id. Brokers that send it (EMQX; Mosquitto 2.0.11 just closes the socket) make a
+# single take-over visible; otherwise LinkWatch sees it as flapping (alarms.flapping).
+SESSION_TAKEN_OVER = 0x8E
+
 
 class SafeClient(aiomqtt.Client):
     """``aiomqtt.Client`` whose deferred writer registration checks the socket still lives.
@@ -95,6 +100,17 @@ class SafeClient(aiomqtt.Client):
             return self._queue.get_nowait()
         except asyncio.QueueEmpty:
             return None
+
+    def disconnect_reason(self) -> int | None:
+        """The reason code the session ended with, if it ended unexpectedly (MQTT 5: the
+        broker's DISCONNECT reason, e.g. ``SESSION_TAKEN_OVER``)."""
+        ended = self._disconnected
+        if not ended.done() or ended.cancelled():
+            return None
+        error = ended.exception()
+        if not isinstance(error, aiomqtt.MqttCodeError) or error.rc is None:
+            return None
+        return int(error.rc.value) if hasattr(error.rc, "value") else int(error.rc)
 
     def _on_socket_register_write(
         self, client: Any, userdata: Any, sock: Any
@@ -230,6 +246,8 @@ class MqttLink:
         self.started_at = time.time()
         self.connects = 0
         self.dropped_outbound = 0
+        # Why the last session ended, when the broker said (``SafeClient.disconnect_reason``).
+        self.disconnect_reason: int | None = None
 
     @property
     def status_topic(self) -> str:
@@ -358,8 +376,10 @@ class MqttLink:
             try:
                 async with client:
                     attempt = 0
+                    self.disconnect_reason = None
                     await self._session(client)
             except aiomqtt.MqttError as exc:
+                self.disconnect_reason = client.disconnect_reason()
                 self._set_state(False)
                 if self._stopping.is_set():
                     return

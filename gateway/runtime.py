@@ -48,7 +48,7 @@ from gateway.ingest import DeviceSeen, Ingest
 from gateway.journal import Journal, SqliteJournal
 from gateway.links import LinkWatch
 from gateway.metrics import Metrics
-from gateway.mqtt import MqttLink, Outbound
+from gateway.mqtt import SESSION_TAKEN_OVER, MqttLink, Outbound
 from gateway.org import OrgStore
 from gateway.orgfile import RosterStore
 from gateway.pipeline import Pipeline
@@ -215,7 +215,10 @@ class Gateway:
             gateway_id=self.settings.gateway_id, version=__version__,
             on_message=self.ingest.mqtt,
             on_state=functools.partial(self._on_link_state, link_name),
-            username=mqtt.username, password=mqtt.password, keepalive_s=mqtt.keepalive_s,
+            # One broker account per lane: with use_username_as_clientid (docs/security.md)
+            # the username is the session's client id, and no one else can take it.
+            username=mqtt.lane_username(name), password=mqtt.password,
+            keepalive_s=mqtt.keepalive_s,
             tls_context=mqtt.client_context(),
             shared_group=cluster.shared_group if cluster is not None else None,
             channels=channels, announce=announce, name=name,
@@ -224,7 +227,9 @@ class Gateway:
     def _on_link_state(self, name: str, up: bool) -> None:
         if name == "mqtt":
             self.metrics.mqtt_connected.set(1 if up else 0)
-        self.links.report(name, up)
+        lane = self.link if name == "mqtt" else self.telemetry_link
+        self.links.report(name, up,
+                          taken_over=lane.disconnect_reason == SESSION_TAKEN_OVER)
 
     def _observe_commit(self, seconds: float, batches: int) -> None:
         # Runs on the journal's writer thread; prometheus_client metrics are thread-safe.

@@ -21,7 +21,7 @@ from devices.contract import DeviceMessage
 from devices.scaip import Snu
 from devices.serial import NakReason
 from gateway.audit import AuditKind
-from gateway.broker_auth import BrokerAuthSettings, BrokerFiles
+from gateway.broker_auth import BrokerAuthSettings, BrokerFiles, OtherGateway
 from gateway.cameras import CameraService
 from gateway.centre_scaip import CentrePort, make_centre, report_fault
 from gateway.dc09 import Dc09Receiver, dc09_receiver
@@ -253,14 +253,17 @@ def device_registry(gw: ServicesHost) -> DeviceRegistry:
     auth = settings.broker_auth
     files = None
     gateway_username = settings.mqtt.username or "trygg-gateway"
+    others: tuple[OtherGateway, ...] = ()
     if isinstance(auth, BrokerAuthSettings) and auth.enabled:
         base = settings.data_dir / "broker"
         files = BrokerFiles(auth.password_file or base / "passwd", auth.acl_file or base / "acl",
                             pid_file=auth.pid_file, pid=auth.pid)
         gateway_username = settings.mqtt.username or auth.gateway_username
+        others = tuple(auth.other_gateways)
     account = BrokerAccount(
         files, prefix=settings.mqtt.prefix, gateway_username=gateway_username,
         gateway_password=settings.mqtt.password, host=settings.mqtt.host,
-        port=settings.mqtt.port,
+        port=settings.mqtt.port, telemetry_username=settings.mqtt.telemetry_username,
+        other_gateways=others,
     )
     return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw))
