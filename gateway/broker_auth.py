@@ -36,7 +36,6 @@ from typing import Any
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
-from pydantic import BaseModel, ConfigDict
 
 # mosquitto_passwd's defaults (src/password_mosq.c: SALT_LEN 12, PW_DEFAULT_ITERATIONS 101).
 # 101 iterations is weak against offline guessing of human passwords; device passwords are
@@ -46,24 +45,6 @@ PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
 DEVICE_PUBLISH = ("alarm", "telemetry", "heartbeat", "status")
 DEVICE_READ = ("ack", "cmd")
-
-
-class BrokerAuthSettings(BaseModel):
-    """Where the broker's credential files live and how to make it re-read them.
-
-    ``password_file`` / ``acl_file`` default to ``{data_dir}/broker/passwd`` and ``.../acl``.
-    ``pid_file`` (or ``pid``) names the Mosquitto process to SIGHUP after a change; without
-    either the files are only written (the embedded broker's plugin notices them itself).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    password_file: Path | None = None
-    acl_file: Path | None = None
-    pid_file: Path | None = None
-    pid: int | None = None
-    gateway_username: str = "trygg-gateway"
 
 
 # -- password hashes --------------------------------------------------------------------------
