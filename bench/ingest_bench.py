@@ -639,6 +639,10 @@ def gateway_backlog(directory: Path, port: int, total: int, publishers: int) -> 
         gw.stop()
     first = seen["first"]
     assert first is not None, "the gateway drained nothing"
+    if seen["stored_at"] <= first[0] or seen["ingested"] <= first[1]:
+        # Drained before the second look (a small --quick backlog): no span to divide by
+        # from the first look, so the rate counts from the process start instead.
+        first = (started, 0)
     stored_s = seen["stored_at"] - first[0]
     ingest_s = seen["ingested_at"] - first[0]
     drained = seen["ingested"] - first[1]

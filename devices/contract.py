@@ -155,7 +155,7 @@ def decode(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> DeviceMe
         return Rejected(Reason.BAD_TOPIC, f"topic {topic[:120]!r} is not {prefix}/<device>/<kind>")
     device_id, channel = parsed
     try:
-        body = json.loads(payload, parse_constant=_no_constant)
+        body = _JSON.decode(payload.decode())
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return Rejected(Reason.BAD_JSON, f"not JSON: {exc}"[:200], device_id=device_id)
     if not isinstance(body, dict):
@@ -171,6 +171,10 @@ def decode(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> DeviceMe
 def _no_constant(name: str) -> object:
     # NaN and Infinity are not JSON (RFC 8259) although Python's parser takes them.
     raise ValueError(f"{name} is not a JSON value")
+
+
+# One decoder for every message: ``json.loads`` with an option builds a new one per call.
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _finite(value: object) -> float | None:

@@ -42,7 +42,8 @@ from typing import Any
 from amqtt.contexts import Action, BaseContext
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
-from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.config import OtherGateway, telemetry_account
 
 # mosquitto_passwd's defaults (src/password_mosq.c: SALT_LEN 12, PW_DEFAULT_ITERATIONS 101).
 # 101 iterations is weak against offline guessing of human passwords; device passwords are
@@ -52,35 +53,6 @@ PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
 DEVICE_PUBLISH = ("alarm", "telemetry", "heartbeat", "status")
 DEVICE_READ = ("ack", "cmd")
-# The telemetry lane's account: "<alarm lane account>-telemetry" unless configured.
-TELEMETRY_SUFFIX = "-telemetry"
-
-
-def telemetry_account(username: str) -> str:
-    """The telemetry lane's broker account of the gateway whose alarm lane is ``username``."""
-    return f"{username}{TELEMETRY_SUFFIX}"
-
-
-class OtherGateway(BaseModel):
-    """Another gateway of the cluster, whose lane accounts go into the files as well.
-
-    With ``use_username_as_clientid`` every gateway needs accounts of its own (gateways
-    sharing one account would take each other's sessions over). The gateway that writes the
-    files knows only its own password, so the others come as ``mosquitto_passwd`` hashes.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    username: str
-    # The "$7$..." part of a mosquitto_passwd line for the gateway's [mqtt] password.
-    password_hash: str = Field(pattern=r"^\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
-    telemetry_username: str | None = None
-
-    def accounts(self) -> GatewayAccounts:
-        """Its two lane accounts."""
-        return GatewayAccounts.named(self.username, self.telemetry_username)
-
-
 @dataclass(frozen=True, slots=True)
 class GatewayAccounts:
     """The broker accounts of one gateway, one per lane (``gateway.mqtt``)."""
@@ -96,26 +68,6 @@ class GatewayAccounts:
     def names(self) -> tuple[str, str]:
         """Both usernames."""
         return (self.alarm, self.telemetry)
-
-
-class BrokerAuthSettings(BaseModel):
-    """Where the broker's credential files live and how to make it re-read them.
-
-    ``password_file`` / ``acl_file`` default to ``{data_dir}/broker/passwd`` and ``.../acl``.
-    ``pid_file`` (or ``pid``) names the Mosquitto process to SIGHUP after a change; without
-    either the files are only written (the embedded broker's plugin notices them itself).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    password_file: Path | None = None
-    acl_file: Path | None = None
-    pid_file: Path | None = None
-    pid: int | None = None
-    gateway_username: str = "trygg-gateway"
-    # The other gateways of a cluster (their lane accounts): docs/deployment.md.
-    other_gateways: list[OtherGateway] = []
 
 
 # -- password hashes --------------------------------------------------------------------------
@@ -407,12 +359,13 @@ def accounts_with_gateway(
     that is a gateway account's name never gets in."""
     own = GatewayAccounts.named(gateway_username, telemetry_username)
     accounts = dict(devices)
-    for name in (*own.names(), *(n for o in others for n in o.accounts().names())):
+    other_accounts = [GatewayAccounts.named(o.username, o.telemetry_username) for o in others]
+    for name in (*own.names(), *(n for g in other_accounts for n in g.names())):
         accounts.pop(name, None)
     if gateway_password:
         for name in own.names():
             accounts[name] = mosquitto_hash(gateway_password)
-    for other in others:
-        for name in other.accounts().names():
+    for other, lanes in zip(others, other_accounts, strict=True):
+        for name in lanes.names():
             accounts[name] = other.password_hash
     return accounts

@@ -7,7 +7,7 @@ import logging
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -19,15 +19,17 @@ from pydantic_settings import (
 from alarms.escalation import SmsRule
 from alarms.model import AlarmType
 from devices.contract import DEFAULT_PREFIX
-from devices.dc09 import Dc09Account, Meaning, accounts_by_id, parse_codes
 from devices.scaip import ScaipTables, StatusRule, parse_status_rule
-from devices.scaip_out import CentreCode, SipUri, codes_with, parse_sip_uri, valid_user
-from gateway.broker_auth import BrokerAuthSettings, telemetry_account
 from gateway.privacy import RetentionSettings
 from gateway.pushguard import DEFAULT_PUSH_HOSTS
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
 from gateway.smscodec import RecipientField
 from gateway.strength import secret_problem
+
+if TYPE_CHECKING:
+    # Only what a configured [dc09] or SCAIP centre needs: not imported to load settings.
+    from devices.dc09 import Dc09Account, Meaning
+    from devices.scaip_out import CentreCode, SipUri
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -259,6 +261,8 @@ class CentreScaipSettings(BaseModel):
     def _valid(self) -> CentreScaipSettings:
         self.target()
         self.code_table()
+        from devices.scaip_out import valid_user
+
         if not valid_user(self.user):
             raise ValueError(f"centre_scaip.user {self.user!r} is not a SIP user")
         if self.transport != "tls" and (self.ca_file or self.tls_server_name):
@@ -267,10 +271,14 @@ class CentreScaipSettings(BaseModel):
 
     def target(self) -> SipUri:
         """The centre's URI, parsed."""
+        from devices.scaip_out import parse_sip_uri
+
         return parse_sip_uri(self.uri)
 
     def code_table(self) -> dict[AlarmType, CentreCode]:
         """Alarm type -> (dty, stc) with this site's codes."""
+        from devices.scaip_out import codes_with
+
         return codes_with(self.codes)
 
     def client_context(self) -> ssl.SSLContext | None:
@@ -501,12 +509,16 @@ class Dc09Settings(BaseModel):
 
     def receiver_accounts(self) -> list[Dc09Account]:
         """The accounts as ``devices.dc09.Dc09Account`` (validated)."""
+        from devices.dc09 import Dc09Account, accounts_by_id
+
         accounts = [Dc09Account(a.account, a.device_id, a.key) for a in self.accounts]
         accounts_by_id(accounts)  # refuses an account configured twice
         return accounts
 
     def code_tables(self) -> tuple[dict[str, Meaning], dict[int, Meaning]]:
         """The (SIA, Contact ID) tables with this site's corrections."""
+        from devices.dc09 import parse_codes
+
         return parse_codes(self.codes)
 
 
@@ -544,6 +556,51 @@ class ProvlarmSettings(BaseModel):
     store_timeout_s: float = Field(default=120.0, gt=0)
     # ... and a staff client must confirm it within this after it was stored.
     delivery_timeout_s: float = Field(default=60.0, gt=0)
+
+
+# The telemetry lane's broker account: "<alarm lane account>-telemetry" unless configured.
+TELEMETRY_SUFFIX = "-telemetry"
+
+
+def telemetry_account(username: str) -> str:
+    """The telemetry lane's broker account of the gateway whose alarm lane is ``username``."""
+    return f"{username}{TELEMETRY_SUFFIX}"
+
+
+class OtherGateway(BaseModel):
+    """Another gateway of the cluster, whose lane accounts go into the broker files too.
+
+    With ``use_username_as_clientid`` every gateway needs accounts of its own (gateways
+    sharing one account would take each other's sessions over). The gateway that writes the
+    files knows only its own password, so the others come as ``mosquitto_passwd`` hashes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str
+    # The "$7$..." part of a mosquitto_passwd line for the gateway's [mqtt] password.
+    password_hash: str = Field(pattern=r"^\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
+    telemetry_username: str | None = None
+
+
+class BrokerAuthSettings(BaseModel):
+    """Where the broker's credential files live and how to make it re-read them.
+
+    ``password_file`` / ``acl_file`` default to ``{data_dir}/broker/passwd`` and ``.../acl``.
+    ``pid_file`` (or ``pid``) names the Mosquitto process to SIGHUP after a change; without
+    either the files are only written (the embedded broker's plugin notices them itself).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    pid_file: Path | None = None
+    pid: int | None = None
+    gateway_username: str = "trygg-gateway"
+    # The other gateways of a cluster (their lane accounts): docs/deployment.md.
+    other_gateways: list[OtherGateway] = []
 
 
 class Settings(BaseSettings):

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -79,6 +80,13 @@ SESSION_EXPIRY_S = 0
 SESSION_TAKEN_OVER = 0x8E
 
 
+# A received message: topic and payload, nothing else (see SafeClient._on_message).
+Received = tuple[str, bytes]
+
+# Packets read per wake-up of the event loop at most (SafeClient._on_socket_open).
+READ_BURST = 64
+
+
 class SafeClient(aiomqtt.Client):
     """``aiomqtt.Client`` whose deferred writer registration checks the socket still lives.
 
@@ -89,7 +97,34 @@ class SafeClient(aiomqtt.Client):
     still holds this very socket closes that window.
     """
 
-    def queued(self) -> aiomqtt.Message | None:
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        # [1] The receive path carries (topic, payload) only: aiomqtt's Message (topic
+        # parsing and validation per message) was the largest single cost of ingest.
+        self._queue.put_nowait((message.topic, message.payload))  # type: ignore[arg-type]
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)
+
+        def read() -> None:
+            # [2] Every packet that is already in the socket, not one per wake-up of the
+            # event loop (paho's loop_read reads one when nothing is in flight), bounded so
+            # that a flood on one connection cannot starve the other lane and the timers.
+            try:
+                for _ in range(READ_BURST):
+                    rc = client._packet_read()  # private: see [2]
+                    if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                        break
+                    if rc > 0:
+                        client._loop_rc_handle(rc)  # what loop_read does
+                        break
+            except Exception as exc:  # noqa: BLE001 - mirrors aiomqtt: a broken pipe ends it
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        # Queued after aiomqtt's own add_reader (same thread hop), so this one replaces it.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), read)
+
+    def queued(self) -> Received | None:
         """The next received message if one is already waiting, else None.
 
         aiomqtt's message iterator starts a task and an ``asyncio.wait`` for every message
@@ -97,9 +132,10 @@ class SafeClient(aiomqtt.Client):
         a backlog after a reconnect — taking them directly skips that per-message cost.
         """
         try:
-            return self._queue.get_nowait()
+            item: Received = self._queue.get_nowait()  # type: ignore[assignment]
         except asyncio.QueueEmpty:
             return None
+        return item
 
     def disconnect_reason(self) -> int | None:
         """The reason code the session ended with, if it ended unexpectedly (MQTT 5: the
@@ -459,14 +495,15 @@ class MqttLink:
         raise _StoppingError
 
     async def _receiver(self, client: SafeClient) -> None:
-        messages = client.messages
+        messages: Any = client.messages  # yields Received items (SafeClient._on_message)
         burst = 0
         while True:
-            message = client.queued()
+            message: Received | None = client.queued()
             if message is None:
                 # Nothing waiting: block (and notice a disconnect) the iterator's way.
                 burst = 0
                 message = await anext(messages)
+                assert message is not None
             else:
                 burst += 1
                 if burst >= RECEIVE_BURST:
@@ -474,14 +511,8 @@ class MqttLink:
                     # run between bursts (a handler that never suspends would starve them).
                     burst = 0
                     await asyncio.sleep(0)
-            payload = message.payload
-            if isinstance(payload, str):
-                data = payload.encode()
-            elif isinstance(payload, bytes | bytearray):
-                data = bytes(payload)
-            else:
-                data = b""
-            await self._on_message(message.topic.value, data)
+            topic_name, payload = message
+            await self._on_message(topic_name, payload)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
         while True:

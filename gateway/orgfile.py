@@ -24,7 +24,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alarms.roster import Roster, RosterKey, Shift, every_day
-from gateway.auth import hash_password
 from gateway.org import DeviceInfo, OrgStore, RecipientInfo, StaffMember, Team
 from gateway.smscodec import e164
 from gateway.strength import password_problem
@@ -141,6 +140,9 @@ def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, in
     for t in data.teams:
         org.put_team(Team(t.id, t.name))
     for s in data.staff:
+        # Imported here: the roster store is on the alarm path, password hashing is not.
+        from gateway.auth import hash_password
+
         secret = s.password_hash or hash_password(s.password or "")
         org.put_staff(StaffMember(s.id, s.username, s.name, s.role, tuple(s.teams), secret,
                                   phone=s.phone))

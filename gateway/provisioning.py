@@ -32,11 +32,11 @@ from devices.contract import DEFAULT_PREFIX, valid_id
 from gateway.broker_auth import (
     BrokerFiles,
     GatewayAccounts,
-    OtherGateway,
     accounts_with_gateway,
     mosquitto_hash,
     new_device_password,
 )
+from gateway.config import OtherGateway
 from gateway.errors import DomainError
 from gateway.org import DeviceInfo, OrgStore
 
@@ -150,7 +150,8 @@ class BrokerAccount:
     def gateways(self) -> list[GatewayAccounts]:
         """Every gateway's lane accounts: this one's first."""
         return [GatewayAccounts.named(self.gateway_username, self.telemetry_username),
-                *(o.accounts() for o in self.other_gateways)]
+                *(GatewayAccounts.named(o.username, o.telemetry_username)
+                  for o in self.other_gateways)]
 
     def reserved(self) -> frozenset[str]:
         """Usernames no device may have (they are gateway accounts)."""

@@ -37,7 +37,6 @@ from devices.contract import Channel, topic
 from gateway import __version__
 from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
-from gateway.auth import TokenIssuer
 from gateway.config import Settings
 from gateway.duties import SUPERVISION
 from gateway.effects import Effects
@@ -58,6 +57,7 @@ from gateway.timers import Timers
 from gateway.watch import DeviceWatch
 
 if TYPE_CHECKING:
+    from gateway.auth import TokenIssuer
     from gateway.cluster import Cluster
     from gateway.membership import Membership
     from gateway.services import Services
@@ -90,7 +90,6 @@ class Gateway:
         self.journal = journal if journal is not None else self._journal()
         self.hub = StaffHub()
         self.audit = Auditor(settings.data_dir / AUDIT_FILENAME)
-        self.tokens = TokenIssuer(settings.secret_key, settings.token_ttl_s)
         prefix = settings.mqtt.prefix
         self.effects = Effects(core=self.core, org=self.org, hub=self.hub, metrics=self.metrics,
                                prefix=prefix)
@@ -358,6 +357,13 @@ class Gateway:
     dc09 = property(lambda self: self._service("dc09"), doc="The DC-09 receiver, if any.")
     sms = property(lambda self: self._service("sms"), doc="The SMS fallback, if any.")
     http_port = property(lambda self: self._service("http_port"), doc="The bound HTTP port.")
+    @functools.cached_property
+    def tokens(self) -> TokenIssuer:
+        """Checks bearer tokens (the JWT and argon2 code loads with the web, not before)."""
+        from gateway.auth import TokenIssuer
+
+        return TokenIssuer(self.settings.secret_key, self.settings.token_ttl_s)
+
     @property
     def leases_held(self) -> frozenset[str]:
         """The once-only work this gateway does in a cluster."""

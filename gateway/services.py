@@ -21,9 +21,10 @@ from devices.contract import DeviceMessage
 from devices.scaip import Snu
 from devices.serial import NakReason
 from gateway.audit import AuditKind
-from gateway.broker_auth import BrokerAuthSettings, BrokerFiles, OtherGateway
+from gateway.broker_auth import BrokerFiles
 from gateway.cameras import CameraService
 from gateway.centre_scaip import CentrePort, make_centre, report_fault
+from gateway.config import BrokerAuthSettings, OtherGateway
 from gateway.dc09 import Dc09Receiver, dc09_receiver
 from gateway.inband import InBand
 from gateway.org import DeviceInfo

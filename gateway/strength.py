@@ -10,17 +10,24 @@ accepted. Used by the admin API (``gateway.web.org``), the organisation file imp
   ``MIN_PASSWORD_SCORE`` with the person's own username, name and id, and our domain words,
   as known inputs (``aaaaaaaaaaaa`` and ``password1234`` score 0 and 1).
 - **Secrets** (``secret_key`` signs every access token; a guessed key forges admin tokens)
-  must be at least 32 characters and need about 2^80 guesses by zxcvbn's estimate, which
-  refuses repeated letters and words with padding while accepting any random string from
-  ``secrets.token_urlsafe(32)`` or ``openssl rand -hex 16`` upwards.
+  must be at least 32 characters and carry enough entropy. The settings check them at
+  every start, before the first alarm can be acked, so the common cases are decided by a
+  cheap estimate (``secret_bits``: character entropy after dropping repeated blocks, runs
+  and sequences): below ``SECRET_REFUSE_BITS`` refused, from ``SECRET_ACCEPT_BITS`` on
+  accepted (``secrets.token_urlsafe(48)`` scores about 230). In between (a hex key, a
+  passphrase, a keyboard row) zxcvbn decides: at least 10^24 (about 2^80) guesses.
+
+zxcvbn is imported on first use, not with this module: loading its dictionaries takes some
+40 ms, which the start of the alarm path should not pay.
 """
 
 from __future__ import annotations
 
+import math
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
-
-from zxcvbn import zxcvbn
+from typing import Any
 
 MIN_PASSWORD_LEN = 12
 # zxcvbn's score 3: "safely unguessable: moderate protection from offline slow-hash
@@ -30,6 +37,10 @@ MIN_PASSWORD_SCORE = 3
 MIN_SECRET_LEN = 32
 # log10 of the guesses zxcvbn must estimate for a signing secret: 10^24 is about 2^80.
 MIN_SECRET_GUESSES_LOG10 = 24.0
+# The cheap estimate's verdicts. Random hex keys of 32 characters score 80-125, so they go
+# to zxcvbn; anything under 48 bits is a pattern (one letter, a word repeated, a run).
+SECRET_REFUSE_BITS = 48.0
+SECRET_ACCEPT_BITS = 160.0
 # zxcvbn refuses longer input (its matching is quadratic); the rest of a longer value can
 # only add strength, so judging the first part is the conservative choice.
 _ZXCVBN_MAX = 72
@@ -88,7 +99,7 @@ def password_problem(password: str, user_inputs: Iterable[str] = ()) -> str | No
     if any(r in known or _repeats_one_word(r, known) for r in readings):
         return ("password: too easy to guess (a common or known word with digits or "
                 "symbols); use several unrelated words")
-    result = zxcvbn(password[:_ZXCVBN_MAX], user_inputs=[*inputs, *DENY_WORDS])
+    result = _zxcvbn(password[:_ZXCVBN_MAX], [*inputs, *DENY_WORDS])
     if result["score"] < MIN_PASSWORD_SCORE:
         hint = result["feedback"]["warning"] or "use several unrelated words"
         return f"password: too easy to guess (strength {result['score']} of 4): {hint}"
@@ -101,15 +112,58 @@ def _repeats_one_word(letters: str, known: frozenset[str] | set[str]) -> bool:
                for w in known)
 
 
+def _zxcvbn(text: str, user_inputs: list[str] | None = None) -> dict[str, Any]:
+    # Imported on first use: see the module docstring.
+    from zxcvbn import zxcvbn
+
+    result: Any = zxcvbn(text, user_inputs=user_inputs)
+    return dict(result)
+
+
+def _period(text: str) -> str:
+    """The shortest block that ``text`` repeats ("abcabcab" -> "abc")."""
+    for size in range(1, len(text) // 2 + 1):
+        if all(text[i] == text[i % size] for i in range(len(text))):
+            return text[:size]
+    return text
+
+
+def _unpredictable(text: str) -> str:
+    """``text`` without the characters that continue a run or a sequence (aaaa, abcd, 4321)."""
+    kept = text[:1]
+    for i in range(1, len(text)):
+        step = ord(text[i]) - ord(text[i - 1])
+        if step == 0 or (abs(step) == 1 and i >= 2
+                         and ord(text[i - 1]) - ord(text[i - 2]) == step):
+            continue
+        kept += text[i]
+    return kept
+
+
+def secret_bits(secret: str) -> float:
+    """A cheap estimate of a secret's entropy in bits: the character entropy of what is left
+    after dropping repeated blocks, runs and sequences, times its length."""
+    core = _unpredictable(_period(secret))
+    counts = Counter(core)
+    per_char = -sum(n / len(core) * math.log2(n / len(core)) for n in counts.values())
+    return max(0.0, per_char * len(core))
+
+
+_MAKE_ONE = "make one with python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
 def secret_problem(secret: str) -> str | None:
     """Why a signing secret is refused, or None if it is strong enough."""
     if len(secret) < MIN_SECRET_LEN:
         return f"secret_key must be at least {MIN_SECRET_LEN} characters"
-    guesses = float(zxcvbn(secret[:_ZXCVBN_MAX])["guesses_log10"])
+    bits = secret_bits(secret)
+    if bits >= SECRET_ACCEPT_BITS:
+        return None
+    if bits < SECRET_REFUSE_BITS:
+        return (f"secret_key is guessable (repeats, runs or few different characters: about "
+                f"{bits:.0f} bits); {_MAKE_ONE}")
+    guesses = float(_zxcvbn(secret[:_ZXCVBN_MAX])["guesses_log10"])
     if guesses < MIN_SECRET_GUESSES_LOG10:
-        return (
-            f"secret_key is guessable (about 10^{guesses:.0f} guesses; at least "
-            f"10^{MIN_SECRET_GUESSES_LOG10:.0f} needed): make one with "
-            "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
-        )
+        return (f"secret_key is guessable (about 10^{guesses:.0f} guesses; at least "
+                f"10^{MIN_SECRET_GUESSES_LOG10:.0f} needed); {_MAKE_ONE}")
     return None

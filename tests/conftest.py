@@ -131,14 +131,17 @@ def make_gateway(tmp_path: Path, prefix: str) -> GatewayFactory:
 
     @asynccontextmanager
     async def factory(
-        broker: tuple[str, int], data_dir: Path | None = None, **overrides: Any
+        broker: tuple[str, int], data_dir: Path | None = None, *,
+        clock: Callable[[], float] | None = None, **overrides: Any
     ) -> AsyncIterator[Gateway]:
         directory = data_dir or tmp_path / "gw"
         org = OrgStore(directory / "org.sqlite3")
         if org.is_empty():
             seed_small(org)
         try:
-            async with Gateway(settings_for(directory, broker, prefix, **overrides), org=org) as gw:
+            settings = settings_for(directory, broker, prefix, **overrides)
+            options: dict[str, Any] = {} if clock is None else {"clock": clock}
+            async with Gateway(settings, org=org, **options) as gw:
                 await asyncio.wait_for(gw.wait_connected(), 10)
                 yield gw
         finally:
