@@ -75,8 +75,8 @@ SHARED_CHANNELS = frozenset({Channel.ALARM, Channel.TELEMETRY})
 SESSION_EXPIRY_S = 0
 
 # MQTT 5 DISCONNECT reason code "Session taken over": another client connected with this
-# client id. Brokers that send it (EMQX; Mosquitto 2.0.11 just closes the socket) make a
-# single take-over visible; otherwise LinkWatch sees it as flapping (alarms.flapping).
+# client id. A broker that sends it makes a single take-over visible (Mosquitto 2.0.11 just
+# closes the socket); otherwise LinkWatch sees the take-overs as flapping (alarms.flapping).
 SESSION_TAKEN_OVER = 0x8E
 
 
