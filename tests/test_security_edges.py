@@ -150,7 +150,9 @@ async def test_data_files_are_private_whatever_the_umask(
 
 
 def test_tighten_removes_bits_and_never_follows_links(tmp_path: Path) -> None:
-    (tmp_path / "d").mkdir(mode=0o755)
+    # Modes set explicitly: a gateway started earlier in this process set umask 077.
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d").chmod(0o755)
     (tmp_path / "d" / "f").write_text("x")
     (tmp_path / "d" / "f").chmod(0o664)
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
