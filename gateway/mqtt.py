@@ -48,8 +48,9 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
 
 # Outbound QoS 1 messages the client may have sent and not yet had acknowledged: enough for
-# a storm's acks to stream without a round trip each (paho's default is 20).
-MAX_INFLIGHT = 200
+# acks to stream on loopback or a LAN without waiting on each round trip (paho's default is
+# 20), few enough that paho's scan of its in-flight messages at every PUBACK stays short.
+MAX_INFLIGHT = 32
 # Outbound messages waiting in the client beyond those. Acks beyond this are dropped and
 # counted; the device resends and is acked again, so this never loses an alarm.
 MAX_OUTBOUND = 10_000
@@ -82,6 +83,18 @@ Received = tuple[str, bytes]
 READ_BURST = 64
 
 
+class _NoFilters:
+    """paho's per-topic callback matcher, for a client with no per-topic callbacks."""
+
+    @staticmethod
+    def iter_match(topic: str) -> tuple[()]:
+        """No callback for any topic."""
+        return ()
+
+
+_NO_FILTERS = _NoFilters()
+
+
 class SafeClient(aiomqtt.Client):
     """``aiomqtt.Client`` whose deferred writer registration checks the socket still lives.
 
@@ -91,6 +104,12 @@ class SafeClient(aiomqtt.Client):
     fd, or an fd number already reused by the next connection. Registering only while paho
     still holds this very socket closes that window.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # [3] paho walks its per-topic callback trie for every message; the gateway registers
+        # no per-topic callbacks, so the walk always finds nothing.
+        self._client._on_message_filtered = _NO_FILTERS  # type: ignore[assignment] # see [3]
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         # [1] The receive path carries (topic, payload) only: aiomqtt's Message (topic
