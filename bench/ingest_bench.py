@@ -232,6 +232,12 @@ def _publish_packet(topic: bytes, payload: bytes, packet_id: int) -> bytes:
     return b"\x32" + _varint(len(body)) + body
 
 
+def _publish_packet_qos0(topic: bytes, payload: bytes, packet_id: int) -> bytes:
+    # PUBLISH, QoS 0 (0x30): topic, payload (no packet id).
+    body = _string(topic) + payload
+    return b"\x30" + _varint(len(body)) + body
+
+
 def _room(sent: int, acked: list[int]) -> bool:
     return sent - acked[0] < PUBLISH_INFLIGHT
 
@@ -248,8 +254,10 @@ def publisher_main(port: int, prefix: str, count: int, offset: int, devices: int
     """
     ids = device_ids(devices)
     now_ms = int(time.time() * 1000)
+    qos = int(os.environ.get("INGEST_QOS", "1"))
+    encode = _publish_packet if qos == 1 else _publish_packet_qos0
     packets = [
-        _publish_packet(
+        encode(
             f"{prefix}/{ids[(offset + i) % devices]}/telemetry".encode(),
             b'{"ref":"b%d","ts":%d,"metric":"temperature","value":21.5,"unit":"C"}'
             % (offset + i, now_ms + i),
@@ -278,7 +286,11 @@ def publisher_main(port: int, prefix: str, count: int, offset: int, devices: int
                 window.notify_all()
 
     reader = threading.Thread(target=read_acks, name="pubacks", daemon=True)
-    reader.start()
+    if qos == 0:
+        # QoS 0: nothing comes back; the socket's own back-pressure paces the writer.
+        acked[0] = count
+    else:
+        reader.start()
     batch = 200
     began = time.time()
     for n in range(0, count, batch):
@@ -290,7 +302,8 @@ def publisher_main(port: int, prefix: str, count: int, offset: int, devices: int
             window.wait_for(functools.partial(_room, n, acked), RUN_LIMIT_S)
         sock.sendall(b"".join(packets[n : n + batch]))
     queued = time.time()
-    reader.join(RUN_LIMIT_S)
+    if qos == 1:
+        reader.join(RUN_LIMIT_S)
     ended = time.time()
     with contextlib.suppress(OSError):
         sock.sendall(b"\xe0\x00")  # DISCONNECT

@@ -331,6 +331,10 @@ def _value(body: dict[str, object]) -> float | tuple[float, ...]:
 # -- gateway -> device ---------------------------------------------------------------------
 
 
+# One encoder for every answer: ``json.dumps`` with options builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def topic(prefix: str, device_id: str, leaf: str) -> str:
     """``prefix/{device_id}/{leaf}``."""
     return f"{prefix}/{device_id}/{leaf}"
@@ -341,9 +345,9 @@ def encode_ack(ref: str, status: str, reason: str | None = None) -> bytes:
     body: dict[str, str] = {"ref": ref, "status": status}
     if reason is not None:
         body["reason"] = reason
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _COMPACT.encode(body).encode()
 
 
 def encode_command(ref: str, command: str, **args: str | int | float | bool) -> bytes:
     """The payload of ``{prefix}/{device_id}/cmd``."""
-    return json.dumps({"ref": ref, "cmd": command, **args}, separators=(",", ":")).encode()
+    return _COMPACT.encode({"ref": ref, "cmd": command, **args}).encode()

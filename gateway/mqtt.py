@@ -47,11 +47,12 @@ NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
 
-# Publisher workers: each awaits one PUBACK at a time. Eight keep acks flowing while the
-# broker is slow without flooding its inflight window (Mosquitto's default is 20).
-PUBLISH_WORKERS = 8
-# Outbound messages waiting for a worker. Acks beyond this are dropped and counted; the
-# device resends and is acked again, so this never loses an alarm.
+# Outbound QoS 1 messages the client may have sent and not yet had acknowledged: enough for
+# acks to stream on loopback or a LAN without waiting on each round trip (paho's default is
+# 20), few enough that paho's scan of its in-flight messages at every PUBACK stays short.
+MAX_INFLIGHT = 32
+# Outbound messages waiting in the client beyond those. Acks beyond this are dropped and
+# counted; the device resends and is acked again, so this never loses an alarm.
 MAX_OUTBOUND = 10_000
 
 
@@ -87,6 +88,18 @@ Received = tuple[str, bytes]
 READ_BURST = 64
 
 
+class _NoFilters:
+    """paho's per-topic callback matcher, for a client with no per-topic callbacks."""
+
+    @staticmethod
+    def iter_match(topic: str) -> tuple[()]:
+        """No callback for any topic."""
+        return ()
+
+
+_NO_FILTERS = _NoFilters()
+
+
 class SafeClient(aiomqtt.Client):
     """``aiomqtt.Client`` whose deferred writer registration checks the socket still lives.
 
@@ -96,6 +109,12 @@ class SafeClient(aiomqtt.Client):
     fd, or an fd number already reused by the next connection. Registering only while paho
     still holds this very socket closes that window.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # [3] paho walks its per-topic callback trie for every message; the gateway registers
+        # no per-topic callbacks, so the walk always finds nothing.
+        self._client._on_message_filtered = _NO_FILTERS  # type: ignore[assignment] # see [3]
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         # [1] The receive path carries (topic, payload) only: aiomqtt's Message (topic
@@ -274,7 +293,9 @@ class MqttLink:
         self.channels = channels
         self.announce = announce
         self.name = name
-        self._outbound: asyncio.Queue[Outbound] = asyncio.Queue(MAX_OUTBOUND)
+        # The connected client (None between sessions): outbound messages are handed to it
+        # directly (publish_nowait), never through a task per message.
+        self._client: SafeClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -352,13 +373,21 @@ class MqttLink:
         )
 
     def publish_nowait(self, message: Outbound) -> bool:
-        """Queue a message; False (counted) when disconnected or the queue is full."""
-        if not self.connected:
+        """Hand a message to the client; False (counted) when disconnected or backed up.
+
+        paho queues it and the event loop writes it (its socket writer); the broker's PUBACK
+        is paho's business. No task and no await per message: an ack costs what it must.
+        """
+        client = self._client
+        if client is None or not self.connected:
             self.dropped_outbound += 1
             return False
-        try:
-            self._outbound.put_nowait(message)
-        except asyncio.QueueFull:
+        paho = client._client  # aiomqtt's paho client (private); see the docstring
+        if len(paho._out_messages) >= MAX_OUTBOUND:  # its backlog (private)
+            self.dropped_outbound += 1
+            return False
+        info = paho.publish(message.topic, message.payload, message.qos, message.retain)
+        if info.rc != 0:
             self.dropped_outbound += 1
             return False
         return True
@@ -381,6 +410,8 @@ class MqttLink:
         ).encode()
 
     def _set_state(self, up: bool) -> None:
+        if not up:
+            self._client = None
         if up == self._connected.is_set():
             return
         if up:
@@ -408,6 +439,7 @@ class MqttLink:
                 socket_options=NODELAY,
                 tls_context=self._tls_context,
                 timeout=10,
+                max_inflight_messages=MAX_INFLIGHT,
             )
             try:
                 async with client:
@@ -462,17 +494,12 @@ class MqttLink:
         if self.announce:
             await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connects += 1
-        # Anything queued while we were down was for a previous session: acks are
-        # re-sent when devices resend, so start clean rather than replay stale output.
-        while not self._outbound.empty():
-            self._outbound.get_nowait()
+        self._client = client
         self._set_state(True)
         _LOGGER.info("MQTT %s link to %s:%d up (session %d)", self.name, self.host, self.port,
                      self.connects)
         try:
             async with asyncio.TaskGroup() as group:
-                for n in range(PUBLISH_WORKERS):
-                    group.create_task(self._publisher(client), name=f"mqtt publisher {n}")
                 group.create_task(self._receiver(client), name="mqtt receiver")
                 group.create_task(self._until_stopped(), name="mqtt stop watch")
         except ExceptionGroup as errors:
@@ -513,8 +540,3 @@ class MqttLink:
                     await asyncio.sleep(0)
             topic_name, payload = message
             await self._on_message(topic_name, payload)
-
-    async def _publisher(self, client: aiomqtt.Client) -> None:
-        while True:
-            item = await self._outbound.get()
-            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)

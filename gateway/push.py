@@ -424,23 +424,33 @@ class PushNotifier:
                                          trace_configs=[no_redirects()]) as session, \
                 asyncio.TaskGroup() as group:
             while True:
-                job = await self._queue.get()
+                # Every job queued meanwhile in one lookup (one thread hop, one read of the
+                # store), not one per alarm: a storm of alarms is a burst of jobs.
+                jobs = [await self._queue.get()]
+                while not self._queue.empty():
+                    jobs.append(self._queue.get_nowait())
                 try:
-                    subscriptions = await asyncio.to_thread(self.store.for_staff, job.staff_ids)
-                    for subscription in subscriptions:
-                        await slots.acquire()
-                        task = group.create_task(
-                            self._send(session, slots, subscription, job),
-                            name=f"web push {job.alarm_id}",
-                        )
-                        self._in_flight.add(task)
-                        task.add_done_callback(self._in_flight.discard)
+                    staff = frozenset().union(*(job.staff_ids for job in jobs))
+                    found = await asyncio.to_thread(self.store.for_staff, staff)
+                    by_staff: dict[str, list[Subscription]] = {}
+                    for subscription in found:
+                        by_staff.setdefault(subscription.staff_id, []).append(subscription)
+                    for job in jobs:
+                        for staff_id in sorted(job.staff_ids):
+                            for subscription in by_staff.get(staff_id, ()):
+                                await slots.acquire()
+                                task = group.create_task(
+                                    self._send(session, slots, subscription, job),
+                                    name=f"web push {job.alarm_id}",
+                                )
+                                self._in_flight.add(task)
+                                task.add_done_callback(self._in_flight.discard)
                 except sqlite3.Error as exc:
-                    self.stats.failed += 1
-                    _LOGGER.warning("web push for alarm %s: store failed: %s",
-                                    job.alarm_id, exc)
+                    self.stats.failed += len(jobs)
+                    _LOGGER.warning("web push for %d alarm(s): store failed: %s", len(jobs), exc)
                 finally:
-                    self._queue.task_done()
+                    for _ in jobs:
+                        self._queue.task_done()
 
     async def _send(
         self,
