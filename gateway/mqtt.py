@@ -122,8 +122,8 @@ class SafeClient(aiomqtt.Client):
         self._queue.put_nowait((message.topic, message.payload))  # type: ignore[arg-type]
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        super()._on_socket_open(client, userdata, sock)
-
+        # Replaces aiomqtt's, which registers a reader that reads one packet per wake-up
+        # and does so by an fd number that may be closed (or reused) by the time it runs.
         def read() -> None:
             # [2] Every packet that is already in the socket, not one per wake-up of the
             # event loop (paho's loop_read reads one when nothing is in flight), bounded so
@@ -140,8 +140,20 @@ class SafeClient(aiomqtt.Client):
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
 
-        # Queued after aiomqtt's own add_reader (same thread hop), so this one replaces it.
-        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), read)
+        def register() -> None:
+            # Only while paho still holds this very socket (as for the writer, below).
+            if client.socket() is sock:
+                self._loop.add_reader(sock.fileno(), read)
+
+        def keep_alive() -> None:
+            # aiomqtt's ping loop, as its own _on_socket_open starts it (and only for a
+            # socket still open: its _on_socket_close cancels the loop it finds).
+            if client.socket() is sock:
+                self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # paho may call this from the thread that connects (aiomqtt's executor).
+        self._loop.call_soon_threadsafe(register)
+        self._loop.call_soon_threadsafe(keep_alive)
 
     def queued(self) -> Received | None:
         """The next received message if one is already waiting, else None.
