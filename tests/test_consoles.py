@@ -204,6 +204,8 @@ async def test_console_and_ops_api_by_role(
         assert on_site["count"] == 1 and on_site["within_target"] == 1
         assert on_site["counts"][0] == 1
         assert summary["response"]["on_site_share"] == 1.0
+        assert summary["response"]["on_site_target"] == {
+            "n": 1, "within": 1, "missed": 0, "missed_open": 0, "pending": 0}
         assert any(a["device_id"] == SILENT for a in summary["technical_open"])
         supervision = summary["supervision"]
         assert supervision["offline"] >= 1

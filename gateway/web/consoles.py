@@ -296,7 +296,8 @@ def router(gw: WebGateway) -> APIRouter:
                 by_hour[_hour(stored_at(alarm))] += 1
         times = [kpi.response_times(a) for a in care]
         overall = kpi.summarize(care, by=frozenset(), now=now)
-        share = overall[0].on_site_share if overall else None
+        total = overall[0] if overall else None
+        share = total.on_site_share if total else None
         counts = gw.watch.supervisor.counts()
         technical = sorted(
             (a for a in gw.core.open_alarms()
@@ -321,6 +322,15 @@ def router(gw: WebGateway) -> APIRouter:
                     (t.to_on_site for t in times if t.to_on_site is not None),
                     PRESENCE_DEADLINE_S),
                 "on_site_share": share,
+                # What the share is made of: n judged, of which within and missed (open
+                # alarms past the target count as missed), and those that still have time.
+                "on_site_target": {
+                    "n": total.on_site_judged if total else 0,
+                    "within": total.on_site_within_target if total else 0,
+                    "missed": total.on_site_missed if total else 0,
+                    "missed_open": total.on_site_missed_open if total else 0,
+                    "pending": total.on_site_pending if total else 0,
+                },
             },
             "technical_open": [technical_json(a) for a in technical],
             "supervision": {
