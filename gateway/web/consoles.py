@@ -36,6 +36,7 @@ from alarms.model import Alarm, AlarmType, Hop
 from devices.types import heartbeat_s
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import DeviceInfo, StaffMember
+from gateway.provlarm import parse_reason
 from gateway.views import iso
 from gateway.web.deps import WebGateway, staff_dependency
 
@@ -87,7 +88,7 @@ def _last_tests(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     try:
         rows = conn.execute(
-            "SELECT device_id, last_at, last_result, last_ok, failed_hop FROM provlarm"
+            "SELECT device_id, last_at, last_result, last_ok, failed_hop, reason FROM provlarm"
         ).fetchall()
     except sqlite3.Error:  # no test has run yet: the table may not exist
         return {}
@@ -99,6 +100,7 @@ def _last_tests(path: Path) -> dict[str, dict[str, Any]]:
             "result": row[2],
             "last_ok": None if row[3] is None else iso(row[3]),
             "failed_hop": row[4],
+            "reason": parse_reason(row[5]),
         }
         for row in rows
     }
