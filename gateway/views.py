@@ -136,6 +136,7 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
         ],
         # Names for people: who has it, which team, what is wrong (technical alarms).
         "owner_name": None if owner is None else (names.staff_name(owner) or owner),
+        "device_type": names.device_type(alarm.device_id),
         "team_name": None if alarm.team_id is None else (
             names.team_name(alarm.team_id) or alarm.team_id),
         "summary": None if summary is None else {"sv": summary.sv, "en": summary.en},

@@ -33,11 +33,12 @@ from fastapi.responses import FileResponse, RedirectResponse
 from alarms import kpi
 from alarms.escalation import PRESENCE_DEADLINE_S
 from alarms.model import Alarm, AlarmType, Hop
+from alarms.wording import technical_summary
 from devices.types import heartbeat_s
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import DeviceInfo, StaffMember
 from gateway.provlarm import parse_reason
-from gateway.views import iso
+from gateway.views import OrgNames, iso
 from gateway.web.deps import WebGateway, staff_dependency
 
 _ZONE = ZoneInfo("Europe/Stockholm")
@@ -184,11 +185,14 @@ def router(gw: WebGateway) -> APIRouter:
         }
 
     def technical_json(alarm: Alarm) -> dict[str, Any]:
+        summary = technical_summary(alarm, OrgNames(gw.org))
         return {
             "id": alarm.id,
             "device_id": alarm.device_id,
             "ref": alarm.ref,
             "detail": alarm.detail,
+            # What is wrong in words (whose device, local times, team names).
+            "summary": None if summary is None else {"sv": summary.sv, "en": summary.en},
             "team_id": alarm.team_id,
             "since": iso(alarm.hops[0].at),
             "last_hop": alarm.last_hop.value,
