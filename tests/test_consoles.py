@@ -292,13 +292,14 @@ async def test_technician_console_in_chromium(
         await shot(page, "console-fleet")
 
         # Filters: state, type, then free text.
-        await page.get_by_label("Läge").select_option("online")
+        fleet_view = page.locator("#fleet-view")
+        await fleet_view.get_by_label("Läge").select_option("online")
         await expect(rows).to_have_count(len(FLEET_IDS))
-        await page.get_by_label("Typ").select_option("fall")
+        await fleet_view.get_by_label("Typ").select_option("fall")
         await expect(rows).to_have_count(1)
-        await page.get_by_label("Läge").select_option("")
-        await page.get_by_label("Typ").select_option("")
-        await page.get_by_label("Sök").fill("con-temp")
+        await fleet_view.get_by_label("Läge").select_option("")
+        await fleet_view.get_by_label("Typ").select_option("")
+        await fleet_view.get_by_label("Sök").fill("con-temp")
         await expect(rows).to_have_count(1)
         await expect(rows.first).to_have_attribute("data-device-id", "con-temp-1")
         await shot(page, "console-filtered")
@@ -316,7 +317,7 @@ async def test_technician_console_in_chromium(
         phone = asyncio.create_task(confirm_everything(anna), name="anna's phone")
         try:
             await page.get_by_role("button", name="Alla enheter").click()
-            await page.get_by_label("Sök").fill("con-alarm-1")
+            await fleet_view.get_by_label("Sök").fill("con-alarm-1")
             await page.get_by_role("button", name="con-alarm-1").click()
             await expect(page.locator("#detail-title")).to_contain_text("con-alarm-1")
             await page.get_by_role("button", name="Skicka provlarm").click()
@@ -418,8 +419,10 @@ async def test_ops_dashboard_refreshes_its_token_and_logs_out(
                             key)
         await page.reload()
         await expect(page.locator("#login-view")).to_be_visible()
-        await expect(page.locator("#login-error")).to_contain_text(
-            "Sessionen har gått ut – logga in igen / Session expired – log in again")
+        await expect(page.locator("#login-error .sv")).to_have_text(
+            "Sessionen har gått ut – logga in igen")
+        # Swedish first; the English is there for whoever switches language.
+        await expect(page.locator("#login-error .en")).to_be_hidden()
 
 
 # -- Grafana ----------------------------------------------------------------------------------
