@@ -200,7 +200,7 @@ figure.panel { margin: 0; }
 .panel { background: #17283f; border-radius: .6rem; padding: .6rem .8rem; }
 .panel h3 { margin-top: .2rem; }
 ol.stages { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: .4rem; }
-ol.stages li { padding: .4rem .7rem; border-radius: .5rem; background: #3b4a60; min-height: 44px; display: flex; align-items: center; }
+ol.stages li { padding: .4rem .7rem; border-radius: .5rem; background: #3b4a60; min-height: 44px; display: flex; align-items: center; gap: .3rem; }
 ol.stages li.done { background: #1e7b3c; }
 ol.stages li.active { background: #ffd43b; color: #111; }
 ol.stages li.failed { background: #b3261e; }
