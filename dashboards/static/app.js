@@ -533,6 +533,10 @@ function resetForwardForm() {
 }
 
 $("forward-cancel").addEventListener("click", resetForwardForm);
+$("colleagues").addEventListener("change", () => {
+  $("forward-error").textContent = "";
+  $("colleague-set").removeAttribute("aria-invalid");
+});
 $("forward-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const to = event.target.querySelector("input[name=to]:checked");
