@@ -104,7 +104,8 @@ async def test_console_registers_binds_issues_a_qr_claim_code_swaps_and_decommis
 ) -> None:
     async with console_gateway(mosquitto, tmp_path / "gw", prefix) as gw:
         page = await page_for(browser, gw, "/console/", "tove")
-        await expect(page.locator("#fleet-view")).to_be_visible()
+        await expect(page.locator("#fleet-body tr").first).to_be_visible()
+        await assert_accessible(page, "the fleet")
         await page.get_by_role("link", name="Provisionering").click()
         view = page.locator("#provision-view")
         await expect(view).to_be_visible()

@@ -444,3 +444,32 @@ def test_cleared_technical_alarm_closes_with_the_outage() -> None:
     assert alarm.note == "outage 93 s"
     assert alarm.hops[-1].actor == "gateway"
     assert core.decide(TechnicalCleared("btn", "offline.1", "again"), T0 + 99).records == ()
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.sampled_from(["team-a", "team-b"]), st.booleans(),
+                          st.sampled_from(["staff", "lead", "technician", "admin"])),
+                min_size=1, max_size=8))
+def test_every_colleague_offered_for_forwarding_is_one_the_core_accepts(
+    people: list[tuple[str, bool, str]]
+) -> None:
+    """``access.colleagues`` never offers a colleague the core would refuse, never the owner."""
+    from alarms import ForwardRequested
+    from alarms.access import colleagues
+
+    staff = dict(DIRECTORY.staff)
+    for n, (team, on_duty, role) in enumerate(people):
+        staff[f"p{n}"] = Staff(f"p{n}", frozenset({team}), on_duty=on_duty, role=role)
+    directory = dataclasses.replace(DIRECTORY, staff=staff)
+    core = AlarmCore(directory)
+    core.apply_all(list(core.decide(AlarmReceived("dev-a", "r1", AlarmType.MANUAL,
+                                                  int(T0 * 1000), "A1"), T0).records))
+    core.apply_all(list(core.decide(AcceptRequested("A1", "anna"), T0 + 1).records))
+    offered = colleagues(core.alarms["A1"], directory, "anna")
+    assert "anna" not in offered
+    assert "bo" in offered  # on duty in team-a
+    assert "cleo" not in offered and "dan" not in offered  # another team; off duty
+    for to in offered:
+        decision = core.decide(ForwardRequested("A1", "anna", to), T0 + 2)
+        assert decision.refusal is None, (to, decision.refusal)
+        assert directory.staff[to].role in ("staff", "lead")
