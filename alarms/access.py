@@ -43,6 +43,22 @@ def role_sees(role: str, alarm: Alarm) -> bool:
     return role != "technician" or alarm.type is AlarmType.TECHNICAL
 
 
+# Roles that answer alarms in person: whom an alarm can be handed to. Technicians never see
+# care alarms, and administrators are not out on the night shift.
+CARE_ROLES = frozenset({"staff", "lead"})
+
+
+def colleagues(alarm: Alarm, directory: Directory, staff_id: str) -> list[str]:
+    """Whom ``staff_id`` may forward (hand over) an alarm to, as the core would accept:
+    on duty, allowed to act on the alarm (its team, or alerted by it), a carer, not
+    themselves and not whoever has it now. Sorted by id."""
+    return sorted(
+        s.id for s in directory.staff.values()
+        if s.id not in (staff_id, alarm.owner) and s.on_duty and s.role in CARE_ROLES
+        and (directory.may_handle(s.id, alarm.team_id) or s.id in alarm.targets)
+    )
+
+
 def visible(staff_id: str, alarms: Iterable[Alarm], directory: Directory) -> list[Alarm]:
     """The alarms of ``alarms`` a staff member may see, in the given order."""
     return [a for a in alarms if may_see(staff_id, a, directory)]

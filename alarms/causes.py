@@ -22,6 +22,9 @@ DEFAULT_CLOSE_CAUSES: tuple[str, ...] = (
 RESTORED_CAUSE = "återställd / restored"
 # The gateway closes a test alarm (provlarm) that passed every hop with this cause.
 TEST_PASSED_CAUSE = "provlarm genomfört / test passed"
+# ... and one that did not pass in time with this one (the note says why). Closed, it leaves
+# the care staff's list: the failure is a technician's technical alarm, not a care task.
+TEST_FAILED_CAUSE = "provlarm misslyckat / test failed"
 
 _DASHES = re.compile(r"\s*[-‐‑‒–—]\s*")  # hyphen-minus, hyphens, figure/en/em dash
 _SPACE = re.compile(r"\s+")

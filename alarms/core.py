@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from alarms import shortcode
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
-from alarms.causes import RESTORED_CAUSE, TEST_PASSED_CAUSE, match_cause
+from alarms.causes import RESTORED_CAUSE, TEST_FAILED_CAUSE, TEST_PASSED_CAUSE, match_cause
 from alarms.dedupe import Claim, content_key, is_resend
 from alarms.directory import Directory
 from alarms.escalation import Due, due
@@ -66,6 +66,7 @@ from alarms.model import (
     NotificationStatus,
     Position,
     PositionEntry,
+    technical_kind,
 )
 from alarms.records import (
     AlarmOpened,
@@ -355,6 +356,7 @@ class AlarmCore:
                     device_id=event.device_id,
                     team_id=team_id,
                     now=now,
+                    kind=technical_kind(event.ref) if technical else None,
                     # Who is busy costs a scan of the open alarms: only when the team asks.
                     availability=Availability(
                         self.connected(),
@@ -680,8 +682,8 @@ class AlarmCore:
             return Decision(refusal=Refusal(409, "only a test alarm is closed by the gateway"))
         if alarm.state == "closed":
             return Decision()
-        record = HopAdded(alarm.id, Hop.CLOSED, now, "gateway", cause=TEST_PASSED_CAUSE,
-                          note=event.note)
+        cause = TEST_PASSED_CAUSE if event.passed else TEST_FAILED_CAUSE
+        record = HopAdded(alarm.id, Hop.CLOSED, now, "gateway", cause=cause, note=event.note)
         return self._notify(alarm, (record,))
 
     def _decide_receipt(self, alarm: Alarm, staff_id: str, now: float) -> Decision:

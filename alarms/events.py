@@ -123,12 +123,16 @@ class TechnicalCleared:
 
 @dataclass(frozen=True, slots=True)
 class TestCompleted:
-    """A test alarm (provlarm) passed the whole chain: the gateway closes it itself."""
+    """A test alarm (provlarm) is judged: the gateway closes it itself.
+
+    ``passed`` False: it did not pass the chain in time; ``note`` says where and why.
+    """
 
     __test__ = False  # not a pytest test class, despite the name
 
     alarm_id: str
     note: str
+    passed: bool = True
 
 
 @dataclass(frozen=True, slots=True)

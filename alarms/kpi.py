@@ -50,6 +50,7 @@ class ResponseTimes:
     to_accepted: float | None
     to_on_site: float | None
     to_closed: float | None
+    open: bool = False
 
 
 def period_key(local_date_iso: str, period: Period) -> str:
@@ -88,6 +89,7 @@ def response_times(
         to_accepted=since(Hop.ACCEPTED),
         to_on_site=since(Hop.ON_SITE),
         to_closed=since(Hop.CLOSED),
+        open=alarm.state == "open",
     )
 
 
@@ -131,6 +133,14 @@ class KpiRow:
     # has passed, and is left out while it still has time.
     on_site_within_target: int
     on_site_share: float | None
+    # What the share is made of, so that nobody reads "100 %" without its n: ``judged`` is
+    # the n (within + missed); ``missed`` counts alarms on site late and alarms not on site
+    # once the target time has passed, open ones included (``missed_open`` of them are still
+    # open: the ones to act on now); ``pending`` are not on site yet but still have time.
+    on_site_judged: int = 0
+    on_site_missed: int = 0
+    on_site_missed_open: int = 0
+    on_site_pending: int = 0
 
 
 def summarize(
@@ -169,11 +179,12 @@ def summarize(
     rows = []
     for (team_id, shift, key_period), members in groups.items():
         within = sum(1 for m in members if m.to_on_site is not None and m.to_on_site <= target_s)
-        judged = sum(
-            1
-            for m in members
+        judged_members = [
+            m for m in members
             if m.to_on_site is not None or now is None or now - m.stored_at > target_s
-        )
+        ]
+        judged = len(judged_members)
+        missed_open = sum(1 for m in judged_members if m.open and m.to_on_site is None)
         rows.append(
             KpiRow(
                 team_id=team_id,
@@ -186,6 +197,10 @@ def summarize(
                 closed=Stats.of(m.to_closed for m in members if m.to_closed is not None),
                 on_site_within_target=within,
                 on_site_share=within / judged if judged else None,
+                on_site_judged=judged,
+                on_site_missed=judged - within,
+                on_site_missed_open=missed_open,
+                on_site_pending=len(members) - judged,
             )
         )
     rows.sort(key=lambda r: (r.team_id or "", r.shift or "", r.period or ""))

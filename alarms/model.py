@@ -63,6 +63,18 @@ SAFETY_DEVICE_TYPES = frozenset({"alarm_unit", "button", "base_unit", "fall"})
 # The device id under which the gateway raises technical alarms about its own links.
 GATEWAY_DEVICE = "gateway"
 
+# Kinds of technical alarm (the ref's prefix before the first dot) that go to technicians
+# only, whatever the device: a failed test alarm (provlarm, ``test.``) says the chain or the
+# test set-up needs a technician. Care staff could do nothing about it, and a red card they
+# cannot act on teaches them to ignore red cards. A device that really went silent raises
+# its own ``offline.`` alarm, which does reach the care team.
+TECHNICIAN_ONLY_KINDS = frozenset({"test"})
+
+
+def technical_kind(ref: str) -> str:
+    """The kind of a technical alarm from its ref: ``offline.1712`` -> ``offline``."""
+    return ref.split(".", 1)[0]
+
 
 @dataclass(frozen=True, slots=True)
 class HopEntry:

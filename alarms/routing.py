@@ -15,7 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alarms.directory import Directory
-from alarms.model import SAFETY_DEVICE_TYPES, Alarm, AlarmType, EscalationKind
+from alarms.model import (
+    SAFETY_DEVICE_TYPES,
+    TECHNICIAN_ONLY_KINDS,
+    Alarm,
+    AlarmType,
+    EscalationKind,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +71,13 @@ def first_targets(
     team_id: str | None,
     now: float,
     availability: Availability,
+    kind: str | None = None,
 ) -> frozenset[str]:
-    """The staff a new alarm is routed to."""
+    """The staff a new alarm is routed to. ``kind``: a technical alarm's kind (ref prefix)."""
     if alarm_type is AlarmType.TECHNICAL:
         targets = directory.technicians()
-        if directory.device_types.get(device_id) in SAFETY_DEVICE_TYPES:
+        if (kind not in TECHNICIAN_ONLY_KINDS
+                and directory.device_types.get(device_id) in SAFETY_DEVICE_TYPES):
             # The person is unprotected while their alarm is down: the care team must know.
             targets |= directory.on_duty_at(team_id, now)
         return targets or whole_team(directory, team_id, now)

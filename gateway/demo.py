@@ -64,6 +64,8 @@ def seed(org: OrgStore, recipients: int = 20) -> dict[str, str]:
                 entry_info=f"Nyckelgömma kod {1000 + n * 7} / Key box code {1000 + n * 7}",
                 action_plan="Ring först. Diabetes: kontrollera blodsocker. / Call first. "
                 "Diabetes: check blood sugar.",
+                # The range the Swedish regulator keeps for fiction (070-174 06 05 to 99).
+                phone=f"+4670174{605 + n:04d}",
             )
         )
         org.put_device(DeviceInfo(f"alarm-{n:03d}", "alarm_unit", recipient_id, "TrygghetsKnapp 2"))

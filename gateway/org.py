@@ -61,6 +61,8 @@ class RecipientInfo:
     team_id: str
     entry_info: str = ""
     action_plan: str = ""
+    # E.164: staff call the person before going, or from the door (a ``tel:`` link).
+    phone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,7 @@ CREATE TABLE IF NOT EXISTS staff (
 CREATE TABLE IF NOT EXISTS recipients (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
     team_id TEXT NOT NULL REFERENCES teams(id), entry_info TEXT NOT NULL DEFAULT '',
-    action_plan TEXT NOT NULL DEFAULT '');
+    action_plan TEXT NOT NULL DEFAULT '', phone TEXT);
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, recipient_id TEXT REFERENCES recipients(id),
     model TEXT NOT NULL DEFAULT '', serial TEXT NOT NULL DEFAULT '', heartbeat_s REAL);
@@ -172,6 +174,11 @@ class OrgStore:
             # A store from before the SMS fallback: add the column, nobody has a phone yet.
             with self._conn:
                 self._conn.execute("ALTER TABLE staff ADD COLUMN phone TEXT")
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(recipients)")}
+        if "phone" not in columns:
+            # A store from before recipients had phone numbers.
+            with self._conn:
+                self._conn.execute("ALTER TABLE recipients ADD COLUMN phone TEXT")
         self._mutex = threading.Lock()
         self.teams: dict[str, Team] = {}
         self.staff: dict[str, StaffMember] = {}
@@ -201,7 +208,8 @@ class OrgStore:
         self.recipients = {
             r[0]: RecipientInfo(*r)
             for r in c.execute(
-                "SELECT id, name, address, team_id, entry_info, action_plan FROM recipients"
+                "SELECT id, name, address, team_id, entry_info, action_plan, phone"
+                " FROM recipients"
             )
         }
         self.devices = {
@@ -246,7 +254,8 @@ class OrgStore:
         """Create or replace a care recipient."""
         with self._mutex, self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO recipients VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO recipients (id, name, address, team_id, entry_info,"
+                " action_plan, phone) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     recipient.id,
                     recipient.name,
@@ -254,6 +263,7 @@ class OrgStore:
                     recipient.team_id,
                     recipient.entry_info,
                     recipient.action_plan,
+                    recipient.phone,
                 ),
             )
         self.recipients[recipient.id] = recipient

@@ -4,7 +4,8 @@
     [[staff]]       id, username, name, role (staff|lead|technician|admin), teams = [...],
                     password (hashed on import, never stored) or password_hash,
                     phone (E.164, "+46701234567": for the SMS fallback; unique)
-    [[recipients]]  id, name, address, team, entry_info, action_plan
+    [[recipients]]  id, name, address, team, entry_info, action_plan,
+                    phone (E.164: staff call the person from the alarm)
     [[devices]]     id, type, recipient, model, serial, heartbeat_s
     [rosters.<team id>]   day / evening / night = [staff ids] every day of the week;
                           on_call_day / on_call_evening / on_call_night likewise
@@ -64,6 +65,12 @@ class RecipientRow(_Row):
     team: str
     entry_info: str = ""
     action_plan: str = ""
+    phone: str | None = None
+
+    @field_validator("phone")
+    @classmethod
+    def _phone_is_e164(cls, value: str | None) -> str | None:
+        return None if value is None else e164(value)
 
 
 class DeviceRow(_Row):
@@ -148,7 +155,7 @@ def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, in
                                   phone=s.phone))
     for r in data.recipients:
         org.put_recipient(RecipientInfo(r.id, r.name, r.address, r.team, r.entry_info,
-                                        r.action_plan))
+                                        r.action_plan, r.phone))
     for d in data.devices:
         org.put_device(DeviceInfo(d.id, d.type, d.recipient, d.model, d.serial, d.heartbeat_s))
     for team_id, roster in data.rosters.items():

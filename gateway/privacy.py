@@ -149,7 +149,7 @@ def export_recipient(
         "recipient": {
             "id": recipient.id, "name": recipient.name, "address": recipient.address,
             "team_id": recipient.team_id, "entry_info": recipient.entry_info,
-            "action_plan": recipient.action_plan,
+            "action_plan": recipient.action_plan, "phone": recipient.phone,
         },
         "devices": devices,
         "alarms": [alarm_json(a, org) for a in sorted(theirs, key=lambda a: a.hops[0].at)],
@@ -165,7 +165,7 @@ def erase_recipient(
     """Pseudonymise a recipient whose care ended. Blocking: run in a thread.
 
     Kept: the id, the team, alarms (type, times, hops: the statistics). Removed: name,
-    address, entry information, action plan, device bindings and telemetry.
+    address, entry information, action plan, phone, device bindings and telemetry.
     """
     recipient = org.recipients.get(recipient_id)
     if recipient is None:

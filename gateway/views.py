@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from alarms.model import Alarm, PositionEntry
+from alarms.wording import actor, technical_summary
 from gateway.org import OrgStore
 
 # Where a position's map link points: OpenStreetMap needs no key and shows a marker at the
@@ -58,8 +59,54 @@ def _second(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+class OrgNames:
+    """The organisation as a ``NameBook``: names for the ids an alarm carries."""
+
+    __slots__ = ("_org",)
+
+    def __init__(self, org: OrgStore | None) -> None:
+        self._org = org
+
+    def staff_name(self, staff_id: str) -> str | None:
+        """A staff member's name."""
+        member = self._org.staff.get(staff_id) if self._org is not None else None
+        return None if member is None else member.name
+
+    def team_name(self, team_id: str) -> str | None:
+        """A team's name."""
+        team = self._org.teams.get(team_id) if self._org is not None else None
+        return None if team is None else team.name
+
+    def device_type(self, device_id: str) -> str | None:
+        """A device's type."""
+        device = self._org.devices.get(device_id) if self._org is not None else None
+        return None if device is None else device.type
+
+    def device_home(self, device_id: str) -> str | None:
+        """The name of the recipient a device protects."""
+        if self._org is None:
+            return None
+        device = self._org.devices.get(device_id)
+        recipient = self._org.recipients.get(device.recipient_id or "") if device else None
+        return None if recipient is None else recipient.name
+
+
+def _actor(name: str | None, names: OrgNames) -> dict[str, Any]:
+    if name is None:
+        return {"actor_name": None, "actor_kind": None}
+    who = actor(name, names)
+    return {"actor_name": who.name, "actor_kind": who.kind}
+
+
 def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
-    """An alarm as the API and the WebSocket show it."""
+    """An alarm as the API and the WebSocket show it.
+
+    Ids are the contract; names beside them (``owner_name``, ``team_name``, each hop's
+    ``actor_name``, ``summary``) are for people, so that no screen has to show an id.
+    """
+    names = OrgNames(org)
+    owner = alarm.owner
+    summary = technical_summary(alarm, names)
     body: dict[str, Any] = {
         "id": alarm.id,
         "device_id": alarm.device_id,
@@ -102,8 +149,22 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
             for n in alarm.notifications
         ],
         "hops": [
-            {"hop": entry.hop.value, "at": iso(entry.at), "actor": entry.actor}
+            {"hop": entry.hop.value, "at": iso(entry.at), "actor": entry.actor,
+             **_actor(entry.actor, names)}
             for entry in alarm.hops
+        ],
+        # Names for people: who has it, which team, what is wrong (technical alarms).
+        "owner_name": None if owner is None else (names.staff_name(owner) or owner),
+        "device_type": names.device_type(alarm.device_id),
+        "team_name": None if alarm.team_id is None else (
+            names.team_name(alarm.team_id) or alarm.team_id),
+        "summary": None if summary is None else {"sv": summary.sv, "en": summary.en},
+        # Changes of owner after the first acceptance (forwarded, taken over, handed back).
+        "handovers": [
+            {"kind": h.kind.value, "at": iso(h.at), "actor": h.actor,
+             **_actor(h.actor, names), "owner": h.owner,
+             "owner_name": None if h.owner is None else (names.staff_name(h.owner) or h.owner)}
+            for h in alarm.handovers
         ],
         # A mobile alarm: the latest position and the track (oldest first), else null/[].
         "position": None if alarm.position is None else position_json(alarm.position),
@@ -124,6 +185,8 @@ def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:
                 "address": recipient.address,
                 "entry_info": recipient.entry_info,
                 "action_plan": recipient.action_plan,
+                # To call the person before going (the action plan often says so).
+                "phone": recipient.phone,
             }
     return body
 

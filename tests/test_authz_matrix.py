@@ -44,6 +44,7 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("get", "/api/v1/alarms"): AUTHED,
     ("get", "/api/v1/alarms/{alarm_id}"): TEAM_B,
     ("get", "/api/v1/alarms/{alarm_id}/causes"): TEAM_B,
+    ("get", "/api/v1/alarms/{alarm_id}/colleagues"): TEAM_B,
     **{("post", f"/api/v1/alarms/{{alarm_id}}/{a}"): TEAM_B
        for a in ("receipt", "accept", "on-site", "close", "forward", "hand-back", "take-over")},
     ("get", "/api/v1/reports/response-times"): frozenset({"lea", "ada"}),

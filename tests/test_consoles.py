@@ -204,6 +204,8 @@ async def test_console_and_ops_api_by_role(
         assert on_site["count"] == 1 and on_site["within_target"] == 1
         assert on_site["counts"][0] == 1
         assert summary["response"]["on_site_share"] == 1.0
+        assert summary["response"]["on_site_target"] == {
+            "n": 1, "within": 1, "missed": 0, "missed_open": 0, "pending": 0}
         assert any(a["device_id"] == SILENT for a in summary["technical_open"])
         supervision = summary["supervision"]
         assert supervision["offline"] >= 1
@@ -290,13 +292,14 @@ async def test_technician_console_in_chromium(
         await shot(page, "console-fleet")
 
         # Filters: state, type, then free text.
-        await page.get_by_label("Läge").select_option("online")
+        fleet_view = page.locator("#fleet-view")
+        await fleet_view.get_by_label("Läge").select_option("online")
         await expect(rows).to_have_count(len(FLEET_IDS))
-        await page.get_by_label("Typ").select_option("fall")
+        await fleet_view.get_by_label("Typ").select_option("fall")
         await expect(rows).to_have_count(1)
-        await page.get_by_label("Läge").select_option("")
-        await page.get_by_label("Typ").select_option("")
-        await page.get_by_label("Sök").fill("con-temp")
+        await fleet_view.get_by_label("Läge").select_option("")
+        await fleet_view.get_by_label("Typ").select_option("")
+        await fleet_view.get_by_label("Sök").fill("con-temp")
         await expect(rows).to_have_count(1)
         await expect(rows.first).to_have_attribute("data-device-id", "con-temp-1")
         await shot(page, "console-filtered")
@@ -314,7 +317,7 @@ async def test_technician_console_in_chromium(
         phone = asyncio.create_task(confirm_everything(anna), name="anna's phone")
         try:
             await page.get_by_role("button", name="Alla enheter").click()
-            await page.get_by_label("Sök").fill("con-alarm-1")
+            await fleet_view.get_by_label("Sök").fill("con-alarm-1")
             await page.get_by_role("button", name="con-alarm-1").click()
             await expect(page.locator("#detail-title")).to_contain_text("con-alarm-1")
             await page.get_by_role("button", name="Skicka provlarm").click()
@@ -416,8 +419,10 @@ async def test_ops_dashboard_refreshes_its_token_and_logs_out(
                             key)
         await page.reload()
         await expect(page.locator("#login-view")).to_be_visible()
-        await expect(page.locator("#login-error")).to_contain_text(
-            "Sessionen har gått ut – logga in igen / Session expired – log in again")
+        await expect(page.locator("#login-error .sv")).to_have_text(
+            "Sessionen har gått ut – logga in igen")
+        # Swedish first; the English is there for whoever switches language.
+        await expect(page.locator("#login-error .en")).to_be_hidden()
 
 
 # -- Grafana ----------------------------------------------------------------------------------

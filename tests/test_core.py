@@ -387,6 +387,44 @@ def test_technical_alarm_of_a_sensor_reaches_technicians_only() -> None:
     assert notify[0].staff_ids == frozenset({"tove"})
 
 
+def test_failed_test_alarm_of_a_safety_device_reaches_technicians_only() -> None:
+    """A failed provlarm (ref ``test.``) is the technicians' to fix: care staff never get it
+    as a red card, even for a safety device, while an offline alarm still reaches them."""
+    core = AlarmCore(TECH_DIRECTORY)
+    notify = [a for a in core.decide(technical("btn", "test.1712"), T0).actions
+              if isinstance(a, Notify)]
+    assert notify[0].staff_ids == frozenset({"tove"})
+    core.apply_all(list(core.decide(technical("btn", "test.1712"), T0).records))
+    from alarms.access import may_see
+
+    assert not may_see("anna", core.alarms["T-btn"], TECH_DIRECTORY)
+    assert may_see("tove", core.alarms["T-btn"], TECH_DIRECTORY)
+
+
+def test_failed_test_alarm_without_technicians_still_reaches_somebody() -> None:
+    directory = dataclasses.replace(
+        TECH_DIRECTORY, staff={"anna": Staff("anna", frozenset({"team-a"}))})
+    notify = [a for a in AlarmCore(directory).decide(technical("btn", "test.1"), T0).actions
+              if isinstance(a, Notify)]
+    assert notify[0].staff_ids == frozenset({"anna"})
+
+
+@pytest.mark.parametrize(("passed", "cause"), [
+    (True, "provlarm genomfört / test passed"), (False, "provlarm misslyckat / test failed")])
+def test_gateway_closes_a_judged_test_alarm_with_its_verdict(passed: bool, cause: str) -> None:
+    from alarms import TestCompleted
+
+    h = Harness()
+    h.alarm(kind=AlarmType.TEST, ref="t1", new_id="T1")
+    note = "vid Levererat: ingen telefon i Lag A var ansluten"
+    h.step(TestCompleted("T1", note, passed=passed))
+    alarm = h.core.alarms["T1"]
+    assert (alarm.state, alarm.cause, alarm.note) == ("closed", cause, note)
+    assert h.step(TestCompleted("T1", "again", passed=passed)).records == ()
+    h.alarm(ref="m1", new_id="M1")
+    assert h.core.decide(TestCompleted("M1", note), h.now).refusal is not None
+
+
 def test_gateway_may_raise_technical_alarms_about_itself_only() -> None:
     core = AlarmCore(TECH_DIRECTORY)
     assert core.decide(technical("gateway"), T0).records
@@ -406,3 +444,32 @@ def test_cleared_technical_alarm_closes_with_the_outage() -> None:
     assert alarm.note == "outage 93 s"
     assert alarm.hops[-1].actor == "gateway"
     assert core.decide(TechnicalCleared("btn", "offline.1", "again"), T0 + 99).records == ()
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.sampled_from(["team-a", "team-b"]), st.booleans(),
+                          st.sampled_from(["staff", "lead", "technician", "admin"])),
+                min_size=1, max_size=8))
+def test_every_colleague_offered_for_forwarding_is_one_the_core_accepts(
+    people: list[tuple[str, bool, str]]
+) -> None:
+    """``access.colleagues`` never offers a colleague the core would refuse, never the owner."""
+    from alarms import ForwardRequested
+    from alarms.access import colleagues
+
+    staff = dict(DIRECTORY.staff)
+    for n, (team, on_duty, role) in enumerate(people):
+        staff[f"p{n}"] = Staff(f"p{n}", frozenset({team}), on_duty=on_duty, role=role)
+    directory = dataclasses.replace(DIRECTORY, staff=staff)
+    core = AlarmCore(directory)
+    core.apply_all(list(core.decide(AlarmReceived("dev-a", "r1", AlarmType.MANUAL,
+                                                  int(T0 * 1000), "A1"), T0).records))
+    core.apply_all(list(core.decide(AcceptRequested("A1", "anna"), T0 + 1).records))
+    offered = colleagues(core.alarms["A1"], directory, "anna")
+    assert "anna" not in offered
+    assert "bo" in offered  # on duty in team-a
+    assert "cleo" not in offered and "dan" not in offered  # another team; off duty
+    for to in offered:
+        decision = core.decide(ForwardRequested("A1", "anna", to), T0 + 2)
+        assert decision.refusal is None, (to, decision.refusal)
+        assert directory.staff[to].role in ("staff", "lead")

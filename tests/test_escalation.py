@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alarms import (
     AcceptRequested,
@@ -512,5 +514,56 @@ def test_kpi_leaves_open_alarms_out_of_the_share_while_they_still_have_time() ->
     h.alarm()
     rows = summarize(h.core.alarms.values(), now=h.now + 60)
     assert rows[0].on_site_share is None
+    assert (rows[0].on_site_judged, rows[0].on_site_pending) == (0, 1)
     rows = summarize(h.core.alarms.values(), now=h.now + 3600)
     assert rows[0].on_site_share == 0.0
+    assert (rows[0].on_site_judged, rows[0].on_site_missed, rows[0].on_site_missed_open) == (
+        1, 1, 1)
+
+
+# One device per recipient: every alarm is an alarm of its own (no attaching).
+KPI_DIRECTORY = Directory(
+    device_recipient={f"d{n}": f"r{n}" for n in range(30)},
+    recipients={f"r{n}": Recipient(f"r{n}", "team-a") for n in range(30)},
+    staff={"anna": Staff("anna", frozenset({"team-a"}))},
+)
+
+
+def test_kpi_one_alarm_on_time_and_six_open_past_the_target_is_not_100_percent() -> None:
+    """The ops card's case: one alarm on site in time while six stay open past the target."""
+    h = Harness(KPI_DIRECTORY)
+    h.alarm(device="d0", new_id="A0")
+    h.step(AcceptRequested("A0", "anna"), advance=60)
+    h.step(OnSiteRequested("A0", "anna"), advance=600)
+    for n in range(1, 7):
+        h.alarm(device=f"d{n}", ref=f"b{n}", new_id=f"B{n}")
+    row = summarize(h.core.alarms.values(), by=frozenset(), now=h.now + 1801)[0]
+    assert row.alarms == 7
+    assert (row.on_site_judged, row.on_site_within_target, row.on_site_missed) == (7, 1, 6)
+    assert row.on_site_missed_open == 6 and row.on_site_pending == 0
+    assert row.on_site_share == pytest.approx(1 / 7)
+    early = summarize(h.core.alarms.values(), by=frozenset(), now=h.now + 60)[0]
+    assert (early.on_site_judged, early.on_site_pending, early.on_site_share) == (1, 6, 1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 7200), st.one_of(st.none(), st.floats(0, 7200))),
+                min_size=1, max_size=20), st.floats(0, 10_000))
+def test_kpi_share_parts_add_up(
+    alarms: list[tuple[float, float | None]], later: float
+) -> None:
+    """Within + missed = n, n + pending = all, and the share is within / n."""
+    h = Harness(KPI_DIRECTORY)
+    for index, (offset, on_site_after) in enumerate(sorted(alarms, key=lambda a: a[0])):
+        h.now = max(h.now, T0 + offset)
+        h.alarm(device=f"d{index}", ref=f"r{index}", new_id=f"X{index}")
+        if on_site_after is not None:
+            h.step(AcceptRequested(f"X{index}", "anna"))
+            h.step(OnSiteRequested(f"X{index}", "anna"), advance=on_site_after)
+    now = h.now + later
+    for row in summarize(h.core.alarms.values(), by=frozenset(), now=now):
+        assert row.on_site_within_target + row.on_site_missed == row.on_site_judged
+        assert row.on_site_judged + row.on_site_pending == row.alarms
+        assert row.on_site_missed_open <= row.on_site_missed
+        if row.on_site_judged:
+            assert row.on_site_share == row.on_site_within_target / row.on_site_judged

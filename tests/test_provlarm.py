@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from firmware_sim import Backoff, Fleet, specs_from_devices
-from gateway.provlarm import daily_offset_s, next_slot
+from gateway.provlarm import daily_offset_s, failure_reason, next_slot
 from tests.conftest import GatewayFactory
 from tests.helpers import Staff, login
 
@@ -99,14 +99,68 @@ async def test_test_alarm_nobody_confirms_fails_at_delivered(
 ) -> None:
     async with make_gateway(mosquitto, provlarm={"delivery_timeout_s": 1.0}) as gw, \
             fleet_for(mosquitto, prefix, "dev-b"):
-        tove = await login(f"http://127.0.0.1:{gw.http_port}", "tove")
+        base = f"http://127.0.0.1:{gw.http_port}"
+        tove, cleo = await login(base, "tove"), await login(base, "cleo")
         assert (await tove.post("/devices/dev-b/e2e-test")).status_code == 202
         status = await wait_status(tove, "dev-b", "failed")
         assert status["failed_hop"] == "delivered"
+        # It says why, with the team's name and the hop's Swedish name.
+        assert status["reason"] == {"sv": "ingen telefon i Lag B var ansluten",
+                                    "en": "no phone of Lag B was connected"}
         technical = [a for a in (await tove.get("/alarms")).json() if a["ref"].startswith("test.")]
         assert technical
-        assert "delivered" in technical[0]["detail"]
-        await tove.http.aclose()
+        assert technical[0]["detail"].startswith(
+            "Provlarmet misslyckades vid Levererat: ingen telefon i Lag B var ansluten / ")
+        assert technical[0]["summary"]["sv"] == (
+            "Trygghetslarmet hos Bengt B: Provlarmet misslyckades vid Levererat: ingen "
+            "telefon i Lag B var ansluten")
+        # Routed to technicians, not to the care team: cleo sees neither it nor the test
+        # alarm, which is closed as failed with the reason.
+        assert technical[0]["hops"][2]["hop"] == "routed"
+        assert gw.core.alarms[technical[0]["id"]].targets == frozenset({"tove"})
+        async with asyncio.timeout(5):
+            while True:
+                tests = [a for a in gw.core.alarms.values() if a.type.value == "test"]
+                if tests and tests[0].state == "closed":
+                    break
+                await asyncio.sleep(0.05)
+        assert tests[0].cause == "provlarm misslyckat / test failed"
+        assert tests[0].note is not None and "ingen telefon i Lag B" in tests[0].note
+        assert [a["id"] for a in (await cleo.get("/alarms")).json()] == []
+        for staff in (tove, cleo):
+            await staff.http.aclose()
+
+
+@pytest.mark.network
+async def test_test_alarm_with_a_phone_on_that_never_confirms_says_so(
+    mosquitto: tuple[str, int], prefix: str, make_gateway: GatewayFactory
+) -> None:
+    async with make_gateway(mosquitto, provlarm={"delivery_timeout_s": 1.0}) as gw, \
+            fleet_for(mosquitto, prefix, "dev-b"):
+        base = f"http://127.0.0.1:{gw.http_port}"
+        tove, cleo = await login(base, "tove"), await login(base, "cleo")
+        async with cleo.socket():  # connected, but this phone never confirms anything
+            assert (await tove.post("/devices/dev-b/e2e-test")).status_code == 202
+            status = await wait_status(tove, "dev-b", "failed")
+        assert status["reason"]["sv"] == (
+            "1 telefon i Lag B var ansluten, men ingen bekräftade larmet inom 1 s")
+        for staff in (tove, cleo):
+            await staff.http.aclose()
+
+
+def test_failure_reasons_name_what_the_gateway_knows() -> None:
+    def reason(hop: str, **kw: Any) -> str:
+        args: dict[str, Any] = {"command_sent": True, "routed": True, "team": "Lag Norr",
+                                "phones": 0, "store_timeout_s": 120, "delivery_timeout_s": 60}
+        return failure_reason(hop, **{**args, **kw}).en
+
+    assert reason("stored", command_sent=False).startswith("the command could not be sent")
+    assert reason("stored") == "the device sent no test alarm within 120 s"
+    assert reason("delivered") == "no phone of Lag Norr was connected"
+    assert reason("delivered", team=None) == "no phone of the team was connected"
+    assert reason("delivered", phones=3) == (
+        "3 phones of Lag Norr were connected, but none confirmed the alarm within 60 s")
+    assert reason("delivered", routed=False) == "the alarm was never routed"
 
 
 @pytest.mark.network
@@ -119,4 +173,5 @@ async def test_silent_device_fails_the_test_at_stored(
         assert (await tove.post("/devices/dev-a/e2e-test")).status_code == 409
         status = await wait_status(tove, "dev-a", "failed")
         assert status["failed_hop"] == "stored"
+        assert status["reason"]["en"] == "the device sent no test alarm within 1 s"
         await tove.http.aclose()

@@ -1,12 +1,12 @@
 // trygg service worker: app shell offline, Web Push notifications and their receipts.
 // Served from /app/sw.js so its scope is /app/. Classic script (no modules) for the widest
 // browser support; the IndexedDB helper is the same as js/idb.js.
-const CACHE = "trygg-shell-v2";
+const CACHE = "trygg-shell-v3";
 const SHELL = [
   "/app/", "/static/app.css", "/static/app.js", "/static/manifest.json", "/static/icon.svg",
   "/static/js/alarms.js", "/static/js/alert.js", "/static/js/api.js", "/static/js/dom.js",
-  "/static/js/i18n.js", "/static/js/idb.js", "/static/js/live.js", "/static/js/push.js",
-  "/static/js/session.js",
+  "/static/js/i18n.js", "/static/js/icons.js", "/static/js/idb.js", "/static/js/live.js",
+  "/static/js/push.js", "/static/js/session.js",
 ];
 
 self.addEventListener("install", (event) => {

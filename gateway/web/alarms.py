@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from alarms import kpi
-from alarms.access import role_sees
+from alarms.access import colleagues, role_sees
 from alarms.escalation import PRESENCE_DEADLINE_S
 from alarms.events import (
     AcceptRequested,
@@ -112,6 +112,26 @@ def router(gw: WebGateway) -> APIRouter:
     @api.post("/api/v1/alarms/{alarm_id}/take-over")
     async def take_over(alarm_id: str, member: Me) -> dict[str, Any]:
         return await act(member, TakeOverRequested(alarm_id, member.id))
+
+    @api.get("/api/v1/alarms/{alarm_id}/colleagues")
+    async def alarm_colleagues(alarm_id: str, member: Me) -> list[dict[str, Any]]:
+        """Whom the alarm can be forwarded to: on duty and allowed to act on it; those
+        with the app open (connected) first, then by name."""
+        alarm = visible_alarm(gw, member, alarm_id)
+        connected = gw.connected_staff()
+        found = []
+        for staff_id in colleagues(alarm, gw.core.directory, member.id):
+            colleague = gw.org.staff.get(staff_id)
+            if colleague is None:
+                continue
+            found.append({
+                "id": staff_id, "name": colleague.name,
+                "team_names": [gw.org.teams[t].name if t in gw.org.teams else t
+                               for t in colleague.team_ids],
+                "connected": staff_id in connected,
+            })
+        found.sort(key=lambda c: (not c["connected"], str(c["name"]).casefold()))
+        return found
 
     @api.get("/api/v1/alarms/{alarm_id}/causes")
     async def causes(alarm_id: str, member: Me) -> list[str]:

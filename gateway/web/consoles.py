@@ -33,10 +33,12 @@ from fastapi.responses import FileResponse, RedirectResponse
 from alarms import kpi
 from alarms.escalation import PRESENCE_DEADLINE_S
 from alarms.model import Alarm, AlarmType, Hop
+from alarms.wording import technical_summary
 from devices.types import heartbeat_s
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import DeviceInfo, StaffMember
-from gateway.views import iso
+from gateway.provlarm import parse_reason
+from gateway.views import OrgNames, iso
 from gateway.web.deps import WebGateway, staff_dependency
 
 _ZONE = ZoneInfo("Europe/Stockholm")
@@ -87,7 +89,7 @@ def _last_tests(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     try:
         rows = conn.execute(
-            "SELECT device_id, last_at, last_result, last_ok, failed_hop FROM provlarm"
+            "SELECT device_id, last_at, last_result, last_ok, failed_hop, reason FROM provlarm"
         ).fetchall()
     except sqlite3.Error:  # no test has run yet: the table may not exist
         return {}
@@ -99,6 +101,7 @@ def _last_tests(path: Path) -> dict[str, dict[str, Any]]:
             "result": row[2],
             "last_ok": None if row[3] is None else iso(row[3]),
             "failed_hop": row[4],
+            "reason": parse_reason(row[5]),
         }
         for row in rows
     }
@@ -182,11 +185,14 @@ def router(gw: WebGateway) -> APIRouter:
         }
 
     def technical_json(alarm: Alarm) -> dict[str, Any]:
+        summary = technical_summary(alarm, OrgNames(gw.org))
         return {
             "id": alarm.id,
             "device_id": alarm.device_id,
             "ref": alarm.ref,
             "detail": alarm.detail,
+            # What is wrong in words (whose device, local times, team names).
+            "summary": None if summary is None else {"sv": summary.sv, "en": summary.en},
             "team_id": alarm.team_id,
             "since": iso(alarm.hops[0].at),
             "last_hop": alarm.last_hop.value,
@@ -296,7 +302,8 @@ def router(gw: WebGateway) -> APIRouter:
                 by_hour[_hour(stored_at(alarm))] += 1
         times = [kpi.response_times(a) for a in care]
         overall = kpi.summarize(care, by=frozenset(), now=now)
-        share = overall[0].on_site_share if overall else None
+        total = overall[0] if overall else None
+        share = total.on_site_share if total else None
         counts = gw.watch.supervisor.counts()
         technical = sorted(
             (a for a in gw.core.open_alarms()
@@ -321,6 +328,15 @@ def router(gw: WebGateway) -> APIRouter:
                     (t.to_on_site for t in times if t.to_on_site is not None),
                     PRESENCE_DEADLINE_S),
                 "on_site_share": share,
+                # What the share is made of: n judged, of which within and missed (open
+                # alarms past the target count as missed), and those that still have time.
+                "on_site_target": {
+                    "n": total.on_site_judged if total else 0,
+                    "within": total.on_site_within_target if total else 0,
+                    "missed": total.on_site_missed if total else 0,
+                    "missed_open": total.on_site_missed_open if total else 0,
+                    "pending": total.on_site_pending if total else 0,
+                },
             },
             "technical_open": [technical_json(a) for a in technical],
             "supervision": {

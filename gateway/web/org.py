@@ -55,6 +55,8 @@ class RecipientIn(BaseModel):
     team_id: str = Field(pattern=ID_PATTERN)
     entry_info: str = Field(default="", max_length=2000)
     action_plan: str = Field(default="", max_length=10000)
+    # E.164; staff call the person from the alarm (``tel:``).
+    phone: Annotated[str, AfterValidator(e164)] | None = Field(default=None, max_length=32)
 
 
 def staff_json(member: StaffMember) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def recipient_json(recipient: RecipientInfo, gw: WebGateway, *, full: bool) -> d
     }
     if full:
         body.update(team_id=recipient.team_id, entry_info=recipient.entry_info,
-                    action_plan=recipient.action_plan)
+                    action_plan=recipient.action_plan, phone=recipient.phone)
     return body
 
 
@@ -229,7 +231,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         if body.team_id not in org.teams:
             raise InvalidError(f"unknown team {body.team_id!r}")
         recipient = RecipientInfo(body.id, body.name, body.address, body.team_id,
-                                  body.entry_info, body.action_plan)
+                                  body.entry_info, body.action_plan, body.phone)
         org.put_recipient(recipient)
         changed(member, "recipient", recipient_id, "put")
         return recipient_json(recipient, gw, full=True)

@@ -9,19 +9,32 @@ export function stateOf(alarm) {
 
 const ORDER = { new: 0, handling: 1, on_site: 1, done: 2 };
 
+/**
+ * How far an alarm has come. Hops, handovers, escalations and the other lists of an alarm
+ * only ever grow, so of two copies the one with more entries is the newer (a forward adds
+ * a handover but no hop).
+ */
+export function version(alarm) {
+  let n = alarm.hops.length;
+  for (const key of ["handovers", "escalations", "notifications", "attached", "device_events", "positions"]) {
+    n += (alarm[key] || []).length;
+  }
+  return n;
+}
+
 export class AlarmStore {
   constructor() { this.byId = new Map(); }
 
   /**
-   * Take an alarm from the socket or an HTTP answer. Hops only grow, so the copy with more
-   * hops is the newer one; an older copy arriving late (the server may send an update
-   * racing its snapshot twice) is ignored. Returns {fresh, changed}.
+   * Take an alarm from the socket or an HTTP answer. The copy that has come further
+   * (``version``) is the newer one; an older copy arriving late (the server may send an
+   * update racing its snapshot twice) is ignored. Returns {fresh, changed}.
    */
   upsert(alarm) {
     const known = this.byId.get(alarm.id);
-    if (known && known.hops.length > alarm.hops.length) return { fresh: false, changed: false };
+    if (known && version(known) > version(alarm)) return { fresh: false, changed: false };
     this.byId.set(alarm.id, alarm);
-    return { fresh: !known, changed: !known || known.hops.length !== alarm.hops.length };
+    return { fresh: !known, changed: !known || version(known) !== version(alarm) };
   }
 
   /** After a (re)connect: keep only the alarms the server says are open. Returns dropped ids. */

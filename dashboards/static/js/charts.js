@@ -200,7 +200,7 @@ figure.panel { margin: 0; }
 .panel { background: #17283f; border-radius: .6rem; padding: .6rem .8rem; }
 .panel h3 { margin-top: .2rem; }
 ol.stages { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: .4rem; }
-ol.stages li { padding: .4rem .7rem; border-radius: .5rem; background: #3b4a60; min-height: 44px; display: flex; align-items: center; }
+ol.stages li { padding: .4rem .7rem; border-radius: .5rem; background: #3b4a60; min-height: 44px; display: flex; align-items: center; gap: .3rem; }
 ol.stages li.done { background: #1e7b3c; }
 ol.stages li.active { background: #ffd43b; color: #111; }
 ol.stages li.failed { background: #b3261e; }
@@ -209,6 +209,14 @@ ol.stages li.active [lang="en"] { color: #111; }
 a { color: #7cc4ff; }
 a.button { display: inline-flex; align-items: center; min-height: 44px; padding: .3rem .8rem; border: 2px solid #5b6b82; border-radius: .5rem; }
 .row { display: flex; flex-wrap: wrap; gap: .6rem; align-items: center; }
+button.danger { background: #b3261e; color: #fff; }
+nav a.button { text-decoration: none; }
+nav a.button[aria-current="page"] { background: #7cc4ff; color: #001a33; border-color: #7cc4ff; font-weight: 700; }
+#claim-result img { background: #fff; padding: .4rem; border-radius: .4rem; width: 222px; height: auto; display: block; }
+#claim-result figcaption { margin-top: .4rem; }
+#claim-code { font-size: 1.3rem; letter-spacing: .05em; }
+.test-cell .reason { display: block; }
+.card-n .sub { display: block; font-size: .85rem; color: #c3cbd8; }
 `;
 
 /** Adopt the consoles' style sheet (once). */
