@@ -145,16 +145,15 @@ class AuditRecord:
         return parsed
 
 
+# One encoder for every detail: ``json.dumps`` with options builds a new one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+
+
 def canonical_detail(detail: Mapping[str, Any]) -> str:
     """The one JSON text for a detail: sorted keys, no whitespace, no NaN."""
     try:
-        return json.dumps(
-            dict(detail),
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-        )
+        return _CANONICAL.encode(dict(detail))
     except (TypeError, ValueError) as exc:
         raise AuditError(f"audit detail is not plain JSON: {exc}") from None
 

@@ -255,11 +255,20 @@ class PushStats:
     refused: int = 0  # not sent: the endpoint breaks the rules (gateway.pushguard); removed
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Job:
     alarm_id: str
     staff_ids: frozenset[str]
-    payload: str
+    alarm: dict[str, Any]
+    # Encoded when the first subscription is found: most staff of a storm have none.
+    _payload: str | None = None
+
+    @property
+    def payload(self) -> str:
+        """The push's JSON (encrypted per subscription by pywebpush)."""
+        if self._payload is None:
+            self._payload = json.dumps(push_payload(self.alarm))
+        return self._payload
 
 
 @dataclass(slots=True)
@@ -389,7 +398,7 @@ class PushNotifier:
         fresh = self._seen.add_new([(alarm_id, s) for s in sorted(staff_ids)])
         if not fresh:
             return
-        job = _Job(alarm_id, frozenset(s for _, s in fresh), json.dumps(push_payload(alarm)))
+        job = _Job(alarm_id, frozenset(s for _, s in fresh), alarm)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
