@@ -46,6 +46,9 @@ _LOGGER = logging.getLogger(__name__)
 # Samples wait at most this long for their batch: sensor alarms (bed exit, door at night)
 # are minutes-scale rules, so a second of batching costs nothing and buys vectorisation.
 BATCH_S = 1.0
+# Samples evaluated in one go before the rules yield to the event loop (well under a
+# millisecond of work each).
+FEED_SLICE = 256
 # Absence rules are evaluated this often even when no telemetry arrives.
 TICK_S = 30.0
 # Evidence shown with an alarm: this long before the firing, and a little after.
@@ -98,7 +101,12 @@ class SensorService:
             self._arrived.clear()
             batch, self._batch = self._batch, []
             now_ms = int(time.time() * 1000)
-            firings = self.engine.feed(batch, now_ms) if batch else self.engine.tick(now_ms)
+            firings = [] if batch else self.engine.tick(now_ms)
+            # In slices, yielding between them: a second of a sensor storm is thousands of
+            # samples, and the event loop that acks alarms must not wait for all of them.
+            for start in range(0, len(batch), FEED_SLICE):
+                firings += self.engine.feed(batch[start : start + FEED_SLICE], now_ms)
+                await asyncio.sleep(0)
             for firing in firings:
                 await self._raise(firing)
 
