@@ -208,9 +208,10 @@ class Dc09Receiver:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - isolation: one connection, not the receiver
             self.stats.handler_errors += 1
-            _LOGGER.exception("DC-09 task %s failed", name)
+            self._log_limiter.log(_LOGGER, logging.ERROR, f"task:{type(exc).__name__}",
+                                  "DC-09 task %s failed", name, exc_info=exc)
 
     # -- transports ------------------------------------------------------------------------
 

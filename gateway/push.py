@@ -418,8 +418,9 @@ class PushNotifier:
                         task.add_done_callback(self._in_flight.discard)
                 except sqlite3.Error as exc:
                     self.stats.failed += 1
-                    _LOGGER.warning("web push for alarm %s: store failed: %s",
-                                    job.alarm_id, exc)
+                    self._log_limiter.log(_LOGGER, logging.WARNING, "store",
+                                          "web push for alarm %s: store failed: %s",
+                                          job.alarm_id, exc)
                 finally:
                     self._queue.task_done()
 
@@ -450,8 +451,9 @@ class PushNotifier:
                 await asyncio.to_thread(
                     self.store.remove, subscription.endpoint, subscription.staff_id
                 )
-                _LOGGER.info("web push subscription of %s expired (%s); removed",
-                             subscription.staff_id, code)
+                self._log_limiter.log(_LOGGER, logging.INFO, "expired",
+                                      "web push subscription of %s expired (%s); removed",
+                                      subscription.staff_id, code)
             else:
                 self._failed(subscription, job, f"push service answered {code}")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:

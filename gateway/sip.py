@@ -315,8 +315,9 @@ class ScaipListener:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
-            _LOGGER.exception("SCAIP task %s failed", name)
+        except Exception as exc:  # noqa: BLE001 - isolation: one message, not the listener
+            self._log.log(_LOGGER, logging.ERROR, f"task:{type(exc).__name__}",
+                          "SCAIP task %s failed", name, exc_info=exc)
 
     # -- transports ------------------------------------------------------------------------
 
@@ -588,17 +589,20 @@ class ScaipListener:
     async def _call_handler(self, scaip: ScaipRequest, sip: SipRequest) -> int:
         try:
             result = await self._handler(scaip, sip)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - isolation: one message, not the listener
             # The alarm was not stored: answer "not treated" so the controller retries or
             # falls back to its secondary receiver, and keep serving everyone else.
             self.stats.handler_errors += 1
-            _LOGGER.exception("SCAIP handler failed for cid=%s ref=%s", scaip.cid, scaip.ref)
+            self._log.log(_LOGGER, logging.ERROR, f"handler:{type(exc).__name__}",
+                          "SCAIP handler failed for cid=%s ref=%s", scaip.cid, scaip.ref,
+                          exc_info=exc)
             return Snu.NOT_TREATED
         try:
             snu = Snu(result)
         except ValueError:
             self.stats.handler_errors += 1
-            _LOGGER.error("SCAIP handler returned %r, not an snu", result)
+            self._log.log(_LOGGER, logging.ERROR, "snu",
+                          "SCAIP handler returned %r, not an snu", result)
             return Snu.NOT_TREATED
         self.stats.handled += 1
         return snu
