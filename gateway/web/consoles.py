@@ -38,6 +38,7 @@ from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import DeviceInfo, StaffMember
 from gateway.views import iso
 from gateway.web.deps import WebGateway, staff_dependency
+from gateway.web.schemas import DeviceDetailOut, FleetOut, OpsSummaryOut, documented
 
 _ZONE = ZoneInfo("Europe/Stockholm")
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -192,7 +193,7 @@ def router(gw: WebGateway) -> APIRouter:
             "last_hop": alarm.last_hop.value,
         }
 
-    @api.get("/api/v1/console/fleet")
+    @api.get("/api/v1/console/fleet", **documented(FleetOut, 401, 403, 422))
     async def fleet(
         member: Technician,
         device_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
@@ -220,7 +221,8 @@ def router(gw: WebGateway) -> APIRouter:
             "devices": rows,
         }
 
-    @api.get("/api/v1/console/devices/{device_id}")
+    @api.get("/api/v1/console/devices/{device_id}",
+             **documented(DeviceDetailOut, 401, 403, 404, 422))
     async def device_detail(
         device_id: Annotated[str, PathParam(pattern=_ID)],
         member: Technician,
@@ -269,7 +271,7 @@ def router(gw: WebGateway) -> APIRouter:
         body["telemetry"] = series
         return body
 
-    @api.get("/api/v1/ops/summary")
+    @api.get("/api/v1/ops/summary", **documented(OpsSummaryOut, 401, 403, 422))
     async def ops_summary(
         member: Lead,
         hours: Annotated[float, Query(gt=0, le=24 * 366)] = 24 * 7,
