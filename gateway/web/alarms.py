@@ -25,7 +25,7 @@ from gateway.audit import AuditKind
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import StaffMember
 from gateway.views import alarm_json, for_role
-from gateway.web.deps import WebGateway, staff_dependency
+from gateway.web.deps import WebGateway, audit_read, staff_dependency
 from gateway.web.schemas import (
     AlarmOut,
     EvidenceOut,
@@ -78,10 +78,9 @@ def router(gw: WebGateway) -> APIRouter:
     async def list_alarms(
         member: Me, state: Literal["open", "closed", "all"] = "open"
     ) -> list[dict[str, Any]]:
-        return [
-            alarm_body(gw, member.role, a)
-            for a in gw.visible_alarms(member.id, state) if role_sees(member.role, a)
-        ]
+        alarms = [a for a in gw.visible_alarms(member.id, state) if role_sees(member.role, a)]
+        audit_read(gw, member.id, "alarms", (a.id for a in alarms), state=state)
+        return [alarm_body(gw, member.role, a) for a in alarms]
 
     @api.get("/api/v1/alarms/{alarm_id}", **documented(AlarmOut, 401, 404))
     async def get_alarm(alarm_id: str, member: Me) -> dict[str, Any]:

@@ -13,7 +13,15 @@ from gateway.audit import AuditKind
 from gateway.errors import ConflictError, NotFoundError, TooManyError, UnavailableError
 from gateway.org import StaffMember
 from gateway.provisioning import ProvisioningError
-from gateway.web.deps import ID_PATTERN, IdPath, WebGateway, WebState, require, staff_dependency
+from gateway.web.deps import (
+    ID_PATTERN,
+    IdPath,
+    WebGateway,
+    WebState,
+    audit_read,
+    require,
+    staff_dependency,
+)
 from gateway.web.schemas import (
     ClaimAnswerOut,
     ClaimCodeOut,
@@ -105,6 +113,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
     @api.get("/api/v1/devices", tags=["devices"], **documented(list[DeviceOut], 401, 403))
     async def list_devices(member: Me) -> list[dict[str, Any]]:
         require(member, "technician", "admin")
+        # Recipients' names and addresses come with the devices.
+        audit_read(gw, member.id, "devices", sorted(gw.org.devices))
         return [device_json(d) for d in sorted(gw.org.devices)]
 
     @api.post("/api/v1/devices", tags=["devices"],

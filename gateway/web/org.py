@@ -13,7 +13,15 @@ from gateway.errors import ConflictError, InvalidError, NotFoundError
 from gateway.org import RecipientInfo, StaffMember, Team
 from gateway.privacy import erase_recipient, export_recipient
 from gateway.smscodec import e164
-from gateway.web.deps import ID_PATTERN, IdPath, WebGateway, WebState, require, staff_dependency
+from gateway.web.deps import (
+    ID_PATTERN,
+    IdPath,
+    WebGateway,
+    WebState,
+    audit_read,
+    require,
+    staff_dependency,
+)
 from gateway.web.schemas import (
     EraseOut,
     ExportOut,
@@ -105,8 +113,9 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
     async def list_recipients(member: Me) -> list[dict[str, Any]]:
         """Own teams' recipients (staff, leads); name and address only (technicians)."""
         full = member.role != "technician"
-        return [recipient_json(r, gw, full=full) for r in org.recipients.values()
-                if may_see_recipient(member, r)]
+        mine = [r for r in org.recipients.values() if may_see_recipient(member, r)]
+        audit_read(gw, member.id, "recipients", (r.id for r in mine), full=full)
+        return [recipient_json(r, gw, full=full) for r in mine]
 
     @api.get("/api/v1/recipients/{recipient_id}", tags=["recipients"],
              **documented(RecipientOut, 401, 404, 422))
@@ -124,6 +133,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
     @api.get("/api/v1/admin/teams", tags=["admin"], **documented(list[TeamOut], 401, 403))
     async def list_teams(member: Me) -> list[dict[str, Any]]:
         require(member, "admin")
+        audit_read(gw, member.id, "admin/teams", org.teams)
         return [{"id": t.id, "name": t.name} for t in org.teams.values()]
 
     @api.put("/api/v1/admin/teams/{team_id}", tags=["admin"],
@@ -151,6 +161,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
     @api.get("/api/v1/admin/staff", tags=["admin"], **documented(list[StaffOut], 401, 403))
     async def list_staff(member: Me) -> list[dict[str, Any]]:
         require(member, "admin")
+        audit_read(gw, member.id, "admin/staff", org.staff)
         return [staff_json(s) for s in org.staff.values()]
 
     @api.put("/api/v1/admin/staff/{staff_id}", tags=["admin"],
@@ -199,6 +210,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
              **documented(list[RecipientOut], 401, 403))
     async def admin_recipients(member: Me) -> list[dict[str, Any]]:
         require(member, "admin")
+        audit_read(gw, member.id, "admin/recipients", org.recipients, full=True)
         return [recipient_json(r, gw, full=True) for r in org.recipients.values()]
 
     @api.put("/api/v1/admin/recipients/{recipient_id}", tags=["admin"],

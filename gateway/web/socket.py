@@ -13,7 +13,7 @@ from alarms.events import ReceiptConfirmed, StaffConnected, StaffDisconnected
 from gateway.auth import TokenError
 from gateway.errors import DomainError
 from gateway.web.alarms import alarm_body
-from gateway.web.deps import WebGateway
+from gateway.web.deps import WebGateway, audit_read
 from gateway.web.responses import dumps
 
 _LOGGER = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ def router(gw: WebGateway) -> APIRouter:
         try:
             await _send(websocket, {"type": "hello", "staff_id": staff_id})
             snapshot = [a for a in gw.visible_alarms(staff_id, "open") if role_sees(role, a)]
+            audit_read(gw, staff_id, "alarms", (a.id for a in snapshot), state="open",
+                       via="websocket")
             for alarm in snapshot:
                 await _send(websocket, {"type": "alarm", "alarm": alarm_body(gw, role, alarm)})
             await _send(websocket, {"type": "sync", "open": [a.id for a in snapshot]})
