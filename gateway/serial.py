@@ -565,7 +565,18 @@ class SerialLink:
 
     def _on_data(self, data: bytes) -> None:
         self.stats.bytes_in += len(data)
-        for item in self._decoder.feed(data):
+        try:
+            items = self._decoder.feed(data)
+        except Exception as exc:  # noqa: BLE001 - the codec never raises; if it did, per chunk
+            # A codec bug: without this, the event loop would log a traceback for every chunk
+            # the line delivers (issue 17.7). Start over at the next frame; the devices resend.
+            self.stats.handler_errors += 1
+            self._decoder = SerialDecoder()
+            self._log.log(_LOGGER, logging.ERROR, f"decoder:{type(exc).__name__}",
+                          "serial line %s: the decoder failed on %d bytes", self.url, len(data),
+                          exc_info=exc)
+            return
+        for item in items:
             self._dispatch(item)
 
     def _dispatch(self, item: SerialRecord | FrameError) -> None:
