@@ -261,9 +261,12 @@ class Dc09Receiver:
                     writer.write(answer)
                 await writer.drain()
         except TimeoutError:
-            _LOGGER.debug("DC-09 TCP %s idle for %.0f s, closed", peer, self._idle_timeout_s)
+            self._log_limiter.log(_LOGGER, logging.DEBUG, "tcp_idle",
+                                  "DC-09 TCP %s idle for %.0f s, closed", peer,
+                                  self._idle_timeout_s)
         except (ConnectionError, OSError) as exc:
-            _LOGGER.debug("DC-09 TCP %s closed: %s", peer, exc)
+            self._log_limiter.log(_LOGGER, logging.DEBUG, "tcp_closed",
+                                  "DC-09 TCP %s closed: %s", peer, exc)
         finally:
             self._connections -= 1
             writer.close()

@@ -409,7 +409,8 @@ class ScaipListener:
                     if self._idle_until(conn) > time.monotonic():
                         continue  # it proved itself meanwhile: a longer allowance
                     self.stats.connections_idle_closed += 1
-                    _LOGGER.debug("SCAIP TCP %s idle, closed", peer)
+                    self._log.log(_LOGGER, logging.DEBUG, "tcp_idle",
+                                  "SCAIP TCP %s idle, closed", peer)
                     break
                 if not data:
                     break
@@ -418,7 +419,8 @@ class ScaipListener:
                         conn.active = time.monotonic()
                     self._dispatch(item, link)
         except (ConnectionError, OSError) as exc:
-            _LOGGER.debug("SCAIP TCP %s closed: %s", peer, exc)
+            self._log.log(_LOGGER, logging.DEBUG, "tcp_closed",
+                          "SCAIP TCP %s closed: %s", peer, exc)
         finally:
             if self._conns.pop(conn_id, None) is not None:
                 self.guard.close_connection(conn.ip)
