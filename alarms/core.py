@@ -10,6 +10,7 @@ what the journal says.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections import Counter
 from dataclasses import dataclass
 
@@ -126,6 +127,8 @@ class AlarmCore:
         # what the records say, kept so that ticks and routing need not scan closed alarms.
         self._open: dict[str, None] = {}
         self._due: dict[str, Due] = {}
+        # (deadline, alarm id), possibly outdated: see next_deadline.
+        self._due_heap: list[tuple[float, str]] = []
         # Indexes over the open alarms, kept by ``_refresh``, so that attaching a repeat and
         # asking who is busy cost O(1) per alarm instead of a scan of everything open:
         # open alarm ids per recipient (opening order), and the owners of open alarms.
@@ -243,8 +246,19 @@ class AlarmCore:
         return self._due.get(alarm_id)
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of all open alarms: when the gateway should feed ``Tick``."""
-        return min((d.at for d in self._due.values()), default=None)
+        """The earliest deadline of all open alarms: when the gateway should feed ``Tick``.
+
+        A heap with lazy deletion: asked after every commit, it must not scan every open alarm
+        (thousands in a storm); entries a later refresh outdated are dropped as they surface.
+        """
+        heap, current = self._due_heap, self._due
+        while heap:
+            at, alarm_id = heap[0]
+            found = current.get(alarm_id)
+            if found is not None and found.at == at:
+                return at
+            heapq.heappop(heap)
+        return None
 
     def allowed_causes(self, alarm: Alarm) -> tuple[str, ...]:
         """The close causes staff may choose for ``alarm``."""
@@ -776,7 +790,14 @@ class AlarmCore:
             self._due.pop(alarm_id, None)
         else:
             self._open.setdefault(alarm_id, None)
+            previous = self._due.get(alarm_id)
             self._due[alarm_id] = found
+            if previous is None or previous.at != found.at:
+                heapq.heappush(self._due_heap, (found.at, alarm_id))
+                if len(self._due_heap) > 2 * len(self._due) + 64:
+                    # Mostly outdated entries: rebuild from what is due now.
+                    self._due_heap = [(d.at, a) for a, d in self._due.items()]
+                    heapq.heapify(self._due_heap)
         self._index(alarm, is_open=found is not None)
 
     def _index(self, alarm: Alarm, *, is_open: bool) -> None:

@@ -55,6 +55,10 @@ class Directory:
     default_policy: TeamPolicy = DEFAULT_POLICY
     shift_times: ShiftTimes = field(default_factory=ShiftTimes)
     close_causes: tuple[str, ...] = DEFAULT_CLOSE_CAUSES
+    # The directory never changes (a new organisation is a new directory), so who is on duty
+    # per team is computed once: routing asks for every alarm, and a storm is thousands.
+    _on_duty: dict[str | None, frozenset[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def knows_device(self, device_id: str) -> bool:
         """Whether ``device_id`` is provisioned."""
@@ -75,11 +79,14 @@ class Directory:
         everyone on duty is noisy, but silence would be worse. This ignores rosters; use
         ``on_duty_at`` when the time is known.
         """
-        return frozenset(
-            s.id
-            for s in self.staff.values()
-            if s.on_duty and (team_id is None or team_id in s.team_ids)
-        )
+        found = self._on_duty.get(team_id)
+        if found is None:
+            found = self._on_duty[team_id] = frozenset(
+                s.id
+                for s in self.staff.values()
+                if s.on_duty and (team_id is None or team_id in s.team_ids)
+            )
+        return found
 
     def members(self, team_id: str | None) -> frozenset[str]:
         """Every member of a team, on duty or not (every staff member for no team)."""

@@ -160,6 +160,10 @@ class RecordError(ValueError):
     """A journal row that cannot be decoded: the journal is corrupt or from a newer version."""
 
 
+# One encoder for every record: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def to_json(record: Record) -> str:
     """Encode a record for the journal."""
     if isinstance(record, AlarmOpened):
@@ -268,7 +272,7 @@ def to_json(record: Record) -> str:
             body["cause"] = record.cause
         if record.note is not None:
             body["note"] = record.note
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(body)
 
 
 def from_json(text: str) -> Record:

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -252,7 +253,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         port = 18_000 + os.getpid() % 1000
         config = data_dir / "trygg.toml"
         config.write_text(
-            f'gateway_id = "bench"\ndata_dir = "{data_dir}"\nsecret_key = "{"b" * 48}"\n'
+            f'gateway_id = "bench"\ndata_dir = "{data_dir}"\nsecret_key = "{secrets.token_urlsafe(48)}"\n'
             f'[mqtt]\nport = {BROKER[1]}\nprefix = "{prefix}"\n[http]\nport = {port}\n'
         )
         gateway = subprocess.Popen(

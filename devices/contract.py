@@ -155,7 +155,7 @@ def decode(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> DeviceMe
         return Rejected(Reason.BAD_TOPIC, f"topic {topic[:120]!r} is not {prefix}/<device>/<kind>")
     device_id, channel = parsed
     try:
-        body = json.loads(payload, parse_constant=_no_constant)
+        body = _JSON.decode(payload.decode())
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return Rejected(Reason.BAD_JSON, f"not JSON: {exc}"[:200], device_id=device_id)
     if not isinstance(body, dict):
@@ -171,6 +171,10 @@ def decode(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX) -> DeviceMe
 def _no_constant(name: str) -> object:
     # NaN and Infinity are not JSON (RFC 8259) although Python's parser takes them.
     raise ValueError(f"{name} is not a JSON value")
+
+
+# One decoder for every message: ``json.loads`` with an option builds a new one per call.
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _finite(value: object) -> float | None:
@@ -327,6 +331,10 @@ def _value(body: dict[str, object]) -> float | tuple[float, ...]:
 # -- gateway -> device ---------------------------------------------------------------------
 
 
+# One encoder for every answer: ``json.dumps`` with options builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def topic(prefix: str, device_id: str, leaf: str) -> str:
     """``prefix/{device_id}/{leaf}``."""
     return f"{prefix}/{device_id}/{leaf}"
@@ -337,9 +345,9 @@ def encode_ack(ref: str, status: str, reason: str | None = None) -> bytes:
     body: dict[str, str] = {"ref": ref, "status": status}
     if reason is not None:
         body["reason"] = reason
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _COMPACT.encode(body).encode()
 
 
 def encode_command(ref: str, command: str, **args: str | int | float | bool) -> bytes:
     """The payload of ``{prefix}/{device_id}/cmd``."""
-    return json.dumps({"ref": ref, "cmd": command, **args}, separators=(",", ":")).encode()
+    return _COMPACT.encode({"ref": ref, "cmd": command, **args}).encode()

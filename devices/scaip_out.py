@@ -53,16 +53,19 @@ class CentreCode:
 # 0002, observed) with an ordinary alarm; a site sets the right codes in
 # [escalation.centre_scaip.codes] once the centre's table is known.
 DEFAULT_CODES: Mapping[AlarmType, CentreCode] = MappingProxyType({
-    AlarmType.MANUAL: CentreCode("0004", "0010"),
-    AlarmType.SMOKE: CentreCode("0023", "0010"),
-    AlarmType.WATER: CentreCode("0033", "0010"),
-    AlarmType.FALL: CentreCode("0002", "0010"),
-    AlarmType.BED_EXIT: CentreCode("0002", "0010"),
-    AlarmType.DOOR: CentreCode("0002", "0010"),
-    AlarmType.INACTIVITY: CentreCode("0002", "0010"),
-    AlarmType.TEMPERATURE: CentreCode("0002", "0010"),
-    AlarmType.TEST: CentreCode("0002", "0102"),
-    AlarmType.TECHNICAL: CentreCode("0002", "0010"),
+    # dty from the message model's device-type list (devices/scaip.py, docs/scaip.md): the
+    # same table the intake reads, run backwards; stc 0010 "alarm".
+    AlarmType.MANUAL: CentreCode("0004", "0010"),  # fixed trigger
+    AlarmType.SMOKE: CentreCode("0023", "0010"),  # smoke detector
+    AlarmType.WATER: CentreCode("0033", "0010"),  # flood detector
+    AlarmType.FALL: CentreCode("0005", "0010"),  # fall detector
+    AlarmType.BED_EXIT: CentreCode("0012", "0010"),  # bed monitor
+    AlarmType.DOOR: CentreCode("0014", "0010"),  # door sensor
+    AlarmType.INACTIVITY: CentreCode("0010", "0010"),  # activity detector
+    AlarmType.TEMPERATURE: CentreCode("0020", "0010"),  # environmental monitor
+    AlarmType.MEDICATION: CentreCode("0011", "0010"),  # pill dispenser
+    AlarmType.TEST: CentreCode("0002", "0102"),  # local unit, test transmission
+    AlarmType.TECHNICAL: CentreCode("0031", "0010"),  # system monitor
 })
 
 _CODE = re.compile(r"^\d{1,4}$")

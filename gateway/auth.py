@@ -11,6 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 _HASHER = PasswordHasher()
 _ALGORITHM = "HS256"
+_REQUIRED_CLAIMS = ("exp", "iat", "sub")
 
 
 def hash_password(password: str) -> str:
@@ -61,7 +62,10 @@ class TokenIssuer:
     def check(self, token: str) -> str:
         """The staff id a valid token was issued to."""
         try:
-            claims = jwt.decode(token, self.secret, algorithms=[_ALGORITHM])
+            # A token without an expiry would be good for ever (it cannot be revoked):
+            # "exp" is required, not merely checked when present.
+            claims = jwt.decode(token, self.secret, algorithms=[_ALGORITHM],
+                                options={"require": list(_REQUIRED_CLAIMS)})
         except jwt.PyJWTError as exc:
             raise TokenError(str(exc)) from None
         subject = claims.get("sub")

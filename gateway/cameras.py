@@ -474,6 +474,16 @@ class CameraService:
         recipient = self.gateway.org.recipients.get(recipient_id)
         if recipient is None:
             raise NotFoundError("unknown recipient")
+        schedule = self.store.schedules.get(recipient_id)
+        teams = {recipient.team_id} | ({schedule.team_id} if schedule is not None else set())
+        if member.role != "admin" and not teams & set(member.team_ids):
+            # Another team's recipient answers exactly as a missing one (docs/security.md):
+            # whether they exist, have a camera, a consent or a schedule is not this viewer's
+            # to learn. The attempt is still audited as a refusal.
+            self._refuse(member.id, recipient_id, Refused(
+                RefusalCode.WRONG_TEAM,
+                "tillsynen hör till ett annat team / look belongs to another team"), now, 404)
+            raise NotFoundError("unknown recipient")
         device_id = self.camera_of(recipient_id)
         if device_id is None:
             raise self._refuse(member.id, recipient_id, Refused(
@@ -485,7 +495,7 @@ class CameraService:
             recipient_id=recipient_id,
             recipient_team_id=recipient.team_id,
             consent=self.store.consents.current(recipient_id),
-            schedule=self.store.schedules.get(recipient_id),
+            schedule=schedule,
             now=now,
             ad_hoc=ad_hoc,
             open_alarm_ids=self._open_alarm_ids(recipient_id),

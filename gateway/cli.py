@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.files import private_umask
 
 _LOGGER = logging.getLogger("trygg")
 
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "devices", help="technician commands (see `trygg devices --help`)", add_help=False
     )
 
+    # Every file trygg writes (data, keys, broker files, demo.json) is private to its user.
+    private_umask()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["devices"]:
         from gateway.provisioning import main_devices

@@ -7,7 +7,7 @@ import logging
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -19,13 +19,17 @@ from pydantic_settings import (
 from alarms.escalation import SmsRule
 from alarms.model import AlarmType
 from devices.contract import DEFAULT_PREFIX
-from devices.dc09 import Dc09Account, Meaning, accounts_by_id, parse_codes
 from devices.scaip import ScaipTables, StatusRule, parse_status_rule
-from devices.scaip_out import CentreCode, SipUri, codes_with, parse_sip_uri, valid_user
-from gateway.broker_auth import BrokerAuthSettings
 from gateway.privacy import RetentionSettings
+from gateway.pushguard import DEFAULT_PUSH_HOSTS
 from gateway.security import MIN_ACCESS_TTL_DEMO_S, MIN_ACCESS_TTL_S, SecuritySettings
 from gateway.smscodec import RecipientField
+from gateway.strength import secret_problem
+
+if TYPE_CHECKING:
+    # Only what a configured [dc09] or SCAIP centre needs: not imported to load settings.
+    from devices.dc09 import Dc09Account, Meaning
+    from devices.scaip_out import CentreCode, SipUri
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,8 +44,12 @@ class MqttSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=0, le=65535)
     prefix: str = DEFAULT_PREFIX
+    # The alarm lane's broker account; the telemetry lane logs in as ``telemetry_username``
+    # (default "<username>-telemetry") with the same password: with Mosquitto's
+    # use_username_as_clientid each lane's username is its client id (docs/security.md).
     username: str | None = None
     password: str | None = None
+    telemetry_username: str | None = None
     client_id: str | None = None
     keepalive_s: int = Field(default=30, ge=5, le=600)
     # TLS to the broker (docs/configuration.md, "TLS to the broker"). The broker's
@@ -67,7 +75,15 @@ class MqttSettings(BaseModel):
     def _user_and_password_together(self) -> MqttSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("mqtt.username and mqtt.password must be set together")
+        if self.telemetry_username is not None and self.username is None:
+            raise ValueError("mqtt.telemetry_username needs mqtt.username and password")
         return self
+
+    def lane_username(self, lane: str) -> str | None:
+        """The broker account of a lane ("alarm" or "telemetry"); None without accounts."""
+        if self.username is None or lane == "alarm":
+            return self.username
+        return self.telemetry_username or telemetry_account(self.username)
 
     @model_validator(mode="after")
     def _tls_files(self) -> MqttSettings:
@@ -128,6 +144,31 @@ def _no_passphrase() -> str:
     # Without a callback OpenSSL prompts on the terminal for an encrypted key's passphrase,
     # which would hang (or, without a terminal, fail obscurely) a service's start.
     raise ValueError("the key is encrypted; the gateway needs an unencrypted key (mode 0600)")
+
+
+class PushSettings(BaseModel):
+    """Web Push (docs/staff-app.md): which push services subscriptions may point at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Endpoint hosts the gateway will POST to (docs/security.md, "Web Push endpoints"):
+    # exact names, or "*.domain" for any subdomain. The default is the major browsers' push
+    # services; add a self-hosted one (e.g. an autopush) here.
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_PUSH_HOSTS),
+                                     min_length=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            name = pattern.removeprefix("*.")
+            labels = name.split(".")
+            if (len(labels) < 2 or any(not label or not all(c.isalnum() or c == "-"
+                                                               for c in label)
+                                       for label in labels)
+                    or all(label.isdigit() for label in labels)):
+                raise ValueError(f"{pattern!r} is not a host name (or *.domain)")
+        return [p.lower() for p in value]
 
 
 class ClusterSettings(BaseModel):
@@ -220,6 +261,8 @@ class CentreScaipSettings(BaseModel):
     def _valid(self) -> CentreScaipSettings:
         self.target()
         self.code_table()
+        from devices.scaip_out import valid_user
+
         if not valid_user(self.user):
             raise ValueError(f"centre_scaip.user {self.user!r} is not a SIP user")
         if self.transport != "tls" and (self.ca_file or self.tls_server_name):
@@ -228,10 +271,14 @@ class CentreScaipSettings(BaseModel):
 
     def target(self) -> SipUri:
         """The centre's URI, parsed."""
+        from devices.scaip_out import parse_sip_uri
+
         return parse_sip_uri(self.uri)
 
     def code_table(self) -> dict[AlarmType, CentreCode]:
         """Alarm type -> (dty, stc) with this site's codes."""
+        from devices.scaip_out import codes_with
+
         return codes_with(self.codes)
 
     def client_context(self) -> ssl.SSLContext | None:
@@ -462,12 +509,16 @@ class Dc09Settings(BaseModel):
 
     def receiver_accounts(self) -> list[Dc09Account]:
         """The accounts as ``devices.dc09.Dc09Account`` (validated)."""
+        from devices.dc09 import Dc09Account, accounts_by_id
+
         accounts = [Dc09Account(a.account, a.device_id, a.key) for a in self.accounts]
         accounts_by_id(accounts)  # refuses an account configured twice
         return accounts
 
     def code_tables(self) -> tuple[dict[str, Meaning], dict[int, Meaning]]:
         """The (SIA, Contact ID) tables with this site's corrections."""
+        from devices.dc09 import parse_codes
+
         return parse_codes(self.codes)
 
 
@@ -507,11 +558,59 @@ class ProvlarmSettings(BaseModel):
     delivery_timeout_s: float = Field(default=60.0, gt=0)
 
 
+# The telemetry lane's broker account: "<alarm lane account>-telemetry" unless configured.
+TELEMETRY_SUFFIX = "-telemetry"
+
+
+def telemetry_account(username: str) -> str:
+    """The telemetry lane's broker account of the gateway whose alarm lane is ``username``."""
+    return f"{username}{TELEMETRY_SUFFIX}"
+
+
+class OtherGateway(BaseModel):
+    """Another gateway of the cluster, whose lane accounts go into the broker files too.
+
+    With ``use_username_as_clientid`` every gateway needs accounts of its own (gateways
+    sharing one account would take each other's sessions over). The gateway that writes the
+    files knows only its own password, so the others come as ``mosquitto_passwd`` hashes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str
+    # The "$7$..." part of a mosquitto_passwd line for the gateway's [mqtt] password.
+    password_hash: str = Field(pattern=r"^\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
+    telemetry_username: str | None = None
+
+
+class BrokerAuthSettings(BaseModel):
+    """Where the broker's credential files live and how to make it re-read them.
+
+    ``password_file`` / ``acl_file`` default to ``{data_dir}/broker/passwd`` and ``.../acl``.
+    ``pid_file`` (or ``pid``) names the Mosquitto process to SIGHUP after a change; without
+    either the files are only written (the embedded broker's plugin notices them itself).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    pid_file: Path | None = None
+    pid: int | None = None
+    gateway_username: str = "trygg-gateway"
+    # The other gateways of a cluster (their lane accounts): docs/deployment.md.
+    other_gateways: list[OtherGateway] = []
+
+
 class Settings(BaseSettings):
     """Everything a gateway process needs. See docs/configuration.md."""
 
+    # hide_input_in_errors: a refused setting's error must not print the secrets beside it
+    # (secret_key, passwords, tokens) into a log.
     model_config = SettingsConfigDict(
-        env_prefix="TRYGG_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="TRYGG_", env_nested_delimiter="__", extra="forbid",
+        hide_input_in_errors=True,
     )
 
     # Set by ``load``: the TOML file between the defaults and the environment.
@@ -519,6 +618,10 @@ class Settings(BaseSettings):
 
     gateway_id: str = "gw1"
     data_dir: Path = Path("trygg-data")
+    # Demo mode (weaker checks: default secret, short token lifetimes, plain-http push test
+    # endpoints) is set in code only, by `trygg demo` and the tests: a settings file or the
+    # environment that names it is refused (``_CodeOnly``), so no production config can
+    # switch the checks off.
     demo: bool = False
     secret_key: str = DEFAULT_SECRET
     # Deprecated: the old name of ``security.access_ttl_s``, honoured when only it is set
@@ -534,6 +637,7 @@ class Settings(BaseSettings):
     escalation: EscalationSettings = EscalationSettings()
     provlarm: ProvlarmSettings = ProvlarmSettings()
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    push: PushSettings = PushSettings()
     broker_auth: BrokerAuthSettings | None = None
     retention: RetentionSettings = RetentionSettings()
     # An alarm no staff client has confirmed within this raises a technical alarm.
@@ -554,7 +658,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: explicit arguments, environment, TOML file, defaults."""
-        return (init_settings, env_settings, _TomlSource(settings_cls, cls._toml_path))
+        return (init_settings, _CodeOnly(env_settings, "the environment (TRYGG_DEMO)"),
+                _CodeOnly(_TomlSource(settings_cls, cls._toml_path), "the settings file"))
 
     @model_validator(mode="after")
     def _cluster_needs_a_shared_journal(self) -> Settings:
@@ -606,14 +711,41 @@ class Settings(BaseSettings):
                 "secret_key is the default; set TRYGG_SECRET_KEY or secret_key in the "
                 "config file (only `trygg demo` may run with a generated secret)"
             )
-        if not self.demo and len(self.secret_key) < 32:
-            raise ValueError("secret_key must be at least 32 characters")
+        problem = None if self.demo else secret_problem(self.secret_key)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property
     def client_id(self) -> str:
         """The MQTT client id: stable, so the broker keeps the gateway's session."""
         return self.mqtt.client_id or f"trygg-gateway-{self.gateway_id}"
+
+
+# Settings only code may set (``load(None, demo=True)`` in `trygg demo` and the tests).
+CODE_ONLY = ("demo",)
+
+
+class _CodeOnly(PydanticBaseSettingsSource):
+    """A settings source that refuses the code-only settings instead of passing them on."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource, where: str) -> None:
+        super().__init__(inner.settings_cls)
+        self._inner = inner
+        self._where = where
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._inner()
+        named = [key for key in CODE_ONLY if key in data]
+        if named:
+            raise ValueError(
+                f"{', '.join(named)} cannot be set in {self._where}: demo mode is only "
+                "`trygg demo`; remove it"
+            )
+        return data
 
 
 class _TomlSource(PydanticBaseSettingsSource):

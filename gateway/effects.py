@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from alarms.access import audience
+from alarms.access import administrators, audience
 from alarms.actions import AckDevice, Action, Notify, NotifyCentre
 from alarms.core import AlarmCore
 from alarms.model import Alarm
@@ -98,7 +98,7 @@ class Effects:
                 if ack:
                     self.ack(action)
             elif isinstance(action, Notify):
-                self.announce(action.alarm_id)
+                self.announce(action.alarm_id, action.staff_ids, urgent=action.urgent)
             elif isinstance(action, NotifyCentre):
                 self._to_centre(action)
 
@@ -128,13 +128,21 @@ class Effects:
                 json.dumps({"alarm": body, "attempt": action.attempt}).encode(),
             ))
 
-    def announce(self, alarm_id: str) -> None:
-        """An alarm changed: to its audience's clients, the notifiers, the listeners."""
+    def announce(self, alarm_id: str, staff_ids: frozenset[str] | None = None, *,
+                 urgent: bool = False) -> None:
+        """An alarm changed: to its clients, the notifiers, the listeners.
+
+        ``staff_ids`` are the core's (a ``Notify``), carried out as given; administrators,
+        who may see every alarm (``alarms.access``), are told too. Without them (another
+        gateway's records) the alarm's audience is told.
+        """
         alarm = self.core.alarms.get(alarm_id)
         if alarm is None:
             return
-        staff = audience(alarm, self.core.directory)
-        body = self._show(alarm, staff)
+        directory = self.core.directory
+        staff = (audience(alarm, directory) if staff_ids is None
+                 else staff_ids | administrators(directory))
+        body = self._show(alarm, staff, urgent)
         for notifier in self._notifiers:
             notifier(body, staff)
         if self._early is not None:
@@ -142,16 +150,21 @@ class Effects:
         for listener in self.listeners:
             listener(alarm)
 
-    def _show(self, alarm: Alarm, staff: frozenset[str]) -> dict[str, Any]:
-        """Push an alarm to the clients of its audience, each as its role may see it."""
+    def _show(self, alarm: Alarm, staff: frozenset[str], urgent: bool) -> dict[str, Any]:
+        """Push an alarm to the clients of ``staff``, each as its role may see it.
+
+        ``urgent`` (an escalation, a reminder, a hand-over): the client alerts loudly even if
+        it showed the alarm before.
+        """
         body = alarm_json(alarm, self.org)
         technicians = frozenset(
             s for s in staff
             if (member := self.org.staff.get(s)) is not None and member.role == "technician"
         )
-        self.hub.send(staff - technicians, {"type": "alarm", "alarm": body})
+        self.hub.send(staff - technicians, {"type": "alarm", "alarm": body, "urgent": urgent})
         if technicians:
-            self.hub.send(technicians, {"type": "alarm", "alarm": for_role("technician", body)})
+            self.hub.send(technicians, {"type": "alarm", "alarm": for_role("technician", body),
+                                        "urgent": urgent})
         return body
 
     def broadcast_notice(self, code: str, level: str, text: str) -> None:

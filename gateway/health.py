@@ -84,6 +84,7 @@ class Probe:
         self.round_trip_s: float | None = None
         self.stalled = False
         self.interval_s = PROBE_INTERVAL_S
+        self.timeout_s = PROBE_TIMEOUT_S
         self.stall_s = STALL_S
 
     # -- the intake side -----------------------------------------------------------------
@@ -115,11 +116,13 @@ class Probe:
         try:
             if not self._publish(Outbound(self._topic, payload, qos=1)):
                 return
-            async with asyncio.timeout(PROBE_TIMEOUT_S):
+            # Never longer than the stall threshold: the verdict must not wait for a probe.
+            timeout = min(self.timeout_s, self.stall_s)
+            async with asyncio.timeout(timeout):
                 await waiter
                 await self._pipeline.flush()
         except TimeoutError:
-            _LOGGER.warning("probe %s did not come round within %.0f s", ref, PROBE_TIMEOUT_S)
+            _LOGGER.warning("probe %s did not come round within %.1f s", ref, timeout)
             return
         finally:
             self._waiting.pop(ref, None)
@@ -261,6 +264,7 @@ def health_report(gw: HealthSource) -> dict[str, Any]:
         "mqtt": "up" if lanes["alarm"] else "down",
         "journal": "ok" if journal_ok else ("failing" if running else "stopped"),
         "probe": gw.probe.json(),
+        "intake": {"rejected": gw.ingest.rejected, "handler_errors": gw.ingest.faults},
         "links": links,
         "tasks": {name: state.json() for name, state in sorted(tasks.items())},
         "devices": {"watched": counts.watched, "offline": counts.offline},

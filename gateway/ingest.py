@@ -96,6 +96,9 @@ class Ingest:
         self._log_limiter = LogLimiter(interval_s=LOG_INTERVAL_S)
         self._ingest_counters: dict[type, Any] = {}
         self.last_message_at: dict[str, float] = {}
+        # Totals for /healthz (the metrics have them by reason and transport).
+        self.rejected = 0
+        self.faults = 0
 
     # -- MQTT ----------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class Ingest:
               payload: bytes | None = None, message: DeviceMessage | None = None) -> None:
         """A handler failed on one message: log it (rate-limited), count it, answer it."""
         self.metrics.handler_errors.labels(transport).inc()
+        self.faults += 1
         key = f"{transport}:{type(exc).__name__}"
         if self._log_limiter.allow(key):
             _LOGGER.error(
@@ -217,6 +221,7 @@ class Ingest:
     def reject(self, rejected: Rejected) -> None:
         """Count and (rate-limited) log a refused device message."""
         self.metrics.rejects.labels(rejected.reason.value).inc()
+        self.rejected += 1
         if self._log_limiter.allow(rejected.reason.value):
             _LOGGER.warning(
                 "rejected device message (%s) from %s: %s%s",

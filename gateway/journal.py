@@ -22,11 +22,11 @@ import queue
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, TypeAlias
+from typing import Any, Protocol, Self, TypeAlias
 
 from alarms.dedupe import Claim, is_resend
 from alarms.model import Hop
@@ -304,29 +304,21 @@ class SqliteJournal:
                 raise sqlite3.OperationalError("database or disk is full (simulated)")
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
-            # Runs of batches without expectations go in one executemany; a batch with
-            # expectations is checked against what the transaction holds so far (earlier
-            # batches of this group included) and written alone.
+            # The whole group in one pass: what the database holds is read once (the latest
+            # claim of every (device, ref) the group claims, the record count of every alarm
+            # a batch has expectations on), each batch is checked against that plus what the
+            # earlier batches of this group add, and the rows, claims and closes are written
+            # with one executemany each. A refused batch adds nothing.
+            view = _GroupView(conn, group, now)
             rows: list[tuple[str, float, str]] = []
-            closed: list[tuple[str, float]] = []
             for index, (records, expect, _, _) in enumerate(group):
-                claims = claims_in(records, now)
-                if expect or claims:
-                    self._insert(conn, rows)
-                    rows = []
-                    refusal: JournalError | None = _check(conn, expect) if expect else None
-                    if refusal is None and claims:
-                        refusal = _claim(conn, claims, now)
-                    if refusal is not None:
-                        conflicts[index] = refusal
-                        continue
+                refusal = view.take(records, expect, now)
+                if refusal is not None:
+                    conflicts[index] = refusal
+                    continue
                 rows.extend((r.alarm_id, now, to_json(r)) for r in records)
-                closed.extend(closed_in(records))
             self._insert(conn, rows)
-            if closed:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO closed (alarm_id, closed_at) VALUES (?, ?)", closed
-                )
+            view.write(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -336,9 +328,13 @@ class SqliteJournal:
         elapsed = time.perf_counter() - started
         if error is None and self._on_commit is not None:
             self._on_commit(elapsed, len(group))
+        # One wake-up of each event loop for the whole group, not one per batch.
+        outcomes: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None],
+                                                             BaseException | None]]] = {}
         for index, (_, _, future, loop) in enumerate(group):
-            outcome = conflicts.get(index, error)
-            loop.call_soon_threadsafe(_settle, future, outcome)
+            outcomes.setdefault(loop, []).append((future, conflicts.get(index, error)))
+        for loop, settled in outcomes.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: list[tuple[str, float, str]]) -> None:
@@ -348,57 +344,80 @@ class SqliteJournal:
             )
 
 
-def _check(conn: sqlite3.Connection, expect: Expectations) -> ConflictError | None:
-    ids = list(expect)
-    marks = ",".join("?" * len(ids))
-    found: Counter[str] = Counter(
-        dict(conn.execute(
-            f"SELECT alarm_id, count(*) FROM journal WHERE alarm_id IN ({marks})"
-            " GROUP BY alarm_id",
-            ids,
-        ).fetchall())
-    )
-    for alarm_id, expected in expect.items():
-        if found[alarm_id] != expected:
-            return ConflictError(alarm_id, expected, found[alarm_id])
-    return None
+class _GroupView:
+    """What one group commit may see: the database before it, plus its accepted batches."""
+
+    def __init__(self, conn: sqlite3.Connection, group: list[_Item], now: float) -> None:
+        keys = {(c.device_id, c.ref) for records, _, _, _ in group
+                for c in claims_in(records, now)}
+        expected = {alarm_id for _, expect, _, _ in group if expect for alarm_id in expect}
+        # (device, ref) -> (generation, claim, whether its alarm is open)
+        self.latest: dict[tuple[str, str], tuple[int, Claim, bool]] = {}
+        for chunk in _chunks(sorted(keys), 400):
+            marks = ",".join("(?, ?)" for _ in chunk)
+            found = conn.execute(
+                "SELECT c.device_id, c.ref, c.generation, c.alarm_id, c.content, c.stored_at,"
+                " d.alarm_id IS NULL FROM claims c LEFT JOIN closed d ON d.alarm_id = c.alarm_id"
+                f" WHERE (c.device_id, c.ref) IN (VALUES {marks})",
+                [part for key in chunk for part in key],
+            ).fetchall()
+            for device_id, ref, generation, holder, content, stored_at, is_open in found:
+                key = (device_id, ref)
+                if key not in self.latest or generation > self.latest[key][0]:
+                    self.latest[key] = (int(generation),
+                                        Claim(str(holder), content, float(stored_at)),
+                                        bool(is_open))
+        self.counts: Counter[str] = Counter()
+        for chunk in _chunks(sorted(expected), 400):
+            marks = ",".join("?" * len(chunk))
+            self.counts.update(dict(conn.execute(
+                f"SELECT alarm_id, count(*) FROM journal WHERE alarm_id IN ({marks})"
+                " GROUP BY alarm_id", chunk).fetchall()))
+        self.claims: list[tuple[str, str, int, str, str | None, float]] = []
+        self.closed: list[tuple[str, float]] = []
+
+    def take(self, records: Sequence[Record], expect: Expectations | None, now: float
+             ) -> JournalError | None:
+        """Check one batch; if it holds, count it in (its claims, records and closes)."""
+        for alarm_id, expected in (expect or {}).items():
+            if self.counts[alarm_id] != expected:
+                return ConflictError(alarm_id, expected, self.counts[alarm_id])
+        claims = claims_in(records, now)
+        generations: list[int] = []
+        for claim in claims:
+            held = self.latest.get((claim.device_id, claim.ref))
+            if held is None:
+                generations.append(0)
+                continue
+            generation, previous, is_open = held
+            if claim.content is not None and is_resend(
+                previous, claim.content, alarm_open=is_open, now=now
+            ):
+                return DuplicateAlarmError(claim.device_id, claim.ref, previous.alarm_id)
+            generations.append(generation + 1)
+        for claim, generation in zip(claims, generations, strict=True):
+            self.latest[(claim.device_id, claim.ref)] = (
+                generation, Claim(claim.alarm_id, claim.content, claim.stored_at), True)
+            self.claims.append((claim.device_id, claim.ref, generation, claim.alarm_id,
+                                claim.content, claim.stored_at))
+        self.counts.update(r.alarm_id for r in records)
+        self.closed.extend(closed_in(records))
+        return None
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """The accepted claims and closes (the rows are the caller's)."""
+        if self.claims:
+            conn.executemany(
+                "INSERT INTO claims (device_id, ref, generation, alarm_id, content, stored_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", self.claims)
+        if self.closed:
+            conn.executemany(
+                "INSERT OR IGNORE INTO closed (alarm_id, closed_at) VALUES (?, ?)", self.closed)
 
 
-def _claim(
-    conn: sqlite3.Connection, claims: list[NewClaim], now: float
-) -> DuplicateAlarmError | None:
-    """Claim every (device, ref) of a batch, or none and say which one is a resend.
-
-    Sees the claims of earlier batches of the same transaction, so two copies of one message
-    in one group commit are one alarm.
-    """
-    generations: list[int] = []
-    for claim in claims:
-        row = conn.execute(
-            "SELECT c.generation, c.alarm_id, c.content, c.stored_at, d.alarm_id IS NULL"
-            " FROM claims c LEFT JOIN closed d ON d.alarm_id = c.alarm_id"
-            " WHERE c.device_id = ? AND c.ref = ? ORDER BY c.generation DESC LIMIT 1",
-            (claim.device_id, claim.ref),
-        ).fetchone()
-        if row is None:
-            generations.append(0)
-            continue
-        generation, holder, content, stored_at, is_open = row
-        previous = Claim(str(holder), content, float(stored_at))
-        if claim.content is not None and is_resend(
-            previous, claim.content, alarm_open=bool(is_open), now=now
-        ):
-            return DuplicateAlarmError(claim.device_id, claim.ref, str(holder))
-        generations.append(int(generation) + 1)
-    conn.executemany(
-        "INSERT INTO claims (device_id, ref, generation, alarm_id, content, stored_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (c.device_id, c.ref, g, c.alarm_id, c.content, c.stored_at)
-            for c, g in zip(claims, generations, strict=True)
-        ],
-    )
-    return None
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _backfill_claims(conn: sqlite3.Connection) -> None:
@@ -424,6 +443,11 @@ def _backfill_claims(conn: sqlite3.Connection) -> None:
         claims,
     )
     conn.executemany("INSERT OR IGNORE INTO closed (alarm_id, closed_at) VALUES (?, ?)", closed)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, error in settled:
+        _settle(future, error)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

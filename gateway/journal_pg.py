@@ -45,6 +45,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,7 +78,6 @@ from gateway.journal import (
     DuplicateAlarmError,
     Expectations,
     JournalError,
-    NewClaim,
     claims_in,
     closed_in,
 )
@@ -339,15 +339,19 @@ _COUNT_RECORDS = (
 _FOLLOW = "SELECT seq, gateway_id, body FROM trygg_journal WHERE seq > %s ORDER BY seq LIMIT %s"
 # Rows fetched per ``follow`` query; ``follow`` loops until it has read everything.
 FOLLOW_BATCH = 5000
-_LATEST_CLAIM = (
-    "SELECT r.generation, r.alarm_id, r.content, coalesce(r.stored_at, r.alarm_opened_at),"
-    " c.alarm_id IS NULL"
-    " FROM trygg_alarm_refs r LEFT JOIN trygg_alarm_closed c ON c.alarm_id = r.alarm_id"
-    " WHERE r.device_id = %s AND r.ref = %s ORDER BY r.generation DESC LIMIT 1"
+_OPENED_AT_ANY = (
+    "SELECT alarm_id, alarm_opened_at FROM trygg_alarm_refs"
+    " WHERE alarm_id = ANY(%s::text[]) AND kind = 'opened'"
 )
-_OPENED_AT = (
-    "SELECT alarm_opened_at FROM trygg_alarm_refs WHERE alarm_id = %s AND kind = 'opened'"
-    " LIMIT 1"
+# The latest claim of each (device, ref) given as two parallel arrays.
+_LATEST_CLAIMS = (
+    "SELECT DISTINCT ON (r.device_id, r.ref) r.device_id, r.ref, r.generation, r.alarm_id,"
+    " r.content, coalesce(r.stored_at, r.alarm_opened_at), c.alarm_id IS NULL"
+    " FROM trygg_alarm_refs r"
+    " JOIN unnest(%s::text[], %s::text[]) AS k(device_id, ref)"
+    " ON r.device_id = k.device_id AND r.ref = k.ref"
+    " LEFT JOIN trygg_alarm_closed c ON c.alarm_id = r.alarm_id"
+    " ORDER BY r.device_id, r.ref, r.generation DESC"
 )
 _INSERT_CLAIM = (
     "INSERT INTO trygg_alarm_refs"
@@ -591,10 +595,19 @@ class PostgresJournal:
                         )
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_LOCK,))
                     now = time.time()
+                    # The whole group in one pass under the lock (as in the SQLite journal):
+                    # the claims and record counts it depends on are read once, every batch
+                    # is checked against them plus this group's earlier batches, and what
+                    # holds is written with one statement per table.
+                    view = await _GroupView.read(conn, group, now)
+                    rows: list[tuple[str, str, str, str]] = []
                     for index, item in enumerate(group):
-                        outcomes[index] = await self._write_batch(
-                            conn, item.records, item.expect, now, written
-                        )
+                        outcomes[index] = view.take(item.records, item.expect, now,
+                                                    self.gateway_id)
+                        if outcomes[index] is None:
+                            rows.extend((self.gateway_id, r.alarm_id, _KIND[type(r)],
+                                         to_json(r)) for r in item.records)
+                    written.extend(await view.write(conn, rows))
                     if written:
                         # Delivered to listeners when (and only if) the transaction commits.
                         await conn.execute(
@@ -616,94 +629,98 @@ class PostgresJournal:
         for item, outcome in zip(group, outcomes, strict=True):
             _settle(item.future, outcome)
 
-    async def _write_batch(
-        self,
-        conn: PgConnection,
-        records: Sequence[Record],
-        expect: Expectations | None,
-        now: float,
-        written: list[int],
-    ) -> JournalError | None:
-        """Write one batch; a batch that claims refs gets a savepoint of its own."""
-        if expect:
-            # Under the commit lock, and seeing this group's earlier batches: exact.
-            cur = await conn.execute(_COUNT_RECORDS, (list(expect),))
-            found = {str(alarm_id): int(n) for alarm_id, n in await cur.fetchall()}
-            for alarm_id, expected in expect.items():
-                if found.get(alarm_id, 0) != expected:
-                    return ConflictError(alarm_id, expected, found.get(alarm_id, 0))
-        if not any(isinstance(r, AlarmOpened | RefAttached) for r in records):
-            written.extend(await self._insert(conn, records, now))
-            return None
-        try:
-            async with conn.transaction():
-                seqs = await self._insert(conn, records, now)
-        except DuplicateAlarmError as exc:
-            return exc
-        written.extend(seqs)
+
+class _GroupView:
+    """What one group commit may see: the database before it, plus its accepted batches."""
+
+    def __init__(self) -> None:
+        # (device, ref) -> (generation, claim, whether its alarm is open)
+        self.latest: dict[tuple[str, str], tuple[int, Claim, bool]] = {}
+        self.counts: Counter[str] = Counter()
+        # alarm id -> when it was opened (for claims attached to it)
+        self.opened_at: dict[str, float] = {}
+        self.claims: list[tuple[Any, ...]] = []
+        self.closed: list[tuple[str, float]] = []
+
+    @classmethod
+    async def read(cls, conn: PgConnection, group: list[_Item], now: float) -> _GroupView:
+        view = cls()
+        devices, refs, attached_to = [], [], set()
+        for item in group:
+            opened = {r.alarm_id for r in item.records if isinstance(r, AlarmOpened)}
+            for claim in claims_in(item.records, now):
+                devices.append(claim.device_id)
+                refs.append(claim.ref)
+                if claim.alarm_id not in opened:
+                    attached_to.add(claim.alarm_id)
+        if devices:
+            cur = await conn.execute(_LATEST_CLAIMS, (devices, refs))
+            for device_id, ref, generation, holder, content, stored_at, is_open in (
+                await cur.fetchall()
+            ):
+                view.latest[(device_id, ref)] = (
+                    int(generation), Claim(str(holder), content, float(stored_at)),
+                    bool(is_open))
+        if attached_to:
+            cur = await conn.execute(_OPENED_AT_ANY, (sorted(attached_to),))
+            view.opened_at.update({str(a): float(t) for a, t in await cur.fetchall()})
+        expected = sorted({a for item in group if item.expect for a in item.expect})
+        if expected:
+            cur = await conn.execute(_COUNT_RECORDS, (expected,))
+            view.counts.update({str(a): int(n) for a, n in await cur.fetchall()})
+        return view
+
+    def take(self, records: Sequence[Record], expect: Expectations | None, now: float,
+             gateway_id: str) -> JournalError | None:
+        """Check one batch; if it holds, count it in (its claims, records and closes)."""
+        for alarm_id, expected in (expect or {}).items():
+            if self.counts[alarm_id] != expected:
+                return ConflictError(alarm_id, expected, self.counts[alarm_id])
+        claims = claims_in(records, now)
+        opened = {r.alarm_id: r for r in records if isinstance(r, AlarmOpened)}
+        generations: list[int] = []
+        for claim in claims:
+            held = self.latest.get((claim.device_id, claim.ref))
+            if held is None:
+                generations.append(0)
+                continue
+            generation, previous, is_open = held
+            if claim.content is not None and is_resend(
+                previous, claim.content, alarm_open=is_open, now=now
+            ):
+                return DuplicateAlarmError(claim.device_id, claim.ref, previous.alarm_id)
+            generations.append(generation + 1)
+        for claim, generation in zip(claims, generations, strict=True):
+            kind = "opened" if claim.alarm_id in opened else "attached"
+            if kind == "opened":
+                self.opened_at[claim.alarm_id] = claim.stored_at
+            opened_at = self.opened_at.get(claim.alarm_id, claim.stored_at)
+            self.latest[(claim.device_id, claim.ref)] = (
+                generation, Claim(claim.alarm_id, claim.content, claim.stored_at), True)
+            self.claims.append((claim.device_id, claim.ref, generation, claim.alarm_id, kind,
+                                opened_at, gateway_id, claim.content, claim.stored_at))
+        self.counts.update(r.alarm_id for r in records)
+        self.closed.extend(closed_in(records))
         return None
 
-    async def _insert(
-        self, conn: PgConnection, records: Sequence[Record], now: float
-    ) -> list[int]:
-        """Insert the batch's rows (and its claims); returns their seqs."""
-        for claim in claims_in(records, now):
-            opened = any(
-                isinstance(r, AlarmOpened) and r.alarm_id == claim.alarm_id for r in records
-            )
-            if opened:
-                opened_at = claim.stored_at
-            else:
-                cur = await conn.execute(_OPENED_AT, (claim.alarm_id,))
-                row = await cur.fetchone()
-                opened_at = float(row[0]) if row is not None else claim.stored_at
-            await self._claim(conn, claim, "opened" if opened else "attached", opened_at, now)
-        for alarm_id, at in closed_in(records):
-            await conn.execute(_INSERT_CLOSED, (alarm_id, at))
-        seqs: list[int] = []
+    async def write(self, conn: PgConnection, rows: list[tuple[str, str, str, str]]
+                    ) -> list[int]:
+        """The claims, closes and records of the accepted batches; the records' seqs."""
         async with conn.cursor() as cur:
-            await cur.executemany(
-                _INSERT_RECORD,
-                [
-                    (self.gateway_id, r.alarm_id, _KIND[type(r)], to_json(r))
-                    for r in records
-                ],
-                returning=True,
-            )
-            while True:
-                row = await cur.fetchone()
-                if row is not None:
-                    seqs.append(int(row[0]))
-                if not cur.nextset():
-                    break
+            if self.claims:
+                await cur.executemany(_INSERT_CLAIM, self.claims)
+            if self.closed:
+                await cur.executemany(_INSERT_CLOSED, self.closed)
+            seqs: list[int] = []
+            if rows:
+                await cur.executemany(_INSERT_RECORD, rows, returning=True)
+                while True:
+                    row = await cur.fetchone()
+                    if row is not None:
+                        seqs.append(int(row[0]))
+                    if not cur.nextset():
+                        break
         return seqs
-
-    async def _claim(
-        self, conn: PgConnection, claim: NewClaim, kind: str, opened_at: float, now: float
-    ) -> None:
-        """Claim (device, ref) under the core's resend rule (alarms.dedupe), or raise."""
-        device_id, ref = claim.device_id, claim.ref
-        cur = await conn.execute(_LATEST_CLAIM, (device_id, ref))
-        row = await cur.fetchone()
-        generation = 0
-        if row is not None:
-            previous, holder, content, stored_at, is_open = row
-            latest = Claim(str(holder), content, float(stored_at))
-            if claim.content is not None and is_resend(
-                latest, claim.content, alarm_open=bool(is_open), now=now
-            ):
-                raise DuplicateAlarmError(device_id, ref, str(holder))
-            generation = int(previous) + 1
-        try:
-            await conn.execute(
-                _INSERT_CLAIM,
-                (device_id, ref, generation, claim.alarm_id, kind, opened_at, self.gateway_id,
-                 claim.content, claim.stored_at),
-            )
-        except psycopg.errors.UniqueViolation as exc:
-            # Only a writer that bypassed the commit lock can race us to a generation; the
-            # primary key still guarantees one alarm per (device, ref, generation).
-            raise DuplicateAlarmError(device_id, ref, None) from exc
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -46,11 +47,12 @@ NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
 
-# Publisher workers: each awaits one PUBACK at a time. Eight keep acks flowing while the
-# broker is slow without flooding its inflight window (Mosquitto's default is 20).
-PUBLISH_WORKERS = 8
-# Outbound messages waiting for a worker. Acks beyond this are dropped and counted; the
-# device resends and is acked again, so this never loses an alarm.
+# Outbound QoS 1 messages the client may have sent and not yet had acknowledged: enough for
+# acks to stream on loopback or a LAN without waiting on each round trip (paho's default is
+# 20), few enough that paho's scan of its in-flight messages at every PUBACK stays short.
+MAX_INFLIGHT = 32
+# Outbound messages waiting in the client beyond those. Acks beyond this are dropped and
+# counted; the device resends and is acked again, so this never loses an alarm.
 MAX_OUTBOUND = 10_000
 
 
@@ -73,6 +75,30 @@ SHARED_CHANNELS = frozenset({Channel.ALARM, Channel.TELEMETRY})
 # (unacked) and reaches a live member; with no member left, devices keep resending.
 SESSION_EXPIRY_S = 0
 
+# MQTT 5 DISCONNECT reason code "Session taken over": another client connected with this
+# client id. A broker that sends it makes a single take-over visible (Mosquitto 2.0.11 just
+# closes the socket); otherwise LinkWatch sees the take-overs as flapping (alarms.flapping).
+SESSION_TAKEN_OVER = 0x8E
+
+
+# A received message: topic and payload, nothing else (see SafeClient._on_message).
+Received = tuple[str, bytes]
+
+# Packets read per wake-up of the event loop at most (SafeClient._on_socket_open).
+READ_BURST = 64
+
+
+class _NoFilters:
+    """paho's per-topic callback matcher, for a client with no per-topic callbacks."""
+
+    @staticmethod
+    def iter_match(topic: str) -> tuple[()]:
+        """No callback for any topic."""
+        return ()
+
+
+_NO_FILTERS = _NoFilters()
+
 
 class SafeClient(aiomqtt.Client):
     """``aiomqtt.Client`` whose deferred writer registration checks the socket still lives.
@@ -84,7 +110,52 @@ class SafeClient(aiomqtt.Client):
     still holds this very socket closes that window.
     """
 
-    def queued(self) -> aiomqtt.Message | None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # [3] paho walks its per-topic callback trie for every message; the gateway registers
+        # no per-topic callbacks, so the walk always finds nothing.
+        self._client._on_message_filtered = _NO_FILTERS  # type: ignore[assignment] # see [3]
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        # [1] The receive path carries (topic, payload) only: aiomqtt's Message (topic
+        # parsing and validation per message) was the largest single cost of ingest.
+        self._queue.put_nowait((message.topic, message.payload))  # type: ignore[arg-type]
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        # Replaces aiomqtt's, which registers a reader that reads one packet per wake-up
+        # and does so by an fd number that may be closed (or reused) by the time it runs.
+        def read() -> None:
+            # [2] Every packet that is already in the socket, not one per wake-up of the
+            # event loop (paho's loop_read reads one when nothing is in flight), bounded so
+            # that a flood on one connection cannot starve the other lane and the timers.
+            try:
+                for _ in range(READ_BURST):
+                    rc = client._packet_read()  # private: see [2]
+                    if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                        break
+                    if rc > 0:
+                        client._loop_rc_handle(rc)  # what loop_read does
+                        break
+            except Exception as exc:  # noqa: BLE001 - mirrors aiomqtt: a broken pipe ends it
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            # Only while paho still holds this very socket (as for the writer, below).
+            if client.socket() is sock:
+                self._loop.add_reader(sock.fileno(), read)
+
+        def keep_alive() -> None:
+            # aiomqtt's ping loop, as its own _on_socket_open starts it (and only for a
+            # socket still open: its _on_socket_close cancels the loop it finds).
+            if client.socket() is sock:
+                self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # paho may call this from the thread that connects (aiomqtt's executor).
+        self._loop.call_soon_threadsafe(register)
+        self._loop.call_soon_threadsafe(keep_alive)
+
+    def queued(self) -> Received | None:
         """The next received message if one is already waiting, else None.
 
         aiomqtt's message iterator starts a task and an ``asyncio.wait`` for every message
@@ -92,9 +163,21 @@ class SafeClient(aiomqtt.Client):
         a backlog after a reconnect — taking them directly skips that per-message cost.
         """
         try:
-            return self._queue.get_nowait()
+            item: Received = self._queue.get_nowait()  # type: ignore[assignment]
         except asyncio.QueueEmpty:
             return None
+        return item
+
+    def disconnect_reason(self) -> int | None:
+        """The reason code the session ended with, if it ended unexpectedly (MQTT 5: the
+        broker's DISCONNECT reason, e.g. ``SESSION_TAKEN_OVER``)."""
+        ended = self._disconnected
+        if not ended.done() or ended.cancelled():
+            return None
+        error = ended.exception()
+        if not isinstance(error, aiomqtt.MqttCodeError) or error.rc is None:
+            return None
+        return int(error.rc.value) if hasattr(error.rc, "value") else int(error.rc)
 
     def _on_socket_register_write(
         self, client: Any, userdata: Any, sock: Any
@@ -222,7 +305,9 @@ class MqttLink:
         self.channels = channels
         self.announce = announce
         self.name = name
-        self._outbound: asyncio.Queue[Outbound] = asyncio.Queue(MAX_OUTBOUND)
+        # The connected client (None between sessions): outbound messages are handed to it
+        # directly (publish_nowait), never through a task per message.
+        self._client: SafeClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -230,6 +315,8 @@ class MqttLink:
         self.started_at = time.time()
         self.connects = 0
         self.dropped_outbound = 0
+        # Why the last session ended, when the broker said (``SafeClient.disconnect_reason``).
+        self.disconnect_reason: int | None = None
 
     @property
     def status_topic(self) -> str:
@@ -298,13 +385,21 @@ class MqttLink:
         )
 
     def publish_nowait(self, message: Outbound) -> bool:
-        """Queue a message; False (counted) when disconnected or the queue is full."""
-        if not self.connected:
+        """Hand a message to the client; False (counted) when disconnected or backed up.
+
+        paho queues it and the event loop writes it (its socket writer); the broker's PUBACK
+        is paho's business. No task and no await per message: an ack costs what it must.
+        """
+        client = self._client
+        if client is None or not self.connected:
             self.dropped_outbound += 1
             return False
-        try:
-            self._outbound.put_nowait(message)
-        except asyncio.QueueFull:
+        paho = client._client  # aiomqtt's paho client (private); see the docstring
+        if len(paho._out_messages) >= MAX_OUTBOUND:  # its backlog (private)
+            self.dropped_outbound += 1
+            return False
+        info = paho.publish(message.topic, message.payload, message.qos, message.retain)
+        if info.rc != 0:
             self.dropped_outbound += 1
             return False
         return True
@@ -327,6 +422,8 @@ class MqttLink:
         ).encode()
 
     def _set_state(self, up: bool) -> None:
+        if not up:
+            self._client = None
         if up == self._connected.is_set():
             return
         if up:
@@ -354,12 +451,15 @@ class MqttLink:
                 socket_options=NODELAY,
                 tls_context=self._tls_context,
                 timeout=10,
+                max_inflight_messages=MAX_INFLIGHT,
             )
             try:
                 async with client:
                     attempt = 0
+                    self.disconnect_reason = None
                     await self._session(client)
             except aiomqtt.MqttError as exc:
+                self.disconnect_reason = client.disconnect_reason()
                 self._set_state(False)
                 if self._stopping.is_set():
                     return
@@ -406,17 +506,12 @@ class MqttLink:
         if self.announce:
             await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connects += 1
-        # Anything queued while we were down was for a previous session: acks are
-        # re-sent when devices resend, so start clean rather than replay stale output.
-        while not self._outbound.empty():
-            self._outbound.get_nowait()
+        self._client = client
         self._set_state(True)
         _LOGGER.info("MQTT %s link to %s:%d up (session %d)", self.name, self.host, self.port,
                      self.connects)
         try:
             async with asyncio.TaskGroup() as group:
-                for n in range(PUBLISH_WORKERS):
-                    group.create_task(self._publisher(client), name=f"mqtt publisher {n}")
                 group.create_task(self._receiver(client), name="mqtt receiver")
                 group.create_task(self._until_stopped(), name="mqtt stop watch")
         except ExceptionGroup as errors:
@@ -439,14 +534,15 @@ class MqttLink:
         raise _StoppingError
 
     async def _receiver(self, client: SafeClient) -> None:
-        messages = client.messages
+        messages: Any = client.messages  # yields Received items (SafeClient._on_message)
         burst = 0
         while True:
-            message = client.queued()
+            message: Received | None = client.queued()
             if message is None:
                 # Nothing waiting: block (and notice a disconnect) the iterator's way.
                 burst = 0
                 message = await anext(messages)
+                assert message is not None
             else:
                 burst += 1
                 if burst >= RECEIVE_BURST:
@@ -454,16 +550,5 @@ class MqttLink:
                     # run between bursts (a handler that never suspends would starve them).
                     burst = 0
                     await asyncio.sleep(0)
-            payload = message.payload
-            if isinstance(payload, str):
-                data = payload.encode()
-            elif isinstance(payload, bytes | bytearray):
-                data = bytes(payload)
-            else:
-                data = b""
-            await self._on_message(message.topic.value, data)
-
-    async def _publisher(self, client: aiomqtt.Client) -> None:
-        while True:
-            item = await self._outbound.get()
-            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            topic_name, payload = message
+            await self._on_message(topic_name, payload)

@@ -20,15 +20,17 @@ import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from alarms.model import Alarm
 from gateway.audit import AUDIT_FILENAME
 from gateway.org import OrgStore, RecipientInfo
-from gateway.provisioning import DeviceRegistry
 from gateway.views import alarm_json
+
+if TYPE_CHECKING:
+    from gateway.provisioning import DeviceRegistry
 
 TELEMETRY_FILENAME = "telemetry.sqlite3"
 ERASED_NAME = "[raderad / erased]"

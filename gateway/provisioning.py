@@ -31,10 +31,12 @@ from typing import Any, Protocol
 from devices.contract import DEFAULT_PREFIX, valid_id
 from gateway.broker_auth import (
     BrokerFiles,
+    GatewayAccounts,
     accounts_with_gateway,
     mosquitto_hash,
     new_device_password,
 )
+from gateway.config import OtherGateway
 from gateway.errors import DomainError
 from gateway.org import DeviceInfo, OrgStore
 
@@ -137,9 +139,23 @@ class BrokerAccount:
     prefix: str = DEFAULT_PREFIX
     gateway_username: str = "trygg-gateway"
     gateway_password: str | None = None
+    # The telemetry lane's account (default "<gateway_username>-telemetry").
+    telemetry_username: str | None = None
+    # The other gateways of a cluster: their lane accounts go into the files too.
+    other_gateways: tuple[OtherGateway, ...] = ()
     # Where devices connect, for the enrolment answer (host, port, tls).
     host: str = "127.0.0.1"
     port: int = 1883
+
+    def gateways(self) -> list[GatewayAccounts]:
+        """Every gateway's lane accounts: this one's first."""
+        return [GatewayAccounts.named(self.gateway_username, self.telemetry_username),
+                *(GatewayAccounts.named(o.username, o.telemetry_username)
+                  for o in self.other_gateways)]
+
+    def reserved(self) -> frozenset[str]:
+        """Usernames no device may have (they are gateway accounts)."""
+        return frozenset(name for g in self.gateways() for name in g.names())
 
 
 def _hash_code(code: str) -> str:
@@ -251,7 +267,7 @@ class DeviceRegistry:
         firmware: str = "", actor: str, recipient_id: str | None = None,
     ) -> RegisteredDevice:
         """Add a device to the registry (and, with ``recipient_id``, bind it)."""
-        if not valid_id(device_id) or device_id == self.broker.gateway_username:
+        if not valid_id(device_id) or device_id in self.broker.reserved():
             raise ProvisioningError(422, f"unusable device id {device_id!r}")
         if not valid_id(type):
             raise ProvisioningError(422, f"unusable device type {type!r}")
@@ -416,11 +432,12 @@ class DeviceRegistry:
                 "SELECT c.device_id, c.hash FROM credentials c JOIN registry r"
                 " ON r.device_id = c.device_id WHERE r.state != 'decommissioned'"
             ).fetchall()
+        broker = self.broker
         accounts = accounts_with_gateway(
-            [(d, h) for d, h in devices], self.broker.gateway_username,
-            self.broker.gateway_password,
+            [(d, h) for d, h in devices], broker.gateway_username, broker.gateway_password,
+            telemetry_username=broker.telemetry_username, others=broker.other_gateways,
         )
-        files.write(accounts, self.broker.prefix, self.broker.gateway_username)
+        files.write(accounts, broker.prefix, broker.gateways())
         if files.reload():
             _LOGGER.info("broker credentials reloaded (%d accounts)", len(accounts))
         return True

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sqlite3
 import time
 from collections import OrderedDict
@@ -38,11 +39,13 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02  # type: ignore[import-untyped]
 from pywebpush import WebPushException, webpush_async  # type: ignore[import-untyped]
 
+from gateway.pushguard import EndpointPolicy, addresses_problem
 from gateway.ratelimit import LogLimiter
 
 _LOGGER = logging.getLogger(__name__)
@@ -178,18 +181,22 @@ class SubscriptionStore:
             conn.execute("PRAGMA busy_timeout = 5000")
             yield conn
 
-    def add(self, subscription: Subscription) -> None:
-        """Store a subscription; an endpoint registered before moves to the new staff member.
+    def add(self, subscription: Subscription) -> bool:
+        """Store a subscription (or renew its keys); False if another staff member owns the
+        endpoint, which is then left as it is.
 
-        One endpoint is one browser; when a shared phone is logged in by someone else,
-        pushes for the previous user must stop reaching it.
+        An endpoint that belongs to someone else is never moved: whoever knows another
+        member's endpoint could otherwise take their pushes, alarms included. A shared phone
+        whose last user did not log out gets a fresh subscription (the app unsubscribes and
+        subscribes again on the 409), which has an endpoint of its own.
         """
         with self._connect() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO subscriptions (endpoint, staff_id, p256dh, auth, created_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET "
-                "staff_id = excluded.staff_id, p256dh = excluded.p256dh, "
-                "auth = excluded.auth, created_at = excluded.created_at",
+                "p256dh = excluded.p256dh, auth = excluded.auth, "
+                "created_at = excluded.created_at "
+                "WHERE subscriptions.staff_id = excluded.staff_id",
                 (
                     subscription.endpoint,
                     subscription.staff_id,
@@ -198,6 +205,7 @@ class SubscriptionStore:
                     time.time(),
                 ),
             )
+            return cursor.rowcount > 0
 
     def remove(self, endpoint: str, staff_id: str | None = None) -> bool:
         """Forget a subscription (only ``staff_id``'s, if given); whether one was removed."""
@@ -244,6 +252,7 @@ class PushStats:
     sent: int = 0  # pushes the push service accepted (2xx)
     failed: int = 0  # pushes that failed (network, 4xx/5xx other than expiry)
     expired: int = 0  # subscriptions removed because the push service said 404/410
+    refused: int = 0  # not sent: the endpoint breaks the rules (gateway.pushguard); removed
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,8 +329,12 @@ class PushNotifier:
         max_in_flight: int = MAX_IN_FLIGHT,
         ttl_s: int = PUSH_TTL_S,
         send_timeout_s: float = SEND_TIMEOUT_S,
+        policy: EndpointPolicy | None = None,
     ) -> None:
         self.store = store
+        # Where pushes may go (gateway.pushguard); checked again before every send, for
+        # subscriptions stored before the rules (or the allowed hosts) changed.
+        self.policy = policy if policy is not None else EndpointPolicy()
         self.keys = keys
         self.subject = subject
         self.ttl_s = ttl_s
@@ -335,12 +348,14 @@ class PushNotifier:
         self._open = False
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path, *, subject: str = DEFAULT_SUBJECT) -> PushNotifier:
+    def for_data_dir(cls, data_dir: Path, *, subject: str = DEFAULT_SUBJECT,
+                     policy: EndpointPolicy | None = None) -> PushNotifier:
         """A notifier on a gateway's data dir (keys and subscriptions)."""
         return cls(
             SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE),
             VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE),
             subject=subject,
+            policy=policy,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -402,27 +417,42 @@ class PushNotifier:
         timeout = aiohttp.ClientTimeout(total=self.send_timeout_s)
         # The sends are the run's own tasks: cancelled and awaited with it, before the
         # session closes.
-        async with aiohttp.ClientSession(timeout=timeout) as session, \
+        # Every connection's addresses are checked (PublicResolver) and redirects are not
+        # followed: the endpoint rules hold for what is actually connected to.
+        connector = aiohttp.TCPConnector(resolver=PublicResolver())
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                         trace_configs=[no_redirects()]) as session, \
                 asyncio.TaskGroup() as group:
             while True:
-                job = await self._queue.get()
+                # Every job queued meanwhile in one lookup (one thread hop, one read of the
+                # store), not one per alarm: a storm of alarms is a burst of jobs.
+                jobs = [await self._queue.get()]
+                while not self._queue.empty():
+                    jobs.append(self._queue.get_nowait())
                 try:
-                    subscriptions = await asyncio.to_thread(self.store.for_staff, job.staff_ids)
-                    for subscription in subscriptions:
-                        await slots.acquire()
-                        task = group.create_task(
-                            self._send(session, slots, subscription, job),
-                            name=f"web push {job.alarm_id}",
-                        )
-                        self._in_flight.add(task)
-                        task.add_done_callback(self._in_flight.discard)
+                    staff = frozenset().union(*(job.staff_ids for job in jobs))
+                    found = await asyncio.to_thread(self.store.for_staff, staff)
+                    by_staff: dict[str, list[Subscription]] = {}
+                    for subscription in found:
+                        by_staff.setdefault(subscription.staff_id, []).append(subscription)
+                    for job in jobs:
+                        for staff_id in sorted(job.staff_ids):
+                            for subscription in by_staff.get(staff_id, ()):
+                                await slots.acquire()
+                                task = group.create_task(
+                                    self._send(session, slots, subscription, job),
+                                    name=f"web push {job.alarm_id}",
+                                )
+                                self._in_flight.add(task)
+                                task.add_done_callback(self._in_flight.discard)
                 except sqlite3.Error as exc:
-                    self.stats.failed += 1
+                    self.stats.failed += len(jobs)
                     self._log_limiter.log(_LOGGER, logging.WARNING, "store",
-                                          "web push for alarm %s: store failed: %s",
-                                          job.alarm_id, exc)
+                                          "web push for %d alarm(s): store failed: %s",
+                                          len(jobs), exc)
                 finally:
-                    self._queue.task_done()
+                    for _ in jobs:
+                        self._queue.task_done()
 
     async def _send(
         self,
@@ -431,6 +461,16 @@ class PushNotifier:
         subscription: Subscription,
         job: _Job,
     ) -> None:
+        problem = self.policy.url_problem(subscription.endpoint)
+        if problem is not None:
+            # Stored before these rules (or before the allowed hosts changed): never sent
+            # to, and removed, so the phone registers a proper one at its next login.
+            slots.release()
+            self.stats.refused += 1
+            await asyncio.to_thread(self.store.remove, subscription.endpoint,
+                                    subscription.staff_id)
+            self._failed(subscription, job, f"{problem}; subscription removed")
+            return
         try:
             await webpush_async(
                 subscription.info(),
@@ -475,3 +515,46 @@ class PushNotifier:
                 reason,
                 self._log_limiter.suppressed_note(host),
             )
+
+
+# -- the sender's connections ------------------------------------------------------------
+
+
+class PublicResolver(AbstractResolver):
+    """aiohttp resolver that refuses a host with any non-public address.
+
+    The registration check resolved the host once; this one runs for every connection, so
+    an endpoint whose DNS answer changed to an inside address since (DNS rebinding) is not
+    reached either. aiohttp does not consult the resolver for IP literals, which the URL
+    rules never let through (except the test policy's loopback).
+    """
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        """Resolve, then refuse the host if any of its addresses is not public."""
+        results = await self._inner.resolve(host, port, family)
+        problem = addresses_problem(host, [r["host"] for r in results])
+        if problem is not None:
+            raise OSError(problem)
+        return results
+
+    async def close(self) -> None:
+        """Close the wrapped resolver."""
+        await self._inner.close()
+
+
+async def _refuse_redirect(session: aiohttp.ClientSession, context: Any,
+                           params: aiohttp.TraceRequestRedirectParams) -> None:
+    location = params.response.headers.get("Location")
+    raise aiohttp.ClientError(f"push service redirected to {location} (not followed)")
+
+
+def no_redirects() -> aiohttp.TraceConfig:
+    """A trace that turns any redirect into an error: a push service answers, it does not
+    send the gateway elsewhere (a redirect to an IP literal would bypass the resolver)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(_refuse_redirect)
+    return trace

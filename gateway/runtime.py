@@ -37,17 +37,17 @@ from devices.contract import Channel, topic
 from gateway import __version__
 from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
-from gateway.auth import TokenIssuer
 from gateway.config import Settings
 from gateway.duties import SUPERVISION
 from gateway.effects import Effects
+from gateway.files import private_umask, tighten
 from gateway.health import Probe, Watchdog, health_report
 from gateway.hub import StaffHub
 from gateway.ingest import DeviceSeen, Ingest
 from gateway.journal import Journal, SqliteJournal
 from gateway.links import LinkWatch
 from gateway.metrics import Metrics
-from gateway.mqtt import MqttLink, Outbound
+from gateway.mqtt import SESSION_TAKEN_OVER, MqttLink, Outbound
 from gateway.org import OrgStore
 from gateway.orgfile import RosterStore
 from gateway.pipeline import Pipeline
@@ -57,6 +57,7 @@ from gateway.timers import Timers
 from gateway.watch import DeviceWatch
 
 if TYPE_CHECKING:
+    from gateway.auth import TokenIssuer
     from gateway.cluster import Cluster
     from gateway.membership import Membership
     from gateway.services import Services
@@ -77,7 +78,10 @@ class Gateway:
         self.clock = clock
         # Replacement services for tests (e.g. ``{"cameras": factory}``): gateway.services.
         self.overrides = overrides or {}
+        # Data files are private (0600/0700) whatever umask we were started with.
+        private_umask()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tighten(settings.data_dir)
         self.org = org if org is not None else OrgStore(settings.data_dir / "org.sqlite3")
         self._owns_org = org is None
         self.rosters = RosterStore(settings.data_dir / "rosters.sqlite3")
@@ -86,7 +90,6 @@ class Gateway:
         self.journal = journal if journal is not None else self._journal()
         self.hub = StaffHub()
         self.audit = Auditor(settings.data_dir / AUDIT_FILENAME)
-        self.tokens = TokenIssuer(settings.secret_key, settings.token_ttl_s)
         prefix = settings.mqtt.prefix
         self.effects = Effects(core=self.core, org=self.org, hub=self.hub, metrics=self.metrics,
                                prefix=prefix)
@@ -211,7 +214,10 @@ class Gateway:
             gateway_id=self.settings.gateway_id, version=__version__,
             on_message=self.ingest.mqtt,
             on_state=functools.partial(self._on_link_state, link_name),
-            username=mqtt.username, password=mqtt.password, keepalive_s=mqtt.keepalive_s,
+            # One broker account per lane: with use_username_as_clientid (docs/security.md)
+            # the username is the session's client id, and no one else can take it.
+            username=mqtt.lane_username(name), password=mqtt.password,
+            keepalive_s=mqtt.keepalive_s,
             tls_context=mqtt.client_context(),
             shared_group=cluster.shared_group if cluster is not None else None,
             channels=channels, announce=announce, name=name,
@@ -220,7 +226,9 @@ class Gateway:
     def _on_link_state(self, name: str, up: bool) -> None:
         if name == "mqtt":
             self.metrics.mqtt_connected.set(1 if up else 0)
-        self.links.report(name, up)
+        lane = self.link if name == "mqtt" else self.telemetry_link
+        self.links.report(name, up,
+                          taken_over=lane.disconnect_reason == SESSION_TAKEN_OVER)
 
     def _observe_commit(self, seconds: float, batches: int) -> None:
         # Runs on the journal's writer thread; prometheus_client metrics are thread-safe.
@@ -349,6 +357,13 @@ class Gateway:
     dc09 = property(lambda self: self._service("dc09"), doc="The DC-09 receiver, if any.")
     sms = property(lambda self: self._service("sms"), doc="The SMS fallback, if any.")
     http_port = property(lambda self: self._service("http_port"), doc="The bound HTTP port.")
+    @functools.cached_property
+    def tokens(self) -> TokenIssuer:
+        """Checks bearer tokens (the JWT and argon2 code loads with the web, not before)."""
+        from gateway.auth import TokenIssuer
+
+        return TokenIssuer(self.settings.secret_key, self.settings.token_ttl_s)
+
     @property
     def leases_held(self) -> frozenset[str]:
         """The once-only work this gateway does in a cluster."""

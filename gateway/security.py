@@ -170,7 +170,12 @@ class RefreshStore:
             if expires_at < self._clock():
                 raise RefreshError("refresh token expired")
             conn.execute("UPDATE refresh SET used = 1 WHERE digest = ?", (_digest(token),))
-        return staff_id, self.issue(staff_id, family)
+            # The successor in the same transaction: nobody ever sees the family with its old
+            # token spent and no new one.
+            rotated = secrets.token_urlsafe(32)
+            conn.execute("INSERT INTO refresh VALUES (?, ?, ?, ?, 0, 0)",
+                         (_digest(rotated), family, staff_id, self._clock() + self.ttl_s))
+        return staff_id, rotated
 
     def revoke(self, token: str) -> None:
         """Log out: the token's whole family stops working."""

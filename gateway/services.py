@@ -21,15 +21,17 @@ from devices.contract import DeviceMessage
 from devices.scaip import Snu
 from devices.serial import NakReason
 from gateway.audit import AuditKind
-from gateway.broker_auth import BrokerAuthSettings, BrokerFiles
+from gateway.broker_auth import BrokerFiles
 from gateway.cameras import CameraService
 from gateway.centre_scaip import CentrePort, make_centre, report_fault
+from gateway.config import BrokerAuthSettings, OtherGateway
 from gateway.dc09 import Dc09Receiver, dc09_receiver
 from gateway.inband import InBand
 from gateway.org import DeviceInfo
 from gateway.provisioning import BrokerAccount, DeviceRegistry
 from gateway.provlarm import Provlarm
 from gateway.push import PushNotifier
+from gateway.pushguard import EndpointPolicy
 from gateway.scaip_intake import ScaipIntake
 from gateway.sensors import SensorService
 from gateway.serial import SerialLink, nak
@@ -119,7 +121,11 @@ class Services:
         sup.start("telemetry shedding", path.watch_shedding, Policy.RESTART)
         await sup.enter("mqtt telemetry lane", gw.telemetry_link, Policy.RESTART)
 
-        push = PushNotifier.for_data_dir(data_dir)
+        # Where pushes may go: the settings' push services; tests pass their loopback fake
+        # service's policy in code (gateway.pushguard.EndpointPolicy.loopback_for_tests).
+        endpoints: EndpointPolicy = overrides.get(
+            "push_endpoints", EndpointPolicy(tuple(settings.push.allowed_hosts)))
+        push = PushNotifier.for_data_dir(data_dir, policy=endpoints)
         await sup.enter("web push", push, Policy.RESTART)
         gw.effects.add_notifier(push.notify)
         # HTTP JSON or SCAIP, as [escalation] centre_protocol says; the SCAIP link's faults
@@ -248,14 +254,17 @@ def device_registry(gw: ServicesHost) -> DeviceRegistry:
     auth = settings.broker_auth
     files = None
     gateway_username = settings.mqtt.username or "trygg-gateway"
+    others: tuple[OtherGateway, ...] = ()
     if isinstance(auth, BrokerAuthSettings) and auth.enabled:
         base = settings.data_dir / "broker"
         files = BrokerFiles(auth.password_file or base / "passwd", auth.acl_file or base / "acl",
                             pid_file=auth.pid_file, pid=auth.pid)
         gateway_username = settings.mqtt.username or auth.gateway_username
+        others = tuple(auth.other_gateways)
     account = BrokerAccount(
         files, prefix=settings.mqtt.prefix, gateway_username=gateway_username,
         gateway_password=settings.mqtt.password, host=settings.mqtt.host,
-        port=settings.mqtt.port,
+        port=settings.mqtt.port, telemetry_username=settings.mqtt.telemetry_username,
+        other_gateways=others,
     )
     return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +37,25 @@ def position_json(entry: PositionEntry) -> dict[str, Any]:
 
 
 def iso(ts: float) -> str:
-    """Epoch seconds as an ISO-8601 UTC timestamp with milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    """Epoch seconds as an ISO-8601 UTC timestamp with milliseconds.
+
+    ``2026-12-05T09:12:33.123+00:00``, as ``datetime.isoformat`` writes it; built from a
+    cached per-second prefix because every alarm shown formats every hop's time.
+    """
+    # Microseconds rounded as datetime.fromtimestamp rounds them, then cut to milliseconds.
+    fraction, whole = math.modf(ts)
+    micros = round(fraction * 1e6)
+    seconds = int(whole)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    return f"{_second(seconds)}.{micros // 1000:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def alarm_json(alarm: Alarm, org: OrgStore | None = None) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from gateway.runtime import Gateway
 
 MOSQUITTO = ("127.0.0.1", 1883)
 PASSWORD = "correct horse battery"
+# A signing secret that passes the strength check outside demo mode (gateway.strength).
+TEST_SECRET = "O22Y--reqdMGxJjIPiqmGaH0Uz1hnM6AF1-kNVuUdk31eqsY"
 # Hashing is deliberately slow; hash once per test session.
 _HASH: list[str] = []
 
@@ -129,14 +131,17 @@ def make_gateway(tmp_path: Path, prefix: str) -> GatewayFactory:
 
     @asynccontextmanager
     async def factory(
-        broker: tuple[str, int], data_dir: Path | None = None, **overrides: Any
+        broker: tuple[str, int], data_dir: Path | None = None, *,
+        clock: Callable[[], float] | None = None, **overrides: Any
     ) -> AsyncIterator[Gateway]:
         directory = data_dir or tmp_path / "gw"
         org = OrgStore(directory / "org.sqlite3")
         if org.is_empty():
             seed_small(org)
         try:
-            async with Gateway(settings_for(directory, broker, prefix, **overrides), org=org) as gw:
+            settings = settings_for(directory, broker, prefix, **overrides)
+            options: dict[str, Any] = {} if clock is None else {"clock": clock}
+            async with Gateway(settings, org=org, **options) as gw:
                 await asyncio.wait_for(gw.wait_connected(), 10)
                 yield gw
         finally:

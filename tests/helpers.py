@@ -6,6 +6,7 @@ import asyncio
 import json
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,7 +64,10 @@ async def device(
 ) -> AsyncIterator[Device]:
     """A connected device subscribed to its ack topic (over TLS with ``tls_context``)."""
     async with aiomqtt.Client(
-        broker[0], broker[1], identifier=f"dev-{device_id}", tls_context=tls_context
+        # A client id of this test's own: other test runs share the machine's Mosquitto, and
+        # a broker drops the older of two sessions with one id.
+        broker[0], broker[1], identifier=f"dev-{device_id}-{uuid.uuid4().hex[:8]}",
+        tls_context=tls_context
     ) as client:
         await client.subscribe(f"{prefix}/{device_id}/ack", qos=1)
         dev = Device(client, prefix, device_id)

@@ -71,8 +71,10 @@ POLICY: dict[tuple[str, str], frozenset[str] | str] = {
     ("get", "/api/v1/push/subscriptions"): OTHERS,
     ("post", "/api/v1/push/subscriptions"): OTHERS,
     ("delete", "/api/v1/push/subscriptions"): OTHERS,
-    ("get", "/api/v1/devices/{device_id}/e2e-test"): OTHERS,
-    ("post", "/api/v1/devices/{device_id}/e2e-test"): OTHERS,
+    # Technicians and administrators only; a team lead (lea, team A) neither starts nor
+    # reads end-to-end tests of team B's device (issue 17, item 8).
+    ("get", "/api/v1/devices/{device_id}/e2e-test"): TECH,
+    ("post", "/api/v1/devices/{device_id}/e2e-test"): TECH,
 }
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {

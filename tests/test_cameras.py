@@ -249,7 +249,18 @@ async def test_refusals_are_audited(tmp_path: Path, prefix: str) -> None:
 
         await attempt(anna)  # no consent yet
         await setup_consent_and_schedule(r)
-        await attempt(cleo)  # wrong team
+        # Another team's recipient answers as a missing one (404, same body), and the
+        # attempt is audited all the same (issue 17, item 10).
+        other = await cleo.post("/cameras/looks", json={"recipient_id": "r-a"})
+        missing = await cleo.post("/cameras/looks", json={"recipient_id": "r-nobody"})
+        assert (other.status_code, other.json()) == (missing.status_code, missing.json())
+        assert other.status_code == 404, other.text
+        for path in ("/cameras/consents/r-a", "/cameras/schedules/r-a"):
+            theirs = await cleo.get(path)
+            absent = await cleo.get(path.replace("r-a", "r-nobody"))
+            assert (theirs.status_code, theirs.json()) == (absent.status_code, absent.json())
+        theirs = await cleo.http.delete("/api/v1/cameras/consents/r-a")
+        assert theirs.status_code == 404
         await attempt(anna, duration_s=120)  # longer than the maximum
         await attempt(anna, reason="orolig", alarm_id="nope")  # ad hoc is not in scope
         r.clock.now = NIGHT + 3600  # 03:05: outside every window
@@ -258,7 +269,7 @@ async def test_refusals_are_audited(tmp_path: Path, prefix: str) -> None:
         resp = await anna.http.delete("/api/v1/cameras/consents/r-a")
         assert resp.status_code == 200, resp.text
         await attempt(anna)  # withdrawn
-        assert codes == ["no_consent", "wrong_team", "too_long", "out_of_scope",
+        assert codes == ["no_consent", "too_long", "out_of_scope",
                          "outside_window", "consent_withdrawn"]
         for staff in (anna, cleo):
             await staff.http.aclose()

@@ -270,7 +270,7 @@ async def test_gateway_escalates_to_the_scaip_centre_retries_and_raises_then_cle
             [mrq] = sipp.received()
         assert alarm.centre_attempts >= 2
         assert alarm.centre_reference == f"scaip:{centre_ref(alarm.id)}"
-        assert (mrq.ref, mrq.cid, mrq.dty) == (centre_ref(alarm.id), "4711", "0002")
+        assert (mrq.ref, mrq.cid, mrq.dty) == (centre_ref(alarm.id), "4711", "0005")
         async with asyncio.timeout(WAIT):
             while gw.open_technical("centre-link."):
                 await asyncio.sleep(0.05)

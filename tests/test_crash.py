@@ -22,7 +22,7 @@ import pytest
 import websockets
 
 from gateway.org import OrgStore
-from tests.conftest import PASSWORD, free_port, seed_small
+from tests.conftest import PASSWORD, TEST_SECRET, free_port, seed_small
 from tests.helpers import ResendingFleet
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -38,7 +38,7 @@ def write_config(
         f"""
 gateway_id = "{gateway_id or f"crash-{http_port}"}"
 data_dir = "{data_dir}"
-secret_key = "{'s' * 48}"
+secret_key = "{TEST_SECRET}"
 {top}
 [mqtt]
 host = "127.0.0.1"

@@ -48,6 +48,7 @@ from alarms.records import (
     to_json,
 )
 from gateway.journal import CommitObserver, ConflictError, Journal, JournalError, SqliteJournal
+from gateway.journal_memory import MemoryJournal, MemoryStorage
 from gateway.journal_pg import (
     MIGRATIONS,
     DuplicateAlarmError,
@@ -430,6 +431,17 @@ class TestSqliteJournal(JournalContract):
                 await journal.append(message("again-2", "r2", "fall"))  # closed, in window
             await journal.append(message("new", "r2", "smoke"))
             assert opened_ids(await journal.load()) == ["stored", "closed", "new"]
+
+
+class TestMemoryJournal(JournalContract):
+    """The contract against the in-memory journal (tests and benchmarks)."""
+
+    @pytest.fixture(autouse=True)
+    def _storage(self) -> None:
+        self.storage = MemoryStorage()
+
+    def make_journal(self, on_commit: CommitObserver | None = None) -> HookedJournal:
+        return MemoryJournal(self.storage, on_commit=on_commit)
 
 
 @pytest.mark.network

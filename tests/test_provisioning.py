@@ -120,9 +120,17 @@ def test_registry_writes_broker_files_and_revokes(tmp_path: Path) -> None:
         claim = registry.issue_claim("dev-a", actor="tove")
         password = registry.redeem(claim.code)["mqtt"]["password"]
         lines = dict(line.split(":", 1) for line in files.password_file.read_text().split())
-        assert set(lines) == {"gw", "dev-a"}
+        # One account per broker lane of the gateway (each lane's username is its client id).
+        assert set(lines) == {"gw", "gw-telemetry", "dev-a"}
         assert verify_mosquitto_hash(lines["dev-a"], password)
-        assert "pattern write p/v1/%u/alarm" in files.acl_file.read_text()
+        assert verify_mosquitto_hash(lines["gw-telemetry"], "gw-password")
+        acl = files.acl_file.read_text()
+        assert "pattern write p/v1/%u/alarm" in acl
+        assert "user gw-telemetry\ntopic read p/v1/+/telemetry\n" in acl
+        # A device may not be registered under a gateway account's name.
+        for name in ("gw", "gw-telemetry"):
+            with pytest.raises(ProvisioningError, match="unusable device id"):
+                registry.register(device_id=name, type="alarm_unit", serial="s", actor="tove")
         with pytest.raises(ProvisioningError):
             registry.redeem(claim.code)
         registry.decommission("dev-a", actor="tove")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -26,11 +27,14 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.org import OrgStore
 from gateway.push import (
     SUBSCRIPTIONS_FILE,
     VAPID_KEY_FILE,
+    PublicResolver,
     PushNotifier,
     Subscription,
     SubscriptionStore,
@@ -39,6 +43,7 @@ from gateway.push import (
     b64url_encode,
     push_payload,
 )
+from gateway.pushguard import EndpointPolicy
 from gateway.runtime import Gateway
 from gateway.web.errors import install as install_errors
 from gateway.web.push import create_push_router
@@ -83,6 +88,7 @@ class FakePushService:
     def __init__(self, vapid_public_key: str | None = None) -> None:
         self.vapid_public_key = vapid_public_key
         self.status: dict[str, int] = {}
+        self.redirect: dict[str, str] = {}  # name -> Location of a 307
         self.received: list[Received] = []
         self.arrived = asyncio.Event()
         self.base = ""
@@ -92,6 +98,8 @@ class FakePushService:
         headers = {k.lower(): v for k, v in request.headers.items()}
         self.received.append(Received(name, headers, await request.read()))
         self.arrived.set()
+        if name in self.redirect:
+            return web.Response(status=307, headers={"Location": self.redirect[name]})
         return web.Response(status=self.status.get(name, 201))
 
     def endpoint(self, name: str) -> str:
@@ -139,6 +147,11 @@ async def fake_push_service(vapid_public_key: str | None = None) -> AsyncIterato
         sock.close()
 
 
+# The suite's fake push service listens on loopback over plain http; this test-only policy
+# (set in code) lets exactly that through. Production policies never do.
+LOOPBACK = EndpointPolicy.loopback_for_tests()
+
+
 @contextlib.asynccontextmanager
 async def gateway_with_push(
     broker: tuple[str, int], data_dir: Path, prefix: str, **overrides: Any
@@ -148,7 +161,8 @@ async def gateway_with_push(
     if org.is_empty():
         seed_small(org)
     try:
-        async with Gateway(settings_for(data_dir, broker, prefix, **overrides), org=org) as gw:
+        async with Gateway(settings_for(data_dir, broker, prefix, **overrides), org=org,
+                           overrides={"push_endpoints": LOOPBACK}) as gw:
             await asyncio.wait_for(gw.wait_connected(), 10)
             yield gw, gw.push
     finally:
@@ -181,21 +195,46 @@ def test_vapid_key_is_generated_once_and_private(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-def test_store_moves_an_endpoint_to_the_latest_staff_member(tmp_path: Path) -> None:
-    """One endpoint is one phone: whoever subscribed last gets its pushes."""
+def test_store_never_moves_another_members_endpoint(tmp_path: Path) -> None:
+    """Whoever knows anna's endpoint cannot take her pushes: the endpoint stays hers."""
     store = SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE)
-    store.add(Subscription("https://push.example/1", "anna", "k", "a"))
-    store.add(Subscription("https://push.example/1", "bo", "k", "a"))
-    store.add(Subscription("https://push.example/2", "anna", "k", "a"))
-    assert [s.endpoint for s in store.for_staff({"anna"})] == ["https://push.example/2"]
+    assert store.add(Subscription("https://push.example/1", "anna", "k", "a"))
+    assert not store.add(Subscription("https://push.example/1", "bo", "k2", "a2"))
+    assert store.add(Subscription("https://push.example/1", "anna", "k3", "a3"))  # renewed
+    assert store.add(Subscription("https://push.example/2", "bo", "k", "a"))
+    assert [(s.endpoint, s.p256dh) for s in store.for_staff({"anna"})] == [
+        ("https://push.example/1", "k3")]
     assert [s.staff_id for s in store.for_staff({"anna", "bo"})] == ["anna", "bo"]
     assert store.for_staff(set()) == []
-    assert not store.remove("https://push.example/1", "anna")
-    assert store.remove("https://push.example/1", "bo")
+    assert not store.remove("https://push.example/1", "bo")
+    assert store.remove("https://push.example/1", "anna")
     assert store.count() == 1
 
 
 # -- the router ------------------------------------------------------------------------------
+
+
+# "DNS" for the router tests (the machine has none): push.example is a public address;
+# its subdomains show every kind of inside address an attacker could aim at.
+ADDRESSES = {
+    "push.example": ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"],
+    "inside.push.example": ["10.1.2.3"],
+    "metadata.push.example": ["169.254.169.254"],
+    "loop.push.example": ["127.0.0.1"],
+    "mapped.push.example": ["::ffff:192.168.1.1"],
+    "v6local.push.example": ["fe80::1"],
+    "cgnat.push.example": ["100.64.0.1"],
+    "mixed.push.example": ["93.184.216.34", "172.16.0.1"],
+}
+
+
+async def _resolve(host: str) -> list[str]:
+    if host not in ADDRESSES:
+        raise OSError(f"no such host {host}")
+    return ADDRESSES[host]
+
+
+PUSH_EXAMPLE = EndpointPolicy(("push.example", "*.push.example"), resolve=_resolve)
 
 
 @pytest.fixture
@@ -207,7 +246,8 @@ async def push_api(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[httpx.Asy
     gw = Gateway(settings_for(data_dir, ("127.0.0.1", 1), prefix), org=org)
     app = FastAPI()
     install_errors(app)
-    app.include_router(create_push_router(gw, SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE)))
+    app.include_router(create_push_router(gw, SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE),
+                                          endpoints=PUSH_EXAMPLE))
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
@@ -228,7 +268,7 @@ async def test_router_subscribe_list_unsubscribe(
     key = (await client.get("/api/v1/push/vapid-public-key")).json()["public_key"]
     assert key == VapidKeys.load_or_create(gw.settings.data_dir / VAPID_KEY_FILE).public_key
 
-    sub = FakeBrowser("https://fcm.example/send/abc").subscription()
+    sub = FakeBrowser("https://push.example/send/abc").subscription()
     assert (await client.post("/api/v1/push/subscriptions", json=sub)).status_code == 401
     bad = {"Authorization": "Bearer nonsense"}
     assert (await client.post("/api/v1/push/subscriptions", json=sub, headers=bad)).status_code == 401
@@ -244,6 +284,11 @@ async def test_router_subscribe_list_unsubscribe(
     # Persisted: a fresh store on the same file sees it.
     store = SubscriptionStore(gw.settings.data_dir / SUBSCRIPTIONS_FILE)
     assert [s.staff_id for s in store.for_staff({"anna"})] == ["anna"]
+
+    # bo cannot take anna's endpoint (it would move her alarms to him): refused, unchanged.
+    taken = await client.post("/api/v1/push/subscriptions", json=sub, headers=_auth(gw, "bo"))
+    assert taken.status_code == 409, taken.text
+    assert [s.staff_id for s in store.for_staff({"anna", "bo"})] == ["anna"]
 
     # bo cannot remove anna's subscription; anna can, once.
     gone = {"endpoint": sub["endpoint"]}
@@ -264,6 +309,23 @@ async def test_router_subscribe_list_unsubscribe(
         ("http://push.example/x", None, "https"),
         ("ftp://push.example/x", None, "https"),
         ("http://10.0.0.1/x", None, "https"),
+        # Server-side request forgery: IP literals, other hosts, inside addresses.
+        ("https://127.0.0.1/x", None, "not an IP address"),
+        ("https://[::1]/x", None, "not an IP address"),
+        ("https://169.254.169.254/latest/meta-data/", None, "not an IP address"),
+        ("https://intranet.kommun.example/admin", None, "not an allowed push service"),
+        ("https://push.example.evil.example/x", None, "not an allowed push service"),
+        ("https://evilpush.example/x", None, "not an allowed push service"),
+        ("https://push.example:8443/x", None, "port 443"),
+        ("https://user:pw@push.example/x", None, "user information"),
+        ("https://inside.push.example/x", None, "non-public address (10.1.2.3)"),
+        ("https://metadata.push.example/x", None, "169.254.169.254"),
+        ("https://loop.push.example/x", None, "127.0.0.1"),
+        ("https://mapped.push.example/x", None, "::ffff:c0a8:101"),
+        ("https://v6local.push.example/x", None, "fe80::1"),
+        ("https://cgnat.push.example/x", None, "100.64.0.1"),
+        ("https://mixed.push.example/x", None, "172.16.0.1"),
+        ("https://gone.push.example/x", None, "cannot be resolved"),
         ("https://push.example/x", {"p256dh": "AAAA", "auth": "AAAA"}, "P-256"),
         ("https://push.example/x", {"p256dh": "!!!", "auth": "AAAA"}, "base64url"),
     ],
@@ -274,7 +336,8 @@ async def test_router_refuses_bad_subscriptions(
     keys: dict[str, str] | None,
     reason: str,
 ) -> None:
-    """Only https endpoints (loopback http in demo mode) and well-formed keys are stored."""
+    """Only https endpoints on allowed push services with public addresses, and well-formed
+    keys, are stored (issue 17, item 3)."""
     client, gw = push_api
     sub = FakeBrowser(endpoint).subscription()
     if keys is not None:
@@ -284,23 +347,26 @@ async def test_router_refuses_bad_subscriptions(
     assert reason in response.json()["detail"]
 
 
-async def test_router_loopback_http_only_when_allowed(tmp_path: Path, prefix: str) -> None:
-    """Plain-http loopback endpoints (test push services) need demo mode or an explicit yes."""
+async def test_router_loopback_http_only_with_the_test_policy(tmp_path: Path,
+                                                               prefix: str) -> None:
+    """Plain-http loopback endpoints (the suite's fake push service) need the test-only
+    policy, set in code; demo mode and the default policy refuse them."""
     org = OrgStore(tmp_path / "org.sqlite3")
     seed_small(org)
     try:
         gw = Gateway(settings_for(tmp_path, ("127.0.0.1", 1), prefix), org=org)
+        assert gw.settings.demo
         sub = FakeBrowser("http://127.0.0.1:9/push/x").subscription()
-        for allow, expected in ((False, 422), (True, 201), (None, 201)):  # None: demo → yes
+        for policy, expected in ((None, 422), (PUSH_EXAMPLE, 422), (LOOPBACK, 201)):
             app = FastAPI()
             install_errors(app)
             app.include_router(create_push_router(
-                gw, SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE), allow_http_endpoints=allow))
+                gw, SubscriptionStore(tmp_path / SUBSCRIPTIONS_FILE), endpoints=policy))
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                          base_url="http://gw") as client:
                 response = await client.post("/api/v1/push/subscriptions", json=sub,
                                              headers=_auth(gw, "anna"))
-                assert response.status_code == expected, (allow, response.text)
+                assert response.status_code == expected, (policy, response.text)
     finally:
         org.close()
 
@@ -349,7 +415,8 @@ async def test_notifier_sends_encrypted_vapid_signed_pushes(
         service.status["anna-old"] = 410
         service.status["bo-phone"] = 500
 
-        async with running(PushNotifier(store, keys, subject="mailto:drift@kommun.example")) as notifier:
+        async with running(PushNotifier(store, keys, subject="mailto:drift@kommun.example",
+                                        policy=LOOPBACK)) as notifier:
             notifier.notify(alarm_body("a1"), frozenset({"anna", "bo"}))
             await notifier.drain()
 
@@ -377,7 +444,7 @@ async def test_notifier_pushes_each_alarm_once_and_only_while_unhandled(
     async with fake_push_service(keys.public_key) as service:
         _subscribe(store, "anna", FakeBrowser(service.endpoint("anna")))
         _subscribe(store, "bo", FakeBrowser(service.endpoint("bo")))
-        async with running(PushNotifier(store, keys)) as notifier:
+        async with running(PushNotifier(store, keys, policy=LOOPBACK)) as notifier:
             notifier.notify(alarm_body("a1"), frozenset({"anna"}))
             notifier.notify(alarm_body("a1", stage="delivered"), frozenset({"anna"}))
             notifier.notify(alarm_body("a2", owner="anna"), frozenset({"anna", "bo"}))
@@ -419,11 +486,53 @@ async def test_notifier_counts_unreachable_push_services(
     async with fake_push_service() as service:
         dead = service.endpoint("x")
     _subscribe(store, "anna", FakeBrowser(dead))
-    async with running(PushNotifier(store, keys, send_timeout_s=5)) as notifier:
+    async with running(PushNotifier(store, keys, send_timeout_s=5,
+                                    policy=LOOPBACK)) as notifier:
         notifier.notify(alarm_body("a1"), frozenset({"anna"}))
         await notifier.drain()
     assert (notifier.stats.sent, notifier.stats.failed) == (0, 1)
     assert store.count() == 1  # a network failure is not an expired subscription
+
+
+async def test_notifier_never_sends_to_a_stored_endpoint_the_rules_refuse(
+    store: SubscriptionStore, keys: VapidKeys
+) -> None:
+    """A subscription stored before the rules (an inside address) is not sent to: counted,
+    logged and removed; the allowed one of the same alarm still goes out."""
+    async with fake_push_service(keys.public_key) as service:
+        _subscribe(store, "anna", FakeBrowser(service.endpoint("anna")))
+        _subscribe(store, "bo", FakeBrowser("https://169.254.169.254/latest/meta-data/x"))
+        _subscribe(store, "bo", FakeBrowser(service.endpoint("bo-old-loopback")))
+        # The production policy: the loopback fake service is not a push service either.
+        async with running(PushNotifier(store, keys, policy=EndpointPolicy())) as notifier:
+            notifier.notify(alarm_body("a1"), frozenset({"anna", "bo"}))
+            await notifier.drain()
+        assert service.received == []
+        assert (notifier.stats.sent, notifier.stats.refused) == (0, 3)
+        assert store.count() == 0
+
+
+async def test_sender_does_not_follow_redirects(store: SubscriptionStore,
+                                                keys: VapidKeys) -> None:
+    """A redirect (to an inside address, say) is a failed push, never a second request."""
+    async with fake_push_service(keys.public_key) as service:
+        service.redirect["anna"] = service.endpoint("inside")
+        _subscribe(store, "anna", FakeBrowser(service.endpoint("anna")))
+        async with running(PushNotifier(store, keys, policy=LOOPBACK)) as notifier:
+            notifier.notify(alarm_body("a1"), frozenset({"anna"}))
+            await notifier.drain()
+        assert [r.name for r in service.received] == ["anna"]
+        assert (notifier.stats.sent, notifier.stats.failed) == (0, 1)
+
+
+async def test_sender_resolver_refuses_inside_addresses() -> None:
+    """Every connection's addresses are checked, not only at registration (DNS rebinding)."""
+    resolver = PublicResolver()
+    try:
+        with pytest.raises(OSError, match="non-public address"):
+            await resolver.resolve("localhost", 443)
+    finally:
+        await resolver.close()
 
 
 # -- through the gateway --------------------------------------------------------------------
@@ -458,3 +567,31 @@ async def test_alarm_over_mqtt_is_pushed_to_the_team(
             assert {p["alarm_id"] for p in payloads} == {alarm_id}
             assert gw.core.alarms[alarm_id].device_id == "dev-a"
             assert payloads[0]["type"] == "fall"
+
+
+# -- the endpoint rules, pure ------------------------------------------------------------------
+
+
+def test_allowed_host_patterns() -> None:
+    from gateway.pushguard import DEFAULT_PUSH_HOSTS, host_allowed, url_problem
+
+    for host in ("fcm.googleapis.com", "updates.push.services.mozilla.com",
+                 "web.push.apple.com", "wns2-db5p.notify.windows.com"):
+        assert host_allowed(host, DEFAULT_PUSH_HOSTS), host
+    for host in ("push.apple.com", "notify.windows.com.evil.example", "evilpush.apple.com",
+                 "fcm.googleapis.com.evil.example", "googleapis.com"):
+        assert not host_allowed(host, DEFAULT_PUSH_HOSTS), host
+    assert url_problem("https://fcm.googleapis.com./fcm/send/x", DEFAULT_PUSH_HOSTS) is None
+    assert url_problem("https://FCM.googleapis.com/wp/x", DEFAULT_PUSH_HOSTS) is None
+    assert url_problem("https://[fe80::1%25eth0]/x", DEFAULT_PUSH_HOSTS) is not None
+    assert url_problem("https://fcm.googleapis.com:99999/x", DEFAULT_PUSH_HOSTS) is not None
+
+
+@given(st.ip_addresses(v=4))
+def test_mapped_ipv6_is_judged_as_its_ipv4(address: ipaddress.IPv4Address) -> None:
+    from gateway.pushguard import public
+
+    mapped = ipaddress.IPv6Address(f"::ffff:{address}")
+    assert public(mapped) == public(address)
+    if address.is_private or address.is_loopback or address.is_link_local:
+        assert not public(address)

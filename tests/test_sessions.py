@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from gateway.auth import TokenIssuer
 from gateway.config import load
 from gateway.security import SecuritySettings
-from tests.conftest import PASSWORD, GatewayFactory
+from tests.conftest import PASSWORD, TEST_SECRET, GatewayFactory
 
-SECRET = "s" * 40
+SECRET = TEST_SECRET
 
 
 def test_access_tokens_live_15_minutes_by_default() -> None:

@@ -1,6 +1,9 @@
 """Logging in: OAuth2 password form, rotating refresh tokens, logout, who am I."""
 
 import asyncio
+import hashlib
+import hmac
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
@@ -38,11 +41,34 @@ def _unauthorised(reason: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
+def audit_name(secret: str) -> Callable[[str], str]:
+    """How a typed username appears in the audit log: the staff id when it is a known
+    username, else ``unknown:`` and a keyed hash.
+
+    What is typed into the username field is sometimes a password (typed one field too
+    early), so an unknown one is never stored as typed. The hash is keyed with a key derived
+    from ``secret_key``: attempts at the same name can still be told apart and counted, but
+    a dictionary of likely passwords cannot be run against the log without the key.
+    """
+    key = hashlib.sha256(b"trygg audit username\0" + secret.encode()).digest()
+
+    def name(typed: str) -> str:
+        digest = hmac.new(key, typed.encode(), hashlib.sha256).hexdigest()
+        return f"unknown:{digest[:16]}"
+
+    return name
+
+
 def router(gw: WebGateway, state: WebState) -> APIRouter:
     """``/api/v1/auth/*`` and ``/api/v1/me``."""
     api = APIRouter(tags=["auth"])
     Me = Annotated[StaffMember, Depends(staff_dependency(gw))]
     security, guard, sessions = state.security, state.guard, state.sessions
+    unknown_name = audit_name(gw.settings.secret_key)
+
+    def who(username: str) -> str:
+        member = gw.org.staff_by_username(username)
+        return member.id if member is not None else unknown_name(username)
 
     def tokens_for(member: StaffMember, family_token: str | None = None) -> TokenOut:
         return TokenOut(
@@ -60,7 +86,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         username = form.username[:64]
         wait = guard.retry_after(username, address)
         if wait > 0:
-            gw.audit.record("login_refused", actor=username, subject="staff-api",
+            gw.audit.record("login_refused", actor=who(username), subject="staff-api",
                 detail={"address": address, "reason": "locked"})
             raise TooManyError("too many failed logins; try again later",
                                headers={"Retry-After": str(int(wait) + 1)})
@@ -72,11 +98,14 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         else:
             ok = await asyncio.to_thread(verify_password, member.password_hash, form.password)
         if not ok or member is None:
-            gw.audit.record(AuditKind.LOGIN_FAILED, actor=username,
-                            subject="staff-api", detail={"address": address})
+            actor = member.id if member is not None else unknown_name(username)
+            gw.audit.record(AuditKind.LOGIN_FAILED, actor=actor, subject="staff-api",
+                            detail={"address": address, "known_user": member is not None})
             for key in guard.failed(username, address):
-                gw.audit.record("login_locked", actor=username, subject=key,
-                detail={"address": address})
+                # The lock's key names the typed username: audit it as the actor above.
+                subject = f"user:{actor}" if key.startswith("user:") else key
+                gw.audit.record("login_locked", actor=actor, subject=subject,
+                                detail={"address": address})
             raise _unauthorised("wrong username or password")
         guard.succeeded(username)
         gw.audit.record(AuditKind.LOGIN, actor=member.id, subject="staff-api",

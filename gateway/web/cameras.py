@@ -91,11 +91,13 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
         # Consents and schedules are care decisions: an administrator, or a team lead of
         # the recipient's team.
         recipient = gw.org.recipients.get(recipient_id)
-        if recipient is None:
+        if recipient is None or (member.role != "admin"
+                                 and recipient.team_id not in member.team_ids):
+            # Another team's recipient: 404, as a missing one (docs/security.md).
             raise NotFoundError("unknown recipient")
         if member.role == "admin":
             return
-        if member.role == "lead" and recipient.team_id in member.team_ids:
+        if member.role == "lead":
             return
         raise ForbiddenError(
                             "only an administrator or the team's lead may do this")
@@ -120,10 +122,9 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
         # Anyone in the recipient's team may register a withdrawal: the recipient says it
         # to whoever is there, and it must take effect at once.
         recipient = gw.org.recipients.get(recipient_id)
-        if recipient is None:
+        if recipient is None or (member.role != "admin"
+                                 and recipient.team_id not in member.team_ids):
             raise NotFoundError("unknown recipient")
-        if member.role != "admin" and recipient.team_id not in member.team_ids:
-            raise ForbiddenError( "recipient of another team")
         return (await service.withdraw_consent(member, recipient_id)).to_json()
 
     @router.get("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"],

@@ -2,17 +2,14 @@
 
 import asyncio
 import binascii
-import contextlib
-import ipaddress
 from importlib import resources
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.errors import InvalidError, NotFoundError
+from gateway.errors import ConflictError, InvalidError, NotFoundError
 from gateway.org import StaffMember
 from gateway.push import (
     VAPID_KEY_FILE,
@@ -21,6 +18,7 @@ from gateway.push import (
     VapidKeys,
     b64url_decode,
 )
+from gateway.pushguard import EndpointPolicy, EndpointRefused
 from gateway.web.deps import WebGateway, staff_dependency
 from gateway.web.schemas import EndpointOut, SubscribedOut, VapidKeyOut, documented
 
@@ -53,22 +51,6 @@ class EndpointIn(BaseModel):
     endpoint: str = Field(min_length=1, max_length=2048)
 
 
-def _check_endpoint(endpoint: str, allow_http: bool) -> None:
-    # The gateway POSTs to whatever endpoint a client registers: require https, so a
-    # staff token cannot aim it at plain-HTTP services inside the network. Plain http is
-    # for loopback test endpoints in demo mode only.
-    parts = urlsplit(endpoint)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if allow_http and parts.scheme == "http" and parts.hostname:
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(parts.hostname).is_loopback:
-                return
-        if parts.hostname == "localhost":
-            return
-    raise InvalidError("endpoint must be an https URL")
-
-
 def _check_keys(keys: SubscriptionKeys) -> None:
     try:
         p256dh = b64url_decode(keys.p256dh)
@@ -82,7 +64,7 @@ def _check_keys(keys: SubscriptionKeys) -> None:
 
 def router(gw: WebGateway) -> APIRouter:
     """The push API of the gateway's own notifier."""
-    return create_push_router(gw, gw.push.store, keys=gw.push.keys)
+    return create_push_router(gw, gw.push.store, keys=gw.push.keys, endpoints=gw.push.policy)
 
 
 def create_push_router(
@@ -90,17 +72,17 @@ def create_push_router(
     store: SubscriptionStore,
     *,
     keys: VapidKeys | None = None,
-    allow_http_endpoints: bool | None = None,
+    endpoints: EndpointPolicy | None = None,
 ) -> APIRouter:
     """The push API and the service worker script on ``store``.
 
-    Plain-http loopback endpoints are accepted only in demo mode unless
-    ``allow_http_endpoints`` says otherwise.
+    ``endpoints``: where subscriptions may point (gateway.pushguard); by default the
+    settings' allowed push services. Tests pass ``EndpointPolicy.loopback_for_tests()``.
     """
     subscriptions = store
     if keys is None:
         keys = VapidKeys.load_or_create(gw.settings.data_dir / VAPID_KEY_FILE)
-    allow_http = gw.settings.demo if allow_http_endpoints is None else allow_http_endpoints
+    policy = endpoints or EndpointPolicy(tuple(gw.settings.push.allowed_hosts))
     router = APIRouter()
 
     current_staff = staff_dependency(gw)
@@ -119,15 +101,23 @@ def create_push_router(
 
     @router.post(
         "/api/v1/push/subscriptions", tags=["push"],
-        **documented(SubscribedOut, 400, 401, 422, status=status.HTTP_201_CREATED),
+        **documented(SubscribedOut, 400, 401, 409, 422, status=status.HTTP_201_CREATED),
     )
     async def subscribe(body: SubscriptionIn, member: Me) -> dict[str, str]:
-        _check_endpoint(body.endpoint, allow_http)
         _check_keys(body.keys)
-        await asyncio.to_thread(
+        # The gateway will POST to this URL on every alarm: a push service only, never an
+        # address inside its own network (gateway.pushguard, docs/security.md).
+        try:
+            await policy.check(body.endpoint)
+        except EndpointRefused as exc:
+            raise InvalidError(str(exc)) from None
+        added = await asyncio.to_thread(
             subscriptions.add,
             Subscription(body.endpoint, member.id, body.keys.p256dh, body.keys.auth),
         )
+        if not added:
+            raise ConflictError("this endpoint is registered to another staff member; "
+                                "subscribe again for a new one")
         return {"endpoint": body.endpoint, "staff_id": member.id}
 
     @router.delete(

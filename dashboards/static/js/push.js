@@ -43,7 +43,17 @@ async function subscribe(api) {
     subscription = await registration.pushManager.subscribe({
       userVisibleOnly: true, applicationServerKey: keyBytes(key) });
   }
-  await api.post("/push/subscriptions", subscription.toJSON());
+  try {
+    await api.post("/push/subscriptions", subscription.toJSON());
+  } catch (error) {
+    if (error.status !== 409) throw error;
+    // The endpoint is another staff member's (a shared phone whose last user did not log
+    // out). The gateway never moves it; a fresh subscription has an endpoint of its own.
+    await subscription.unsubscribe();
+    subscription = await registration.pushManager.subscribe({
+      userVisibleOnly: true, applicationServerKey: keyBytes(key) });
+    await api.post("/push/subscriptions", subscription.toJSON());
+  }
 }
 
 function sameKey(subscription, key) {
