@@ -77,6 +77,7 @@ class AuditKind(StrEnum):
     CAMERA_VIEW = "camera_view"
     PROVISIONING = "provisioning"
     CONFIG_CHANGE = "config_change"
+    BULK_READ = "bulk_read"
 
 
 class AuditError(Exception):

@@ -19,6 +19,7 @@ from typing import Any, Self
 
 from alarms.records import AlarmOpened, HopAdded, Record
 from gateway.audit import AuditEntry, AuditKind, AuditLog
+from gateway.ratelimit import LogLimiter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class Auditor:
         self.written = 0
         self._queue: queue.Queue[AuditEntry | object] = queue.Queue(MAX_PENDING)
         self._writer: asyncio.Task[None] | None = None
+        # A full queue refuses every entry until the writer catches up: one line a minute
+        # (with the count) says so; ``dropped`` counts each.
+        self._log = LogLimiter(60.0)
 
     async def __aenter__(self) -> Self:
         log = await asyncio.to_thread(AuditLog.open, self.path)
@@ -72,7 +76,8 @@ class Auditor:
             self._queue.put_nowait(AuditEntry(kind, actor, subject, detail or {}, at))
         except queue.Full:
             self.dropped += 1
-            _LOGGER.error("audit queue full: entry %s %s/%s not recorded", kind, actor, subject)
+            self._log.log(_LOGGER, logging.ERROR, "full",
+                          "audit queue full: entry %s %s/%s not recorded", kind, actor, subject)
 
     def record_journal(self, records: tuple[Record, ...]) -> None:
         """Every hop of the alarm chain, as it became durable."""

@@ -80,6 +80,7 @@ from gateway.errors import (
 from gateway.ids import new_alarm_id
 from gateway.org import StaffMember
 from gateway.ports import ServiceHost
+from gateway.ratelimit import LogLimiter
 from gateway.waiting import wait_set
 
 _LOGGER = logging.getLogger(__name__)
@@ -226,6 +227,9 @@ class CameraService:
         self._changed = asyncio.Event()
         self._save_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
+        # One line per kind a minute: a fleet of cameras failing together (a network
+        # outage at night) must not flood the log; each failure is a technical alarm anyway.
+        self._log = LogLimiter(60.0)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -302,8 +306,9 @@ class CameraService:
                 self.standby_failed.add(look_id)
                 ref = f"camstandby.{look_id}"
                 self._standby_alarm[device_id] = ref
-                _LOGGER.warning("camera %s did not confirm standby after look %s",
-                                device_id, look_id)
+                self._log.log(_LOGGER, logging.WARNING, "standby",
+                              "camera %s did not confirm standby after look %s",
+                              device_id, look_id)
                 self._events.append(self._technical(
                     device_id, ref, now,
                     "Kameran bekräftade inte viloläge / camera did not confirm standby"))
@@ -390,7 +395,8 @@ class CameraService:
         """
         device_id = self._visit_device(recipient_id)
         if device_id is None:
-            _LOGGER.error("no device for recipient %s: cannot raise the visit alarm (%s)",
+            self._log.log(_LOGGER, logging.ERROR, "no_device",
+                          "no device for recipient %s: cannot raise the visit alarm (%s)",
                           recipient_id, detail)
             return
         self._events.append(AlarmReceived(
@@ -549,8 +555,9 @@ class CameraService:
     def _camera_failed(self, active: _Active, now: float, failure: str) -> None:
         """Technical alarm and a visit, both at once: nobody saw the person."""
         look = active.look
-        _LOGGER.warning("night camera %s failed to wake for look %s: %s",
-                        look.device_id, look.id, failure)
+        self._log.log(_LOGGER, logging.WARNING, "wake",
+                      "night camera %s failed to wake for look %s: %s",
+                      look.device_id, look.id, failure)
         self._events.append(self._technical(
             look.device_id, f"camwake.{look.id}", now, f"Nattkamera: {failure}"))
         self._end(active, now, EndedBy.CAMERA_FAILED, Outcome.COULD_NOT_SEE)

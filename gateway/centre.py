@@ -18,6 +18,8 @@ from typing import Any, Self
 
 import httpx
 
+from gateway.ratelimit import LogLimiter
+
 _LOGGER = logging.getLogger(__name__)
 
 # Deliveries waiting for the sender. Each open alarm asks at most every 30 s, so this only
@@ -42,6 +44,9 @@ class CentreAdapter:
         self.sent = 0
         self.failed = 0
         self.dropped = 0
+        # Per-alarm lines, once a minute per kind: a centre that is down fails every
+        # delivery and every retry; the counters and the technical alarm carry the rest.
+        self._log = LogLimiter(60.0)
 
     async def __aenter__(self) -> Self:
         return self
@@ -61,7 +66,8 @@ class CentreAdapter:
     def send(self, alarm: dict[str, Any], attempt: int) -> None:
         """Queue one delivery attempt (never blocks)."""
         if self.url is None:
-            _LOGGER.warning(
+            self._log.log(
+                _LOGGER, logging.WARNING, "no_url",
                 "alarm %s escalated to the alarm centre, but no centre_url is configured",
                 alarm["id"],
             )
@@ -93,13 +99,15 @@ class CentreAdapter:
             )
         except httpx.HTTPError as exc:
             self.failed += 1
-            _LOGGER.warning("alarm centre unreachable for alarm %s (attempt %d): %s",
-                            alarm["id"], attempt, exc)
+            self._log.log(_LOGGER, logging.WARNING, "unreachable",
+                          "alarm centre unreachable for alarm %s (attempt %d): %s",
+                          alarm["id"], attempt, exc)
             return
         if not response.is_success:
             self.failed += 1
-            _LOGGER.warning("alarm centre refused alarm %s (attempt %d): HTTP %d",
-                            alarm["id"], attempt, response.status_code)
+            self._log.log(_LOGGER, logging.WARNING, "refused",
+                          "alarm centre refused alarm %s (attempt %d): HTTP %d",
+                          alarm["id"], attempt, response.status_code)
             return
         self.sent += 1
         reference = None

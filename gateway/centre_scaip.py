@@ -270,20 +270,23 @@ class ScaipCentre:
             await self._confirm(alarm_id, attempt, f"scaip:{ref}")
         elif outcome.verdict is Verdict.REFUSED:
             self.stats.refused += 1
-            _LOGGER.warning("alarm centre refused alarm %s (attempt %d): %s", alarm_id,
-                            attempt, outcome.detail)
+            self._log_limiter.log(_LOGGER, logging.WARNING, "refused",
+                                  "alarm centre refused alarm %s (attempt %d): %s", alarm_id,
+                                  attempt, outcome.detail)
             self._refusing = True
             await self._report("refused", True,
                                f"Larmcentralen vägrar larmet / the alarm centre refuses "
                                f"the alarm: {outcome.detail}")
         elif outcome.verdict is Verdict.RETRY:
             self.stats.retry += 1
-            _LOGGER.info("alarm centre asks to retry alarm %s (attempt %d): %s", alarm_id,
-                         attempt, outcome.detail)
+            self._log_limiter.log(_LOGGER, logging.INFO, "retry",
+                                  "alarm centre asks to retry alarm %s (attempt %d): %s",
+                                  alarm_id, attempt, outcome.detail)
         else:
             self.stats.no_answer += 1
-            _LOGGER.warning("alarm centre did not answer alarm %s (attempt %d): %s", alarm_id,
-                            attempt, outcome.detail)
+            self._log_limiter.log(_LOGGER, logging.WARNING, "no_answer",
+                                  "alarm centre did not answer alarm %s (attempt %d): %s",
+                                  alarm_id, attempt, outcome.detail)
         return outcome
 
     async def _keepalive_loop(self) -> None:

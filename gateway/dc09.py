@@ -208,9 +208,10 @@ class Dc09Receiver:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - isolation: one connection, not the receiver
             self.stats.handler_errors += 1
-            _LOGGER.exception("DC-09 task %s failed", name)
+            self._log_limiter.log(_LOGGER, logging.ERROR, f"task:{type(exc).__name__}",
+                                  "DC-09 task %s failed", name, exc_info=exc)
 
     # -- transports ------------------------------------------------------------------------
 
@@ -260,9 +261,12 @@ class Dc09Receiver:
                     writer.write(answer)
                 await writer.drain()
         except TimeoutError:
-            _LOGGER.debug("DC-09 TCP %s idle for %.0f s, closed", peer, self._idle_timeout_s)
+            self._log_limiter.log(_LOGGER, logging.DEBUG, "tcp_idle",
+                                  "DC-09 TCP %s idle for %.0f s, closed", peer,
+                                  self._idle_timeout_s)
         except (ConnectionError, OSError) as exc:
-            _LOGGER.debug("DC-09 TCP %s closed: %s", peer, exc)
+            self._log_limiter.log(_LOGGER, logging.DEBUG, "tcp_closed",
+                                  "DC-09 TCP %s closed: %s", peer, exc)
         finally:
             self._connections -= 1
             writer.close()

@@ -456,7 +456,9 @@ class PushNotifier:
                                 task.add_done_callback(self._in_flight.discard)
                 except sqlite3.Error as exc:
                     self.stats.failed += len(jobs)
-                    _LOGGER.warning("web push for %d alarm(s): store failed: %s", len(jobs), exc)
+                    self._log_limiter.log(_LOGGER, logging.WARNING, "store",
+                                          "web push for %d alarm(s): store failed: %s",
+                                          len(jobs), exc)
                 finally:
                     for _ in jobs:
                         self._queue.task_done()
@@ -498,8 +500,9 @@ class PushNotifier:
                 await asyncio.to_thread(
                     self.store.remove, subscription.endpoint, subscription.staff_id
                 )
-                _LOGGER.info("web push subscription of %s expired (%s); removed",
-                             subscription.staff_id, code)
+                self._log_limiter.log(_LOGGER, logging.INFO, "expired",
+                                      "web push subscription of %s expired (%s); removed",
+                                      subscription.staff_id, code)
             else:
                 self._failed(subscription, job, f"push service answered {code}")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:

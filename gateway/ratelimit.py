@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -28,3 +29,23 @@ class LogLimiter:
         """`` (N similar suppressed)`` once after an allowed line, then resets."""
         count = self._suppressed.pop(key, 0)
         return f" ({count} similar suppressed)" if count else ""
+
+    def log(
+        self,
+        logger: logging.Logger,
+        level: int,
+        key: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | bool | None = None,
+    ) -> bool:
+        """Log ``msg`` (lazy ``%s`` arguments) if ``key`` may log now; True if it did.
+
+        The suppressed count is appended to the line, so ``msg`` needs no placeholder for it.
+        """
+        if not self.allow(key):
+            return False
+        with_note = msg + "%s"
+        logger.log(level, with_note, *args, self.suppressed_note(key), exc_info=exc_info,
+                   stacklevel=2)
+        return True

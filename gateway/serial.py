@@ -19,10 +19,21 @@ For each record read off the line:
 4. A resend of a record whose first copy is still in the handler is counted and dropped:
    the first copy's ACK answers both.
 
-The port is opened with pyserial; ports with a file descriptor (ttys, ptys, USB adapters)
-run on ``serial_asyncio_fast``. [2] pyserial's URL handlers without one (``loop://``,
-``spy://``) cannot: ``serial_asyncio_fast`` registers ``fileno()`` with the event loop and
-fails there, so for those a blocking read runs in a worker thread instead.
+The port is opened and configured with pyserial; a port with a file descriptor (ttys,
+ptys, USB adapters) is then driven by the event loop directly (``_FdPort``, [3]). [2]
+pyserial's URL handlers without one (``loop://``, ``spy://``) cannot be: for those a
+blocking read runs in a worker thread instead.
+
+[3] Not through ``serial_asyncio_fast.SerialTransport`` (0.16), which has two bugs on the
+write path (issue 17.7). Its writer callback stays registered after a backlog has drained,
+so the loop calls ``_write_ready`` on an empty buffer on every iteration and each call fails
+an ``assert``: after a burst of NAKs to a receiver that read slowly, 853,611 tracebacks
+(450 MB of log) in 95 s and a busy event loop. And a write into an empty buffer goes through
+pyserial's ``Serial.write``, which with a zero write timeout retries ``EAGAIN`` in a busy
+loop, stalling the event loop for as long as the tty's output buffer stays full. Our port
+writes with ``os.write`` on the non-blocking descriptor, registers a writer only while bytes
+wait, and bounds what may wait (``MAX_PENDING_OUT``): an answer that does not fit is dropped
+and counted, and the device resends (a missing ACK means "not stored" to it).
 
 When the port goes away (USB unplugged: the read fails or reports EOF) the link reports
 ``on_state(False)``, and tries to reopen with full-jitter, capped exponential back-off; when
@@ -38,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import re
 import time
@@ -48,7 +60,6 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeAlias
 
 import serial
-import serial_asyncio_fast
 
 from devices.contract import DeviceMessage
 from devices.serial import (
@@ -60,6 +71,7 @@ from devices.serial import (
     encode_ack,
     encode_nak,
 )
+from gateway.ratelimit import LogLimiter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -109,6 +121,21 @@ CLOSE_TIMEOUT_S = 5.0
 # Bytes per blocking read on a thread-driven port ([2]).
 _READ_CHUNK = 4096
 
+# Bytes per read of a ready descriptor ([3]), as serial_asyncio_fast read: at most some 25
+# records a chunk, so the handler calls one chunk starts get to run (and free their slots)
+# before the next chunk is read, instead of a deep tty buffer NAKing "busy" all at once.
+_FD_READ_CHUNK = 1024
+
+# [3] Answers waiting for the line, at most: 16 KiB is ~17 s of a 9600-baud line, some 500
+# ACK/NAK frames. A receiver that has not read that much is not reading; the answers would
+# be stale by the time it did, and an unbounded buffer would grow for as long as it is
+# stalled. Past the bound an answer is dropped (counted): the receiver resends.
+MAX_PENDING_OUT = 16 * 1024
+
+# Per-message log lines (handler faults, dropped answers): one per kind per minute, with the
+# count of what was suppressed. A line full of bad frames must not flood the log (17.7).
+LOG_INTERVAL_S = 60.0
+
 _FRAMING = re.compile(r"^([5-8])([NEOMS])(1|1\.5|2)$")
 
 
@@ -127,7 +154,8 @@ class LinkStats:
     handler_errors: int = 0
     # ACK/NAK frames read back: our own echo (loop://, a half-duplex RS-485 converter).
     echoes: int = 0
-    # Answers that could not be written because the port was down; the device resends.
+    # Answers that could not be written (port down, or [3] too many waiting for a line
+    # that is not read); the device resends.
     replies_dropped: int = 0
 
 
@@ -144,7 +172,14 @@ class _Port(Protocol):
 
     lost: asyncio.Future[Exception | None]
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> bool:
+        """Send or queue ``data``; False if it was dropped (line lost, or [3] full)."""
+        ...
+
+    @property
+    def pending_out(self) -> int:
+        """Bytes written but not yet taken by the line."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -165,24 +200,104 @@ class _LineProtocol(asyncio.Protocol):
 
 
 class _FdPort:
-    """A port with a file descriptor, driven by ``serial_asyncio_fast``."""
+    """[3] A port with a file descriptor, read and written on the event loop directly.
 
-    def __init__(self, transport: serial_asyncio_fast.SerialTransport, protocol: _LineProtocol):
-        self._transport = transport
+    pyserial opened and configured the port (baud rate, framing, exclusive lock) and its
+    descriptor is non-blocking. Reads happen when the descriptor is readable. A write goes
+    out at once as far as the tty takes it; the rest waits in a bounded buffer, and a writer
+    callback is registered exactly while something waits, so an idle line costs nothing.
+    """
+
+    def __init__(self, port: Any, protocol: _LineProtocol) -> None:
+        self._port = port
+        self._protocol = protocol
         self.lost = protocol.lost
+        self._loop = asyncio.get_running_loop()
+        self._fd: int = port.fileno()
+        os.set_blocking(self._fd, False)
+        self._out = bytearray()
+        self._writing = False
+        self._open = True
+        self._loop.add_reader(self._fd, self._on_readable)
 
-    def write(self, data: bytes) -> None:
-        self._transport.write(data)
+    @property
+    def pending_out(self) -> int:
+        """Bytes written but not yet taken by the tty."""
+        return len(self._out)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, _FD_READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EIO: the adapter was pulled, the pty's other end closed
+            self._lose(exc)
+            return
+        if not data:
+            # Readable but nothing to read: the device is gone (pyserial says the same).
+            self._lose(None)
+            return
+        self._protocol.data_received(data)
+
+    def write(self, data: bytes) -> bool:
+        if not self._open:
+            return False
+        if len(self._out) + len(data) > MAX_PENDING_OUT:
+            return False
+        if not self._out:
+            try:
+                sent = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lose(exc)
+                return False
+            if sent == len(data):
+                return True
+            data = data[sent:]
+        self._out += data
+        if not self._writing:
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+        return True
+
+    def _on_writable(self) -> None:
+        try:
+            sent = os.write(self._fd, self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        del self._out[:sent]
+        if not self._out:
+            # The library's bug [3]: leaving the writer registered here makes the loop call
+            # it on every iteration from now on.
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _detach(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        self._out.clear()
+
+    def _lose(self, exc: Exception | None) -> None:
+        self._detach()
+        self._protocol.connection_lost(exc)
 
     async def close(self) -> None:
-        # Abort, not close: close() drains the output first (tcdrain), which never returns
-        # on a line stalled by hardware flow control. Unsent ACKs are resent-for anyway.
-        # Once the transport is closing it is already on its way to connection_lost, and
-        # aborting twice would run its teardown twice.
-        if not self._transport.is_closing():
-            self._transport.abort()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.lost), CLOSE_TIMEOUT_S)
+        # Unsent answers are dropped, not drained: draining (tcdrain) never returns on a line
+        # stalled by hardware flow control, and the devices resend what was not ACKed.
+        self._detach()
+        # pyserial's close can block on a wedged USB driver: a worker thread, bounded.
+        with contextlib.suppress(serial.SerialException, OSError, TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(self._port.close), CLOSE_TIMEOUT_S)
+        self._protocol.connection_lost(None)
 
 
 class _ThreadPort:
@@ -208,12 +323,19 @@ class _ThreadPort:
                 return
             self._protocol.data_received(data)
 
-    def write(self, data: bytes) -> None:
+    @property
+    def pending_out(self) -> int:
+        """Always 0: loop:// and friends take every write at once, into memory."""
+        return 0
+
+    def write(self, data: bytes) -> bool:
         # loop:// and friends buffer in memory, so this does not block the event loop.
         try:
             self._port.write(data)
         except (serial.SerialException, OSError) as exc:
             self._protocol.connection_lost(exc)
+            return False
+        return True
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -282,6 +404,7 @@ class SerialLink:
         self._in_flight: set[tuple[str, str]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._log = LogLimiter(LOG_INTERVAL_S)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -344,8 +467,9 @@ class SerialLink:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
-            _LOGGER.exception("serial task %s failed", name)
+        except Exception as exc:  # noqa: BLE001 - isolation: one record, not the line
+            self._log.log(_LOGGER, logging.ERROR, f"task:{type(exc).__name__}",
+                          "serial task %s failed", name, exc_info=exc)
 
     def _set_state(self, up: bool) -> None:
         if up == self._state:
@@ -417,32 +541,51 @@ class SerialLink:
             port.fileno()
         except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: [2]
             return _ThreadPort(port, protocol, self._spawn, f"serial reader {self.url}")
-        transport, _ = await serial_asyncio_fast.connection_for_serial(
-            asyncio.get_running_loop(), lambda: protocol, port
-        )
-        return _FdPort(transport, protocol)
+        try:
+            return _FdPort(port, protocol)
+        except BaseException:
+            port.close()
+            raise
+
+    @property
+    def pending_out(self) -> int:
+        """Bytes of answers waiting for the line to take them (0 while it is down)."""
+        port = self._port
+        return 0 if port is None else port.pending_out
 
     def send(self, data: bytes) -> bool:
-        """Write encoded frames to the line (commands, tests); False when the port is down."""
+        """Write encoded frames to the line (commands, tests); False when they were dropped:
+        the port is down, or [3] too much is already waiting for it."""
         port = self._port
         if port is None or port.lost.done():
             return False
-        port.write(data)
-        return True
+        return port.write(data)
 
     # -- records ---------------------------------------------------------------------------
 
     def _on_data(self, data: bytes) -> None:
         self.stats.bytes_in += len(data)
-        for item in self._decoder.feed(data):
+        try:
+            items = self._decoder.feed(data)
+        except Exception as exc:  # noqa: BLE001 - the codec never raises; if it did, per chunk
+            # A codec bug: without this, the event loop would log a traceback for every chunk
+            # the line delivers (issue 17.7). Start over at the next frame; the devices resend.
+            self.stats.handler_errors += 1
+            self._decoder = SerialDecoder()
+            self._log.log(_LOGGER, logging.ERROR, f"decoder:{type(exc).__name__}",
+                          "serial line %s: the decoder failed on %d bytes", self.url, len(data),
+                          exc_info=exc)
+            return
+        for item in items:
             self._dispatch(item)
 
     def _dispatch(self, item: SerialRecord | FrameError) -> None:
         if isinstance(item, FrameError):
             self.stats.frame_errors[item.reason.value] += 1
-            # Debug only: a noisy line produces these by the hundred; the counter is the
-            # signal for monitoring.
-            _LOGGER.debug("serial line %s: %s (%s)", self.url, item.reason.value, item.detail)
+            # Debug only, and rate-limited: a noisy line produces these by the hundred; the
+            # counter is the signal for monitoring.
+            self._log.log(_LOGGER, logging.DEBUG, f"frame:{item.reason.value}",
+                          "serial line %s: %s (%s)", self.url, item.reason.value, item.detail)
             if item.nak_reason is not None:
                 self._answer(encode_nak(item.device_id, item.ref, item.nak_reason), item.nak_reason)
             return
@@ -476,14 +619,17 @@ class SerialLink:
     async def _call_handler(self, message: DeviceMessage) -> Verdict:
         try:
             verdict = await self._handler(message)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - isolation: one record, not the line
             # Not stored: NAK so the receiver resends, and keep serving the other devices.
             self.stats.handler_errors += 1
-            _LOGGER.exception("serial handler failed for %s/%s", message.device_id, message.ref)
+            self._log.log(_LOGGER, logging.ERROR, f"handler:{type(exc).__name__}",
+                          "serial handler failed for %s/%s", message.device_id, message.ref,
+                          exc_info=exc)
             return nak(NakReason.NOT_STORED)
         if not isinstance(verdict, Verdict):
             self.stats.handler_errors += 1
-            _LOGGER.error("serial handler returned %r, not a Verdict", verdict)
+            self._log.log(_LOGGER, logging.ERROR, "verdict",
+                          "serial handler returned %r, not a Verdict", verdict)
             return nak(NakReason.NOT_STORED)
         self.stats.handled += 1
         return verdict
@@ -491,6 +637,12 @@ class SerialLink:
     def _answer(self, data: bytes, reason: NakReason | None) -> None:
         if not self.send(data):
             self.stats.replies_dropped += 1
+            if self._port is not None:
+                # [3] Up, but the receiver does not take what we write: it is not reading.
+                self._log.log(_LOGGER, logging.WARNING, "backlog",
+                              "serial line %s: %d bytes of answers wait for the receiver to "
+                              "read; dropping answers (the devices resend)",
+                              self.url, self.pending_out)
             return
         if reason is None:
             self.stats.acks += 1

@@ -315,8 +315,9 @@ class ScaipListener:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
-            _LOGGER.exception("SCAIP task %s failed", name)
+        except Exception as exc:  # noqa: BLE001 - isolation: one message, not the listener
+            self._log.log(_LOGGER, logging.ERROR, f"task:{type(exc).__name__}",
+                          "SCAIP task %s failed", name, exc_info=exc)
 
     # -- transports ------------------------------------------------------------------------
 
@@ -408,7 +409,8 @@ class ScaipListener:
                     if self._idle_until(conn) > time.monotonic():
                         continue  # it proved itself meanwhile: a longer allowance
                     self.stats.connections_idle_closed += 1
-                    _LOGGER.debug("SCAIP TCP %s idle, closed", peer)
+                    self._log.log(_LOGGER, logging.DEBUG, "tcp_idle",
+                                  "SCAIP TCP %s idle, closed", peer)
                     break
                 if not data:
                     break
@@ -417,7 +419,8 @@ class ScaipListener:
                         conn.active = time.monotonic()
                     self._dispatch(item, link)
         except (ConnectionError, OSError) as exc:
-            _LOGGER.debug("SCAIP TCP %s closed: %s", peer, exc)
+            self._log.log(_LOGGER, logging.DEBUG, "tcp_closed",
+                          "SCAIP TCP %s closed: %s", peer, exc)
         finally:
             if self._conns.pop(conn_id, None) is not None:
                 self.guard.close_connection(conn.ip)
@@ -588,17 +591,20 @@ class ScaipListener:
     async def _call_handler(self, scaip: ScaipRequest, sip: SipRequest) -> int:
         try:
             result = await self._handler(scaip, sip)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - isolation: one message, not the listener
             # The alarm was not stored: answer "not treated" so the controller retries or
             # falls back to its secondary receiver, and keep serving everyone else.
             self.stats.handler_errors += 1
-            _LOGGER.exception("SCAIP handler failed for cid=%s ref=%s", scaip.cid, scaip.ref)
+            self._log.log(_LOGGER, logging.ERROR, f"handler:{type(exc).__name__}",
+                          "SCAIP handler failed for cid=%s ref=%s", scaip.cid, scaip.ref,
+                          exc_info=exc)
             return Snu.NOT_TREATED
         try:
             snu = Snu(result)
         except ValueError:
             self.stats.handler_errors += 1
-            _LOGGER.error("SCAIP handler returned %r, not an snu", result)
+            self._log.log(_LOGGER, logging.ERROR, "snu",
+                          "SCAIP handler returned %r, not an snu", result)
             return Snu.NOT_TREATED
         self.stats.handled += 1
         return snu

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from alarms.supervision import GRACE_FRACTION, DeviceOffline, DeviceOnline, Supervisor
 from devices.types import heartbeat_s
+from gateway.ratelimit import LogLimiter
 from gateway.waiting import wait_set
 
 _LOGGER = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class DeviceWatch:
         self._wake = asyncio.Event()
         self._dirty: dict[str, float] = {}
         self._events: asyncio.Queue[DeviceOffline | DeviceOnline] = asyncio.Queue()
+        # One line a minute per direction: after an outage or a restart thousands of devices
+        # change state at once; each change is a technical alarm (journaled) anyway.
+        self._log = LogLimiter(60.0)
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -137,14 +141,16 @@ class DeviceWatch:
         while True:
             action = await self._events.get()
             if isinstance(action, DeviceOffline):
-                _LOGGER.warning(
+                self._log.log(
+                    _LOGGER, logging.WARNING, "offline",
                     "device %s offline: silent since %.0f s before its deadline",
                     action.device_id, action.deadline - action.since,
                 )
                 await self._on_offline(action)
             else:
-                _LOGGER.info("device %s back online after %.0f s", action.device_id,
-                             action.outage_s)
+                self._log.log(_LOGGER, logging.INFO, "online",
+                              "device %s back online after %.0f s", action.device_id,
+                              action.outage_s)
                 await self._on_online(action)
 
     async def _persist_loop(self) -> None:

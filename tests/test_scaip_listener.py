@@ -279,6 +279,20 @@ async def test_handler_exception_answers_not_treated_and_keeps_serving(
     assert (await expect_mrs(udp)).snu == Snu.OK
 
 
+async def test_handler_failures_are_logged_once_a_minute(
+    listener: ScaipListener, udp: UdpClient, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17.7: a fault per message is one log line a minute, not one per message."""
+    recorder.error = RuntimeError("disk full")
+    for n in range(20):
+        udp.send(sip_message(ALARM, call_id=f"f{n}", branch=f"z9hG4bKf{n}"))
+        assert isinstance(await udp.next(), SipResponse)
+        assert (await expect_mrs(udp)).snu == Snu.NOT_TREATED
+    assert listener.stats.handler_errors == 20
+    assert len([r for r in caplog.records if r.exc_info]) == 1
+    caplog.clear()  # the logged exception was the point of this test
+
+
 async def test_saturated_handler_answers_busy(recorder: Recorder) -> None:
     recorder.gate = asyncio.Event()
     async with ScaipListener(recorder, port=0, max_concurrent=1) as listener:

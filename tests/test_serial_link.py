@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import time
+import tty
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
+import serial
+import serial_asyncio_fast
 
 from alarms.model import AlarmType
 from devices.contract import AlarmMessage, DeviceMessage, HeartbeatMessage, TelemetryMessage
-from devices.serial import NakReason, encode_record
+from devices.serial import NakReason, encode_ack, encode_nak, encode_record
 from firmware_sim import Backoff
 from firmware_sim.serial_device import SerialReceiverSim
-from gateway.serial import ACK, SerialLink, StateHandler, Verdict, nak, parse_framing
+from gateway.serial import (
+    ACK,
+    MAX_PENDING_OUT,
+    SerialLink,
+    StateHandler,
+    Verdict,
+    nak,
+    parse_framing,
+)
 
 SIM_BACKOFF = Backoff(initial_s=0.05, cap_s=0.2)
 
@@ -272,6 +287,156 @@ async def test_pty_port_removed_and_restored(tmp_path: Path) -> None:
         assert meanwhile.status == "stored"
         assert link.stats.connects == 2
         assert {ref for _, ref in store.stored} == {first.ref, meanwhile.ref}
+
+
+async def test_loop_handler_failures_are_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 17.7: a per-record log line is rate-limited, with the count it suppressed."""
+
+    async def broken(message: DeviceMessage) -> Verdict:
+        raise RuntimeError("journal on fire")
+
+    async with make_link(broken, url="loop://") as link:
+        await asyncio.wait_for(link.wait_up(), 5)
+        for n in range(1, 51):
+            link.send(encode_record(alarm(ref=f"r{n}")))
+            await eventually(partial(_naked_not_stored, link, n))
+    logged = [r for r in caplog.records if r.name == "gateway.serial" and r.exc_info]
+    assert len(logged) == 1
+    caplog.clear()  # the logged exception was the point of this test
+
+
+def _naked_not_stored(link: SerialLink, count: int) -> bool:
+    return link.stats.naks["not_stored"] == count
+
+
+# -- a receiver that stops reading: the answers back up (issue 17.7) ------------------------
+
+
+def _broken_frame(ref: str = "bad") -> bytes:
+    """A frame the gateway cannot read (one changed byte): it answers a NAK."""
+    return encode_record(alarm("rx-1", ref)).replace(b"manual", b"manuaI")
+
+
+async def _idle_cpu_s(window_s: float = 0.5) -> float:
+    """CPU time this process spends while the test only sleeps: ~0 unless a loop spins."""
+    started = time.process_time()
+    await asyncio.sleep(window_s)
+    return time.process_time() - started
+
+
+async def test_pty_slow_receiver_backlog_is_bounded_and_drains_to_an_idle_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A receiver that stops reading while its line sends junk: the NAKs fill the tty, then
+    wait in the link up to ``MAX_PENDING_OUT`` and are dropped past it (one warning line).
+    When it reads again everything waiting arrives, an alarm raised meanwhile is stored and
+    ACKed, and the idle link costs no CPU: no writer callback is left behind ([3])."""
+    store = Store()
+    async with _sim(tmp_path, ["rx-1"]) as sim, _link(store, sim) as link:
+        await asyncio.wait_for(link.wait_up(), 5)
+        sim.stop_reading()
+        for n in range(3000):
+            sim.send_raw(_broken_frame())
+            if n % 25 == 0:
+                await asyncio.sleep(0.001)  # the link reads and answers as the junk arrives
+            assert link.pending_out <= MAX_PENDING_OUT
+            if link.stats.replies_dropped > 100:
+                break
+        await eventually(lambda: link.stats.replies_dropped > 100)
+        assert link.up
+        meanwhile = sim.raise_alarm("rx-1")  # its ACK may be dropped: the receiver resends
+        await eventually(lambda: ("rx-1", meanwhile.ref) in store.stored)
+        sim.start_reading()
+        assert await sim.wait_settled([meanwhile], timeout=10)
+        assert meanwhile.status == "stored"
+        await eventually(lambda: link.pending_out == 0)
+        await eventually(lambda: sim.stats.naks["checksum"] == link.stats.naks["checksum"])
+        assert link.stats.naks["checksum"] > 100
+        assert await _idle_cpu_s() < 0.1
+    warnings = [r for r in caplog.records if "dropping answers" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+async def test_pty_full_tty_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    """A write while the tty's output queue is full is queued at once. (pyserial's
+    ``Serial.write`` with a zero write timeout retries EAGAIN in a busy loop: the library's
+    direct write would hang the event loop here until someone read the line.)"""
+    async with _sim(tmp_path, ["rx-1"]) as sim, _link(Store(), sim) as link:
+        await asyncio.wait_for(link.wait_up(), 5)
+        sim.stop_reading()
+        # Fill the tty's output queue through a descriptor of our own on the same line.
+        filler = os.open(sim.path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            # Until it takes nothing more, even after a pause: the kernel moves queued bytes
+            # on to the master's side a little later, which frees room once or twice.
+            taken = 1
+            while taken:
+                taken = 0
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        taken += os.write(filler, b"." * 256)
+                await asyncio.sleep(0.05)
+            ack = encode_ack("rx-1", "r1")
+            assert link.send(ack)
+            assert link.pending_out == len(ack)
+            sim.start_reading()
+            await eventually(lambda: sim.stats.acks == 1)
+            assert link.pending_out == 0
+        finally:
+            os.close(filler)
+
+
+async def test_pty_library_transport_spins_after_a_backlog() -> None:
+    """Why the link drives the descriptor itself ([3] in gateway/serial.py): the same
+    backlog through ``serial_asyncio_fast.SerialTransport`` leaves its writer registered, and
+    every loop iteration then fails an assert in ``_write_ready`` and logs a traceback.
+    If this starts failing after an upgrade, the library is fixed."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    port = serial.serial_for_url(os.ttyname(slave), baudrate=115200)
+    tracebacks: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tracebacks.append(record)
+
+    loop = asyncio.get_running_loop()
+    asyncio_logger = logging.getLogger("asyncio")
+    collect = Collect(logging.ERROR)
+    asyncio_logger.addHandler(collect)
+    asyncio_logger.propagate = False  # thousands of them: not for caplog
+    try:
+        transport, _ = await serial_asyncio_fast.connection_for_serial(
+            loop, asyncio.Protocol, port)
+        await asyncio.sleep(0.01)
+        # One write larger than the tty takes: the rest waits in the transport's buffer.
+        transport.write(encode_nak("rx-1", "r1", NakReason.BAD_CHECKSUM) * 4000)
+        assert transport.get_write_buffer_size() > 0
+        received = 0
+
+        def receive() -> None:
+            nonlocal received
+            with contextlib.suppress(BlockingIOError):
+                received += len(os.read(master, 65536))
+
+        loop.add_reader(master, receive)  # the receiver reads again, and keeps reading
+        await eventually(lambda: transport.get_write_buffer_size() == 0)
+        await eventually(lambda: received == 4000 * len(encode_nak("rx-1", "r1",
+                                                                   NakReason.BAD_CHECKSUM)))
+        assert await _idle_cpu_s(0.3) > 0.1
+        assert len(tracebacks) > 100
+        assert "_write_ready" in tracebacks[0].getMessage()
+        transport.abort()
+        await asyncio.sleep(0.05)
+    finally:
+        loop.remove_reader(master)
+        asyncio_logger.removeHandler(collect)
+        asyncio_logger.propagate = True
+        os.close(master)
+        os.close(slave)
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,7 @@ from gateway.tsdb import (
     SqliteSink,
     TelemetrySink,
 )
+from gateway.tsdb.base import MAX_ISOLATION_WRITES
 from gateway.tsdb.influx import InfluxSink, escape_key, escape_measurement, to_line
 from gateway.tsdb.sqlite import DAY_MS, MINUTE_MS
 
@@ -296,6 +297,76 @@ class SinkContract(abc.ABC):
             assert sink.offer(s3)
         assert sink.stats.written == 2
         assert [ts for ts, _ in await self.read_back(dev, "temperature", 2)] == [t0, t0 + 2]
+
+    async def test_one_sample_that_cannot_be_stored_costs_only_itself(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Issue 17.6: a lone surrogate in one sample's unit (device id, metric) is rejected
+        alone; the other devices' samples of the same batch are stored. Logged once."""
+        devices, t0 = [_unique("dev") for _ in range(3)], _now_ms()
+        good = [Sample(devices[i % 3], "temperature", i + 0.5, "C", t0 + i, t0 + i)
+                for i in range(450)]
+        bad = [Sample(devices[0], "temperature", 1.0, "\ud800", t0 + 1000, t0),
+               Sample("dev-\udfff", "temperature", 1.0, "C", t0 + 1001, t0),
+               Sample(devices[1], "temp\udc00", 1.0, None, t0 + 1002, t0)]
+        batch = [bad[0], *good[:200], bad[1], *good[200:], bad[2]]
+        async with self.make_sink(max_pending=1000, batch_size=500) as sink:
+            assert all(sink.offer(s) for s in batch)
+            await sink.flush()
+            stats = sink.stats
+        assert (stats.written, stats.rejected, stats.pending) == (450, 3, 0)
+        for n, device in enumerate(devices):
+            mine = [(s.device_ts_ms, s.value) for s in good[n::3]]
+            assert await self.read_back(device, "temperature", len(mine)) == mine
+        assert len([r for r in caplog.records if "cannot be stored" in r.getMessage()]) == 1
+
+    async def test_a_sample_the_backend_refuses_is_found_by_halving_the_batch(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A sample only the backend knows it refuses (here: an injected data error) is
+        isolated by writing halves again: the rest is stored, in few writes."""
+        dev, t0 = _unique("dev"), _now_ms()
+        samples = _scalars(dev, "temperature", 500, t0)
+        poison = Sample(dev, "poison", 1.0, None, t0, t0)
+        sink = self.make_sink(batch_size=501)
+        real_write, writes = sink._write, []
+
+        async def picky_write(batch: Sequence[Sample]) -> None:
+            writes.append(len(batch))
+            if poison in batch:
+                raise ValueError("the backend refuses this data")
+            await real_write(batch)
+
+        monkeypatch.setattr(sink, "_write", picky_write)
+        async with sink:
+            for s in [*samples[:300], poison, *samples[300:]]:
+                sink.offer(s)
+            await sink.flush()
+            stats = sink.stats
+        assert (stats.written, stats.rejected) == (500, 1)
+        assert len(writes) <= 2 * 9 + 1  # halving 501 down to 1: 9 levels, 2 writes each
+        assert await self.read_back(dev, "temperature", 500) == [
+            (s.device_ts_ms, s.value) for s in samples]
+
+    async def test_a_batch_refused_wholesale_costs_a_bounded_number_of_writes(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A backend that refuses everything is not asked once per sample."""
+        dev, t0 = _unique("dev"), _now_ms()
+        sink = self.make_sink(batch_size=1000, max_pending=1000)
+        writes: list[int] = []
+
+        async def refuse(batch: Sequence[Sample]) -> None:
+            writes.append(len(batch))
+            raise ValueError("outside the bucket's retention")
+
+        monkeypatch.setattr(sink, "_write", refuse)
+        async with sink:
+            for s in _scalars(dev, "temperature", 1000, t0):
+                sink.offer(s)
+            await sink.flush()
+            assert (sink.stats.written, sink.stats.rejected) == (0, 1000)
+        assert len(writes) <= MAX_ISOLATION_WRITES
 
     async def test_not_reentrant(self) -> None:
         """Entering a running sink again is an error, not a second writer."""

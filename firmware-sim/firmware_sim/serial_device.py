@@ -132,6 +132,7 @@ class SerialReceiverSim:
         self._slave_name = ""
         self._out = bytearray()
         self._writing = False
+        self._reading = True
         self._runner: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
 
@@ -197,7 +198,8 @@ class SerialReceiverSim:
                 tmp.unlink()
             tmp.symlink_to(self._slave_name)
             tmp.replace(self._link_path)  # atomic: the gateway never sees a half-made link
-        asyncio.get_running_loop().add_reader(master, self._on_readable)
+        if self._reading:
+            asyncio.get_running_loop().add_reader(master, self._on_readable)
         self._decoder = SerialDecoder()
         self.stats.plugs += 1
         for alarm in self._pending.values():
@@ -213,7 +215,8 @@ class SerialReceiverSim:
         self._master = self._slave = None
         if master is not None:
             loop = asyncio.get_running_loop()
-            loop.remove_reader(master)
+            if self._reading:
+                loop.remove_reader(master)
             if self._writing:
                 loop.remove_writer(master)
             os.close(master)
@@ -221,6 +224,19 @@ class SerialReceiverSim:
             os.close(slave)
         self._writing = False
         self._out.clear()
+
+    def stop_reading(self) -> None:
+        """Stop reading the line, like a receiver busy with its radio: the gateway's answers
+        back up in the tty and then in the gateway. ``start_reading`` catches up."""
+        if self._master is not None and self._reading:
+            asyncio.get_running_loop().remove_reader(self._master)
+        self._reading = False
+
+    def start_reading(self) -> None:
+        """Read the line again (and everything that waited in the tty)."""
+        if self._master is not None and not self._reading:
+            asyncio.get_running_loop().add_reader(self._master, self._on_readable)
+        self._reading = True
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -11,6 +11,16 @@ bound, so the gateway can raise a technical alarm for the whole episode without 
 Within the bound nothing is lost: a failed batch is kept and retried with jittered, capped
 exponential back-off until it is written, or until the backend answers that the data itself
 is unacceptable (counted in ``stats.rejected``, never retried).
+
+One bad sample never costs the others (issue 17.6: a lone surrogate in one ``unit`` once made
+the store drop a batch of 4,491 samples of other devices). A sample this backend can never
+store (``_unwritable``: text that is not valid Unicode) is rejected before the batch is
+written; and a batch the backend refuses as data is split in halves and each half written
+again, down to the single samples it refuses, within ``MAX_ISOLATION_WRITES`` writes per
+batch (a backend that refuses a whole batch for a reason of its own, say a bucket's
+retention, is not asked thousands of times). Both sinks' writes are idempotent in effect
+(SQLite rolls a failed batch back; InfluxDB overwrites a point with the same series and
+time), so writing a half again stores nothing twice.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from types import TracebackType
 from typing import Protocol, Self, TypeAlias, TypeVar, runtime_checkable
 
 from devices.contract import TelemetryMessage
+from gateway.ratelimit import LogLimiter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +56,15 @@ _T = TypeVar("_T")
 # line): under a sustained overload every offer sheds, and one log line per sample would turn
 # a telemetry problem into a logging problem.
 SHED_LOG_INTERVAL_S = 60.0
+
+# A batch the backend refuses as data is bisected to find the samples it refuses; this many
+# writes at most per batch. One bad sample in a batch of 5,000 takes about 2 × log2(5,000)
+# = 26 writes to isolate; 64 isolates a few, and bounds what a wholesale refusal costs.
+MAX_ISOLATION_WRITES = 64
+
+# Rejections are logged once a minute per sink (with the count suppressed): they come per
+# sample, from devices, and the counter is the signal.
+REJECT_LOG_INTERVAL_S = 60.0
 
 
 class TsdbError(Exception):
@@ -206,6 +226,7 @@ class BufferedSink(abc.ABC):
         self._backend_ok = True
         self._shed_unlogged = 0
         self._shed_logged_at = -math.inf
+        self._reject_log = LogLimiter(REJECT_LOG_INTERVAL_S)
 
         self._flush_waiters = 0
         self._wake: asyncio.Event | None = None
@@ -351,6 +372,17 @@ class BufferedSink(abc.ABC):
     def _retryable(self, exc: Exception) -> bool:
         """Whether a write error is transient (retry) or about the data (reject)."""
 
+    def _unwritable(self, sample: Sample) -> str | None:
+        """Why this backend can never store ``sample``, or None. Checked before each write.
+
+        Every backend here stores text as UTF-8, which a lone surrogate cannot be encoded in
+        (the MQTT codec refuses those; other paths into the sink might not).
+        """
+        for text in (sample.device_id, sample.metric, sample.unit):
+            if text is not None and not text.isascii() and not _is_unicode(text):
+                return "text that is not valid Unicode"
+        return None
+
     def _start_background(self, tg: asyncio.TaskGroup) -> None:  # noqa: B027  (optional hook)
         """Start extra owned tasks (e.g. periodic maintenance) in the sink's TaskGroup."""
 
@@ -386,7 +418,7 @@ class BufferedSink(abc.ABC):
             if not self._buffer:
                 self._wake.clear()
             if batch:
-                await self._write_with_retry(batch)
+                await self._write_isolating(batch)
             self._inflight = 0
             await self._mark_done(n)
 
@@ -395,7 +427,47 @@ class BufferedSink(abc.ABC):
             len(self._buffer) >= self._batch_size or self._flush_waiters > 0 or not self._accepting
         )
 
-    async def _write_with_retry(self, batch: Sequence[Sample]) -> None:
+    async def _write_isolating(self, batch: Sequence[Sample]) -> None:
+        """Write ``batch``; reject only the samples that cannot be stored (module docstring)."""
+        good: list[Sample] = []
+        for sample in batch:
+            reason = self._unwritable(sample)
+            if reason is None:
+                good.append(sample)
+            else:
+                self._reject([sample], reason)
+        chunks = [good] if good else []
+        budget = MAX_ISOLATION_WRITES
+        refusal: str | None = None
+        while chunks:
+            chunk = chunks.pop()
+            if budget == 0:
+                # Out of writes: what is left shares the fate of the refused rest.
+                self._reject(chunk, f"not tried again after {refusal}")
+                continue
+            budget -= 1
+            refusal = await self._write_with_retry(chunk)
+            if refusal is None:
+                continue
+            if len(chunk) == 1 or budget < 2:
+                self._reject(chunk, refusal)
+                continue
+            # Halves in order: the first half is written first (popped last-in first-out).
+            half = len(chunk) // 2
+            chunks += [chunk[half:], chunk[:half]]
+
+    def _reject(self, samples: Sequence[Sample], reason: str) -> None:
+        self._rejected += len(samples)
+        first = samples[0]
+        self._reject_log.log(
+            _LOGGER, logging.WARNING, "rejected",
+            "%s: %d telemetry sample(s) cannot be stored, dropped (first: device %s, metric "
+            "%s): %s", self._name, len(samples), ascii(first.device_id), ascii(first.metric),
+            reason,
+        )
+
+    async def _write_with_retry(self, batch: Sequence[Sample]) -> str | None:
+        """Write ``batch``, retrying transient errors; the refusal if the data is refused."""
         attempt = 0
         while True:
             try:
@@ -404,14 +476,7 @@ class BufferedSink(abc.ABC):
                 self._failed_writes += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"[:500]
                 if not self._retryable(exc):
-                    self._rejected += len(batch)
-                    _LOGGER.error(
-                        "%s: backend rejected a batch of %d samples, dropping it: %s",
-                        self._name,
-                        len(batch),
-                        self._last_error,
-                    )
-                    return
+                    return self._last_error
                 self._backend_ok = False
                 delay = self._backoff_delay(attempt)
                 if attempt == 0:
@@ -429,7 +494,7 @@ class BufferedSink(abc.ABC):
                 if not self._backend_ok:
                     self._backend_ok = True
                     _LOGGER.info("%s: writes recovered after %d retries", self._name, attempt)
-                return
+                return None
 
     def _backoff_delay(self, attempt: int) -> float:
         # "Equal jitter": half the capped exponential is fixed, half random, so retries from
@@ -467,3 +532,12 @@ class BufferedSink(abc.ABC):
         if executor is not None:
             # Waits for an in-flight backend call so _close never races it.
             await asyncio.to_thread(executor.shutdown, wait=True)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -25,7 +25,18 @@ from gateway.audit import AuditKind
 from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import StaffMember
 from gateway.views import alarm_json, for_role
-from gateway.web.deps import WebGateway, staff_dependency
+from gateway.web.deps import WebGateway, audit_read, staff_dependency
+from gateway.web.schemas import (
+    AlarmOut,
+    ColleagueOut,
+    EvidenceOut,
+    ResponseReportOut,
+    SeriesOut,
+    documented,
+)
+
+# A staff action: refused by the core (403, 404, 409, 422), or not durable now (503).
+_ACT = (401, 403, 404, 409, 422, 503)
 
 
 class ForwardIn(BaseModel):
@@ -64,16 +75,15 @@ def router(gw: WebGateway) -> APIRouter:
     api = APIRouter(tags=["alarms"])
     Me = Annotated[StaffMember, Depends(staff_dependency(gw))]
 
-    @api.get("/api/v1/alarms")
+    @api.get("/api/v1/alarms", **documented(list[AlarmOut], 401, 422))
     async def list_alarms(
         member: Me, state: Literal["open", "closed", "all"] = "open"
     ) -> list[dict[str, Any]]:
-        return [
-            alarm_body(gw, member.role, a)
-            for a in gw.visible_alarms(member.id, state) if role_sees(member.role, a)
-        ]
+        alarms = [a for a in gw.visible_alarms(member.id, state) if role_sees(member.role, a)]
+        audit_read(gw, member.id, "alarms", (a.id for a in alarms), state=state)
+        return [alarm_body(gw, member.role, a) for a in alarms]
 
-    @api.get("/api/v1/alarms/{alarm_id}")
+    @api.get("/api/v1/alarms/{alarm_id}", **documented(AlarmOut, 401, 404))
     async def get_alarm(alarm_id: str, member: Me) -> dict[str, Any]:
         alarm = visible_alarm(gw, member, alarm_id)
         gw.audit.record(AuditKind.ALARM_VIEW, actor=member.id, subject=alarm_id,
@@ -85,35 +95,36 @@ def router(gw: WebGateway) -> APIRouter:
         alarm = await gw.act(event)
         return alarm_body(gw, member.role, alarm)
 
-    @api.post("/api/v1/alarms/{alarm_id}/receipt")
+    @api.post("/api/v1/alarms/{alarm_id}/receipt", **documented(AlarmOut, *_ACT))
     async def receipt(alarm_id: str, member: Me) -> dict[str, Any]:
         return await act(member, ReceiptConfirmed(alarm_id, member.id))
 
-    @api.post("/api/v1/alarms/{alarm_id}/accept")
+    @api.post("/api/v1/alarms/{alarm_id}/accept", **documented(AlarmOut, *_ACT))
     async def accept(alarm_id: str, member: Me) -> dict[str, Any]:
         return await act(member, AcceptRequested(alarm_id, member.id))
 
-    @api.post("/api/v1/alarms/{alarm_id}/on-site")
+    @api.post("/api/v1/alarms/{alarm_id}/on-site", **documented(AlarmOut, *_ACT))
     async def on_site(alarm_id: str, member: Me) -> dict[str, Any]:
         return await act(member, OnSiteRequested(alarm_id, member.id))
 
-    @api.post("/api/v1/alarms/{alarm_id}/close")
+    @api.post("/api/v1/alarms/{alarm_id}/close", **documented(AlarmOut, 400, *_ACT))
     async def close(alarm_id: str, body: CloseIn, member: Me) -> dict[str, Any]:
         return await act(member, CloseRequested(alarm_id, member.id, body.cause, body.note))
 
-    @api.post("/api/v1/alarms/{alarm_id}/forward")
+    @api.post("/api/v1/alarms/{alarm_id}/forward", **documented(AlarmOut, 400, *_ACT))
     async def forward(alarm_id: str, body: ForwardIn, member: Me) -> dict[str, Any]:
         return await act(member, ForwardRequested(alarm_id, member.id, body.to))
 
-    @api.post("/api/v1/alarms/{alarm_id}/hand-back")
+    @api.post("/api/v1/alarms/{alarm_id}/hand-back", **documented(AlarmOut, *_ACT))
     async def hand_back(alarm_id: str, member: Me) -> dict[str, Any]:
         return await act(member, HandBackRequested(alarm_id, member.id))
 
-    @api.post("/api/v1/alarms/{alarm_id}/take-over")
+    @api.post("/api/v1/alarms/{alarm_id}/take-over", **documented(AlarmOut, *_ACT))
     async def take_over(alarm_id: str, member: Me) -> dict[str, Any]:
         return await act(member, TakeOverRequested(alarm_id, member.id))
 
-    @api.get("/api/v1/alarms/{alarm_id}/colleagues")
+    @api.get("/api/v1/alarms/{alarm_id}/colleagues",
+             **documented(list[ColleagueOut], 401, 404))
     async def alarm_colleagues(alarm_id: str, member: Me) -> list[dict[str, Any]]:
         """Whom the alarm can be forwarded to: on duty and allowed to act on it; those
         with the app open (connected) first, then by name."""
@@ -133,12 +144,12 @@ def router(gw: WebGateway) -> APIRouter:
         found.sort(key=lambda c: (not c["connected"], str(c["name"]).casefold()))
         return found
 
-    @api.get("/api/v1/alarms/{alarm_id}/causes")
+    @api.get("/api/v1/alarms/{alarm_id}/causes", **documented(list[str], 401, 404))
     async def causes(alarm_id: str, member: Me) -> list[str]:
         alarm = visible_alarm(gw, member, alarm_id)
         return list(gw.core.allowed_causes(alarm))
 
-    @api.get("/api/v1/alarms/{alarm_id}/evidence")
+    @api.get("/api/v1/alarms/{alarm_id}/evidence", **documented(EvidenceOut, 401, 404))
     async def evidence(alarm_id: str, member: Me) -> dict[str, Any]:
         """The sensor samples behind a sensor alarm, from the time-series store."""
         alarm = gw.core.alarms.get(alarm_id)
@@ -146,7 +157,8 @@ def router(gw: WebGateway) -> APIRouter:
             raise NotFoundError(f"no alarm {alarm_id!r}")
         return await gw.sensors.evidence(alarm_id)
 
-    @api.get("/api/v1/reports/response-times", tags=["reports"])
+    @api.get("/api/v1/reports/response-times", tags=["reports"],
+             **documented(ResponseReportOut, 401, 403, 422))
     async def response_report(
         member: Me,
         period: Literal["day", "week", "month"] = "week",
@@ -168,7 +180,8 @@ def router(gw: WebGateway) -> APIRouter:
         return {"target_s": PRESENCE_DEADLINE_S,
                 "rows": [dataclasses.asdict(row) for row in rows]}
 
-    @api.get("/api/v1/devices/{device_id}/series", tags=["telemetry"])
+    @api.get("/api/v1/devices/{device_id}/series", tags=["telemetry"],
+             **documented(SeriesOut, 401, 404, 422))
     async def series(
         device_id: str,
         metric: str,

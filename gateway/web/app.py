@@ -29,6 +29,7 @@ from gateway.web import (
     socket,
 )
 from gateway.web.deps import WebGateway, WebState
+from gateway.web.responses import SafeJSONResponse
 
 
 def create_app(gw: WebGateway) -> FastAPI:
@@ -39,6 +40,8 @@ def create_app(gw: WebGateway) -> FastAPI:
         title="trygg gateway",
         version=__version__,
         description="Staff API of the trygg welfare-technology gateway.",
+        # Every JSON answer encodes, whatever a stored string holds (issue 17.6).
+        default_response_class=SafeJSONResponse,
     )
     security = gw.settings.security
     state = WebState(

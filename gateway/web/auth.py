@@ -16,6 +16,7 @@ from gateway.errors import TooManyError
 from gateway.org import StaffMember
 from gateway.security import RefreshError
 from gateway.web.deps import WebGateway, WebState, staff_dependency
+from gateway.web.schemas import MeOut, documented, errors
 
 
 class TokenOut(BaseModel):
@@ -77,7 +78,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         )
 
     @api.post("/api/v1/auth/token", response_model=TokenOut,
-              responses={429: {"description": "too many failed logins; see Retry-After"}})
+              responses=errors(400, 401, 422, 429))
     async def login(
         request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
     ) -> TokenOut:
@@ -111,7 +112,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
                 detail={"address": address})
         return tokens_for(member)
 
-    @api.post("/api/v1/auth/refresh", response_model=TokenOut)
+    @api.post("/api/v1/auth/refresh", response_model=TokenOut,
+              responses=errors(400, 401, 422))
     async def refresh(body: RefreshIn) -> TokenOut:
         try:
             staff_id, rotated = await asyncio.to_thread(sessions.rotate, body.refresh_token)
@@ -124,11 +126,11 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown staff member")
         return tokens_for(member, rotated)
 
-    @api.post("/api/v1/auth/logout", status_code=204)
+    @api.post("/api/v1/auth/logout", **documented(None, 400, 422, status=204))
     async def logout(body: RefreshIn) -> None:
         await asyncio.to_thread(sessions.revoke, body.refresh_token)
 
-    @api.get("/api/v1/me")
+    @api.get("/api/v1/me", **documented(MeOut, 401))
     async def me(member: Me) -> dict[str, Any]:
         return {
             "id": member.id,

@@ -18,6 +18,14 @@ from gateway.cameras import CameraService
 from gateway.errors import ForbiddenError, InvalidError, NotFoundError
 from gateway.org import StaffMember
 from gateway.web.deps import WebGateway, staff_dependency
+from gateway.web.schemas import (
+    ConsentOut,
+    LookOut,
+    LookStartedOut,
+    ScheduleOut,
+    documented,
+    errors,
+)
 
 # -- API models -------------------------------------------------------------------------------
 
@@ -94,19 +102,22 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
         raise ForbiddenError(
                             "only an administrator or the team's lead may do this")
 
-    @router.get("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
+    @router.get("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"],
+                **documented(list[ConsentOut], 401, 403, 404))
     async def get_consents(recipient_id: str, member: Me) -> list[dict[str, object]]:
         require_manager(member, recipient_id)
         return [c.to_json() for c in service.store.consents.history(recipient_id)]
 
-    @router.put("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
+    @router.put("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"],
+                **documented(ConsentOut, 400, 401, 403, 404, 422))
     async def put_consent(recipient_id: str, body: ConsentIn, member: Me) -> dict[str, object]:
         require_manager(member, recipient_id)
         consent = await service.register_consent(
             member, recipient_id, body.given_by, frozenset(body.scope), body.consented_at)
         return consent.to_json()
 
-    @router.delete("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"])
+    @router.delete("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"],
+                   **documented(ConsentOut, 401, 403, 404))
     async def withdraw_consent(recipient_id: str, member: Me) -> dict[str, object]:
         # Anyone in the recipient's team may register a withdrawal: the recipient says it
         # to whoever is there, and it must take effect at once.
@@ -116,7 +127,8 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
             raise NotFoundError("unknown recipient")
         return (await service.withdraw_consent(member, recipient_id)).to_json()
 
-    @router.get("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"])
+    @router.get("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"],
+                **documented(ScheduleOut, 401, 403, 404))
     async def get_schedule(recipient_id: str, member: Me) -> dict[str, object]:
         require_manager(member, recipient_id)
         schedule = service.store.schedules.get(recipient_id)
@@ -124,7 +136,8 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
             raise NotFoundError("no schedule")
         return schedule.to_json()
 
-    @router.put("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"])
+    @router.put("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"],
+                **documented(ScheduleOut, 400, 401, 403, 404, 422))
     async def put_schedule(recipient_id: str, body: ScheduleIn, member: Me) -> dict[str, object]:
         require_manager(member, recipient_id)
         if body.team_id not in gw.org.teams:
@@ -138,13 +151,14 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
         return schedule.to_json()
 
     @router.delete("/api/v1/cameras/schedules/{recipient_id}", tags=["cameras"],
-                   status_code=status.HTTP_204_NO_CONTENT)
+                   **documented(None, 401, 403, 404, status=status.HTTP_204_NO_CONTENT))
     async def delete_schedule(recipient_id: str, member: Me) -> None:
         require_manager(member, recipient_id)
         await service.set_schedule(member, None, recipient_id)
 
     @router.post("/api/v1/cameras/looks", tags=["cameras"],
-                 status_code=status.HTTP_201_CREATED)
+                 **documented(LookStartedOut, 400, 401, 403, 404, 409, 422, 503, 504,
+                              status=status.HTTP_201_CREATED))
     async def request_look(body: LookIn, member: Me) -> dict[str, Any]:
         look, token = await service.request_look(
             member, body.recipient_id, reason=body.reason, alarm_id=body.alarm_id,
@@ -152,14 +166,20 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
         return {**_look_json(look), "token": token,
                 "stream_url": f"/api/v1/cameras/looks/{look.id}/stream"}
 
-    @router.get("/api/v1/cameras/looks/{look_id}", tags=["cameras"])
+    @router.get("/api/v1/cameras/looks/{look_id}", tags=["cameras"],
+                **documented(LookOut, 401, 404))
     async def get_look(look_id: str, member: Me) -> dict[str, Any]:
         look = service.looks.get(look_id)
         if look is None or (look.viewer_id != member.id and member.role != "admin"):
             raise NotFoundError("no such look")
         return _look_json(look)
 
-    @router.get("/api/v1/cameras/looks/{look_id}/stream", tags=["cameras"])
+    @router.get("/api/v1/cameras/looks/{look_id}/stream", tags=["cameras"],
+                response_class=StreamingResponse,
+                responses={200: {"description": "The camera's stream, relayed (MJPEG or "
+                                 "as the camera sends it).",
+                                 "content": {"multipart/x-mixed-replace": {}}},
+                           **errors(401, 403, 404, 422, 502)})
     async def stream(
         look_id: str, member: Me,
         token: Annotated[str | None, Query(max_length=200)] = None,
@@ -173,7 +193,8 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
                      "Pragma": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
 
-    @router.post("/api/v1/cameras/looks/{look_id}/end", tags=["cameras"])
+    @router.post("/api/v1/cameras/looks/{look_id}/end", tags=["cameras"],
+                 **documented(LookOut, 400, 401, 403, 404, 409, 422))
     async def end_look(look_id: str, body: EndIn, member: Me) -> dict[str, Any]:
         return _look_json(await service.end_look(member, look_id, body.outcome))
 

@@ -39,7 +39,8 @@ from gateway.errors import ForbiddenError, NotFoundError
 from gateway.org import DeviceInfo, StaffMember
 from gateway.provlarm import parse_reason
 from gateway.views import OrgNames, iso
-from gateway.web.deps import WebGateway, staff_dependency
+from gateway.web.deps import WebGateway, audit_read, staff_dependency
+from gateway.web.schemas import DeviceDetailOut, FleetOut, OpsSummaryOut, documented
 
 _ZONE = ZoneInfo("Europe/Stockholm")
 _ID = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -198,7 +199,7 @@ def router(gw: WebGateway) -> APIRouter:
             "last_hop": alarm.last_hop.value,
         }
 
-    @api.get("/api/v1/console/fleet")
+    @api.get("/api/v1/console/fleet", **documented(FleetOut, 401, 403, 422))
     async def fleet(
         member: Technician,
         device_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
@@ -219,6 +220,10 @@ def router(gw: WebGateway) -> APIRouter:
                 [r["id"], r["type"], r["model"]]
                 + ([r["recipient"]["name"], r["recipient"]["address"]] if r["recipient"] else [])
             ).casefold()]
+        # Recipients' names and addresses come with the devices; the console polls this, so
+        # a large fleet is recorded as a count and the filter.
+        audit_read(gw, member.id, "console/fleet", (r["id"] for r in rows),
+                   type=device_type, state=state, q=q)
         return {
             "generated_at": iso(time.time()),
             "types": types,
@@ -226,7 +231,8 @@ def router(gw: WebGateway) -> APIRouter:
             "devices": rows,
         }
 
-    @api.get("/api/v1/console/devices/{device_id}")
+    @api.get("/api/v1/console/devices/{device_id}",
+             **documented(DeviceDetailOut, 401, 403, 404, 422))
     async def device_detail(
         device_id: Annotated[str, PathParam(pattern=_ID)],
         member: Technician,
@@ -275,7 +281,7 @@ def router(gw: WebGateway) -> APIRouter:
         body["telemetry"] = series
         return body
 
-    @api.get("/api/v1/ops/summary")
+    @api.get("/api/v1/ops/summary", **documented(OpsSummaryOut, 401, 403, 422))
     async def ops_summary(
         member: Lead,
         hours: Annotated[float, Query(gt=0, le=24 * 366)] = 24 * 7,

@@ -1,6 +1,6 @@
 """Dependencies shared by every router: the bearer-token staff member, roles, id paths."""
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -9,6 +9,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from alarms.events import Presence, StaffEvent
 from alarms.model import Alarm
+from gateway.audit import AuditKind
 from gateway.auth import TokenError, TokenIssuer
 from gateway.cameras import CameraService
 from gateway.errors import ForbiddenError
@@ -138,6 +139,23 @@ def staff_dependency(gw: WebGateway) -> Callable[[str], StaffMember]:
         return member
 
     return current_staff
+
+
+# A bulk read's audit record names every id it returned up to this many; beyond, the count
+# and the filter (which, replayed against the journal and the organisation at that time,
+# give the same set) keep the record small. 100 covers a team's open alarms and recipients.
+AUDIT_MAX_IDS = 100
+
+
+def audit_read(gw: WebGateway, actor: str, what: str, ids: Iterable[str], **filters: object
+               ) -> None:
+    """Record that ``actor`` read the set ``what`` (issue 17.4): which ids, or how many and
+    with which filter. Reads by id record themselves (``alarm_view``, ``recipient_view``)."""
+    listed = list(ids)
+    detail: dict[str, object] = {"count": len(listed), "filter": filters}
+    if len(listed) <= AUDIT_MAX_IDS:
+        detail["ids"] = listed
+    gw.audit.record(AuditKind.BULK_READ, actor=actor, subject=what, detail=detail)
 
 
 def require(member: StaffMember, *roles: str) -> None:

@@ -14,7 +14,24 @@ from gateway.audit import AuditKind
 from gateway.errors import ConflictError, NotFoundError, TooManyError, UnavailableError
 from gateway.org import StaffMember
 from gateway.provisioning import ProvisioningError
-from gateway.web.deps import ID_PATTERN, IdPath, WebGateway, WebState, require, staff_dependency
+from gateway.web.deps import (
+    ID_PATTERN,
+    IdPath,
+    WebGateway,
+    WebState,
+    audit_read,
+    require,
+    staff_dependency,
+)
+from gateway.web.schemas import (
+    ClaimAnswerOut,
+    ClaimCodeOut,
+    DeviceOut,
+    E2eStatusOut,
+    HistoryEntryOut,
+    TestAlarmOut,
+    documented,
+)
 
 
 class DeviceIn(BaseModel):
@@ -102,56 +119,67 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         require(member, "technician", "admin")
         return operation(*args, actor=member.id, **kwargs)
 
-    @api.get("/api/v1/devices", tags=["devices"])
+    @api.get("/api/v1/devices", tags=["devices"], **documented(list[DeviceOut], 401, 403))
     async def list_devices(member: Me) -> list[dict[str, Any]]:
         require(member, "technician", "admin")
+        # Recipients' names and addresses come with the devices.
+        audit_read(gw, member.id, "devices", sorted(gw.org.devices))
         return [device_json(d) for d in sorted(gw.org.devices)]
 
-    @api.post("/api/v1/devices", status_code=201, tags=["devices"])
+    @api.post("/api/v1/devices", tags=["devices"],
+              **documented(DeviceOut, 400, 401, 403, 404, 409, 422, status=201))
     async def register(body: DeviceIn, member: Me) -> dict[str, Any]:
         run(member, registry.register, device_id=body.id, type=body.type, serial=body.serial,
             model=body.model, firmware=body.firmware, recipient_id=body.recipient_id)
         return device_json(body.id)
 
-    @api.get("/api/v1/devices/{device_id}", tags=["devices"])
+    @api.get("/api/v1/devices/{device_id}", tags=["devices"],
+             **documented(DeviceOut, 401, 403, 404, 422))
     async def get_device(device_id: IdPath, member: Me) -> dict[str, Any]:
         require(member, "technician", "admin")
         if device_id not in gw.org.devices and registry.get(device_id) is None:
             raise NotFoundError(f"no device {device_id!r}")
         return device_json(device_id)
 
-    @api.get("/api/v1/devices/{device_id}/history", tags=["devices"])
+    @api.get("/api/v1/devices/{device_id}/history", tags=["devices"],
+             **documented(list[HistoryEntryOut], 401, 403, 422))
     async def device_history(device_id: IdPath, member: Me) -> list[dict[str, Any]]:
         require(member, "technician", "admin")
         return registry.history(device_id)
 
-    @api.post("/api/v1/devices/{device_id}/bind", tags=["devices"])
+    @api.post("/api/v1/devices/{device_id}/bind", tags=["devices"],
+              **documented(DeviceOut, 400, 401, 403, 404, 409, 422))
     async def bind(device_id: IdPath, body: BindIn, member: Me) -> dict[str, Any]:
         run(member, registry.bind, device_id, body.recipient_id)
         return device_json(device_id)
 
-    @api.post("/api/v1/devices/{device_id}/unbind", tags=["devices"])
+    @api.post("/api/v1/devices/{device_id}/unbind", tags=["devices"],
+              **documented(DeviceOut, 401, 403, 404, 409, 422))
     async def unbind(device_id: IdPath, member: Me) -> dict[str, Any]:
         run(member, registry.unbind, device_id)
         return device_json(device_id)
 
-    @api.post("/api/v1/devices/{device_id}/swap", tags=["devices"])
+    @api.post("/api/v1/devices/{device_id}/swap", tags=["devices"],
+              **documented(DeviceOut, 400, 401, 403, 404, 409, 422))
     async def swap(device_id: IdPath, body: SwapIn, member: Me) -> dict[str, Any]:
         run(member, registry.swap, device_id, body.new_device_id)
         return device_json(body.new_device_id)
 
-    @api.post("/api/v1/devices/{device_id}/decommission", tags=["devices"])
+    @api.post("/api/v1/devices/{device_id}/decommission", tags=["devices"],
+              **documented(DeviceOut, 401, 403, 404, 409, 422))
     async def decommission(device_id: IdPath, member: Me) -> dict[str, Any]:
         run(member, registry.decommission, device_id)
         return device_json(device_id)
 
-    @api.post("/api/v1/devices/{device_id}/claim-code", tags=["devices"])
+    @api.post("/api/v1/devices/{device_id}/claim-code", tags=["devices"],
+              **documented(ClaimCodeOut, 401, 403, 404, 409, 422))
     async def claim_code(device_id: IdPath, member: Me) -> dict[str, Any]:
         claim = run(member, registry.issue_claim, device_id)
         return {"device_id": claim.device_id, "code": claim.code, "qr": claim.qr,
                 "expires_at": claim.expires_at, "qr_image": qr_image(claim.qr)}
 
-    @api.post("/api/v1/devices/{device_id}/test-alarm", status_code=202, tags=["devices"])
+    @api.post("/api/v1/devices/{device_id}/test-alarm", tags=["devices"],
+              **documented(TestAlarmOut, 401, 403, 404, 422, 503, status=202))
     async def test_alarm(device_id: IdPath, member: Me) -> dict[str, Any]:
         """Ask the device to raise a test alarm (provlarm) through the whole chain."""
         require(member, "technician", "admin")
@@ -172,12 +200,14 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
             raise NotFoundError(f"no device {device_id!r}")
         return device_id
 
-    @api.get("/api/v1/devices/{device_id}/e2e-test", tags=["devices"])
+    @api.get("/api/v1/devices/{device_id}/e2e-test", tags=["devices"],
+             **documented(E2eStatusOut, 401, 403, 404))
     async def e2e_status(device_id: str, member: Me) -> dict[str, Any]:
         """The device's last end-to-end test and whether one is running."""
         return await asyncio.to_thread(gw.provlarm.status, test_runner(member, device_id))
 
-    @api.post("/api/v1/devices/{device_id}/e2e-test", status_code=202, tags=["devices"])
+    @api.post("/api/v1/devices/{device_id}/e2e-test", tags=["devices"],
+              **documented(E2eStatusOut, 401, 403, 404, 409, status=202))
     async def e2e_run(device_id: str, member: Me) -> dict[str, Any]:
         """Run an end-to-end test of the device now (its result: GET the same path)."""
         if not gw.provlarm.run_now(test_runner(member, device_id)):
@@ -187,7 +217,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         return await asyncio.to_thread(gw.provlarm.status, device_id)
 
     @api.post("/api/v1/provisioning/claim", tags=["provisioning"],
-              responses={429: {"description": "too many bad codes from this address"}})
+              **documented(ClaimAnswerOut, 400, 404, 422, 429))
     async def redeem(request: Request, body: Annotated[ClaimIn, Body()]) -> dict[str, Any]:
         """A device (or the installer's phone) exchanges its claim code for credentials."""
         address = request.client.host if request.client else "?"

@@ -5,19 +5,26 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.web.deps import WebGateway
+from gateway.web.responses import SafeJSONResponse
+from gateway.web.schemas import HealthOut
 
 
 def router(gw: WebGateway) -> APIRouter:
     """The operations endpoints (no token: they hold no personal data)."""
     api = APIRouter(tags=["operations"])
 
-    @api.get("/healthz")
+    @api.get("/healthz", response_model=None, responses={
+        200: {"model": HealthOut, "description": "Everything the alarm path needs works."},
+        503: {"model": HealthOut, "description": "Something the alarm path needs does not "
+              "work (the body says what)."}})
     async def healthz() -> JSONResponse:
         health = gw.health()
         code = 200 if health["status"] == "ok" else 503
-        return JSONResponse(health, status_code=code)
+        return SafeJSONResponse(health, status_code=code)
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse, responses={200: {
+        "description": "Prometheus text exposition format.",
+        "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
     async def metrics() -> PlainTextResponse:
         gw.refresh_gauges()
         return PlainTextResponse(

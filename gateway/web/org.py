@@ -14,7 +14,23 @@ from gateway.org import RecipientInfo, StaffMember, Team
 from gateway.privacy import erase_recipient, export_recipient
 from gateway.smscodec import e164
 from gateway.strength import password_problem
-from gateway.web.deps import ID_PATTERN, IdPath, WebGateway, WebState, require, staff_dependency
+from gateway.web.deps import (
+    ID_PATTERN,
+    IdPath,
+    WebGateway,
+    WebState,
+    audit_read,
+    require,
+    staff_dependency,
+)
+from gateway.web.schemas import (
+    EraseOut,
+    ExportOut,
+    RecipientOut,
+    StaffOut,
+    TeamOut,
+    documented,
+)
 
 
 class TeamIn(BaseModel):
@@ -124,14 +140,16 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
             return True
         return recipient.team_id in member.team_ids
 
-    @api.get("/api/v1/recipients", tags=["recipients"])
+    @api.get("/api/v1/recipients", tags=["recipients"], **documented(list[RecipientOut], 401))
     async def list_recipients(member: Me) -> list[dict[str, Any]]:
         """Own teams' recipients (staff, leads); name and address only (technicians)."""
         full = member.role != "technician"
-        return [recipient_json(r, gw, full=full) for r in org.recipients.values()
-                if may_see_recipient(member, r)]
+        mine = [r for r in org.recipients.values() if may_see_recipient(member, r)]
+        audit_read(gw, member.id, "recipients", (r.id for r in mine), full=full)
+        return [recipient_json(r, gw, full=full) for r in mine]
 
-    @api.get("/api/v1/recipients/{recipient_id}", tags=["recipients"])
+    @api.get("/api/v1/recipients/{recipient_id}", tags=["recipients"],
+             **documented(RecipientOut, 401, 404, 422))
     async def get_recipient(recipient_id: IdPath, member: Me) -> dict[str, Any]:
         recipient = org.recipients.get(recipient_id)
         if recipient is None or not may_see_recipient(member, recipient):
@@ -143,12 +161,14 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
 
     # -- administrators -------------------------------------------------------------------
 
-    @api.get("/api/v1/admin/teams", tags=["admin"])
+    @api.get("/api/v1/admin/teams", tags=["admin"], **documented(list[TeamOut], 401, 403))
     async def list_teams(member: Me) -> list[dict[str, Any]]:
         require(member, "admin")
+        audit_read(gw, member.id, "admin/teams", org.teams)
         return [{"id": t.id, "name": t.name} for t in org.teams.values()]
 
-    @api.put("/api/v1/admin/teams/{team_id}", tags=["admin"])
+    @api.put("/api/v1/admin/teams/{team_id}", tags=["admin"],
+             **documented(TeamOut, 400, 401, 403, 422))
     async def put_team(team_id: IdPath, body: TeamIn, member: Me) -> dict[str, Any]:
         require(member, "admin")
         if body.id != team_id:
@@ -157,7 +177,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         changed(member, "team", team_id, "put")
         return {"id": body.id, "name": body.name}
 
-    @api.delete("/api/v1/admin/teams/{team_id}", status_code=204, tags=["admin"])
+    @api.delete("/api/v1/admin/teams/{team_id}", tags=["admin"],
+                **documented(None, 401, 403, 404, 409, 422, status=204))
     async def delete_team(team_id: IdPath, member: Me) -> None:
         require(member, "admin")
         if team_id not in org.teams:
@@ -168,12 +189,14 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
             raise ConflictError(str(exc)) from None
         changed(member, "team", team_id, "delete")
 
-    @api.get("/api/v1/admin/staff", tags=["admin"])
+    @api.get("/api/v1/admin/staff", tags=["admin"], **documented(list[StaffOut], 401, 403))
     async def list_staff(member: Me) -> list[dict[str, Any]]:
         require(member, "admin")
+        audit_read(gw, member.id, "admin/staff", org.staff)
         return [staff_json(s) for s in org.staff.values()]
 
-    @api.put("/api/v1/admin/staff/{staff_id}", tags=["admin"])
+    @api.put("/api/v1/admin/staff/{staff_id}", tags=["admin"],
+             **documented(StaffOut, 400, 401, 403, 409, 422))
     async def put_staff(staff_id: IdPath, body: StaffIn, member: Me) -> dict[str, Any]:
         require(member, "admin")
         if body.id != staff_id:
@@ -206,7 +229,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
                 changes=staff_changes(existing, updated, body.password is not None))
         return staff_json(updated)
 
-    @api.delete("/api/v1/admin/staff/{staff_id}", status_code=204, tags=["admin"])
+    @api.delete("/api/v1/admin/staff/{staff_id}", tags=["admin"],
+                **documented(None, 401, 403, 404, 409, 422, status=204))
     async def delete_staff(staff_id: IdPath, member: Me) -> None:
         require(member, "admin")
         if staff_id not in org.staff:
@@ -217,12 +241,15 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         await asyncio.to_thread(sessions.revoke_staff, staff_id)
         changed(member, "staff", staff_id, "delete")
 
-    @api.get("/api/v1/admin/recipients", tags=["admin"])
+    @api.get("/api/v1/admin/recipients", tags=["admin"],
+             **documented(list[RecipientOut], 401, 403))
     async def admin_recipients(member: Me) -> list[dict[str, Any]]:
         require(member, "admin")
+        audit_read(gw, member.id, "admin/recipients", org.recipients, full=True)
         return [recipient_json(r, gw, full=True) for r in org.recipients.values()]
 
-    @api.put("/api/v1/admin/recipients/{recipient_id}", tags=["admin"])
+    @api.put("/api/v1/admin/recipients/{recipient_id}", tags=["admin"],
+             **documented(RecipientOut, 400, 401, 403, 422))
     async def put_recipient(recipient_id: IdPath, body: RecipientIn, member: Me
                             ) -> dict[str, Any]:
         require(member, "admin")
@@ -236,7 +263,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         changed(member, "recipient", recipient_id, "put")
         return recipient_json(recipient, gw, full=True)
 
-    @api.delete("/api/v1/admin/recipients/{recipient_id}", status_code=204, tags=["admin"])
+    @api.delete("/api/v1/admin/recipients/{recipient_id}", tags=["admin"],
+                **documented(None, 401, 403, 404, 409, 422, status=204))
     async def delete_recipient(recipient_id: IdPath, member: Me) -> None:
         require(member, "admin")
         if recipient_id not in org.recipients:
@@ -249,7 +277,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
             raise ConflictError(str(exc)) from None
         changed(member, "recipient", recipient_id, "delete")
 
-    @api.get("/api/v1/admin/recipients/{recipient_id}/export", tags=["privacy"])
+    @api.get("/api/v1/admin/recipients/{recipient_id}/export", tags=["privacy"],
+             **documented(ExportOut, 401, 403, 404, 422))
     async def export(recipient_id: IdPath, member: Me) -> dict[str, Any]:
         """Everything held about one recipient (data subject access)."""
         require(member, "admin")
@@ -262,7 +291,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
                 detail={"recipient_id": recipient_id})
         return body
 
-    @api.post("/api/v1/admin/recipients/{recipient_id}/erase", tags=["privacy"])
+    @api.post("/api/v1/admin/recipients/{recipient_id}/erase", tags=["privacy"],
+              **documented(EraseOut, 401, 403, 404, 409, 422))
     async def erase(recipient_id: IdPath, member: Me) -> dict[str, Any]:
         """Pseudonymise a recipient whose care ended; alarm statistics are kept."""
         require(member, "admin")

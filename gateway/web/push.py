@@ -20,6 +20,7 @@ from gateway.push import (
 )
 from gateway.pushguard import EndpointPolicy, EndpointRefused
 from gateway.web.deps import WebGateway, staff_dependency
+from gateway.web.schemas import EndpointOut, SubscribedOut, VapidKeyOut, documented
 
 _P256DH_LEN = 65  # an uncompressed P-256 point
 _AUTH_LEN = 16
@@ -88,19 +89,19 @@ def create_push_router(
 
     Me = Annotated[StaffMember, Depends(current_staff)]
 
-    @router.get("/api/v1/push/vapid-public-key", tags=["push"])
+    @router.get("/api/v1/push/vapid-public-key", tags=["push"], **documented(VapidKeyOut))
     async def vapid_public_key() -> dict[str, str]:
         return {"public_key": keys.public_key}
 
-    @router.get("/api/v1/push/subscriptions", tags=["push"])
+    @router.get("/api/v1/push/subscriptions", tags=["push"],
+                **documented(list[EndpointOut], 401))
     async def list_subscriptions(member: Me) -> list[dict[str, str]]:
         mine = await asyncio.to_thread(subscriptions.for_staff, [member.id])
         return [{"endpoint": s.endpoint} for s in mine]
 
     @router.post(
-        "/api/v1/push/subscriptions", status_code=status.HTTP_201_CREATED, tags=["push"],
-        responses={409: {"description": "the endpoint is another staff member's"},
-                   422: {"description": "not an allowed push service endpoint, or bad keys"}},
+        "/api/v1/push/subscriptions", tags=["push"],
+        **documented(SubscribedOut, 400, 401, 409, 422, status=status.HTTP_201_CREATED),
     )
     async def subscribe(body: SubscriptionIn, member: Me) -> dict[str, str]:
         _check_keys(body.keys)
@@ -120,7 +121,8 @@ def create_push_router(
         return {"endpoint": body.endpoint, "staff_id": member.id}
 
     @router.delete(
-        "/api/v1/push/subscriptions", status_code=status.HTTP_204_NO_CONTENT, tags=["push"]
+        "/api/v1/push/subscriptions", tags=["push"],
+        **documented(None, 400, 401, 404, 422, status=status.HTTP_204_NO_CONTENT),
     )
     async def unsubscribe(body: EndpointIn, member: Me) -> Response:
         removed = await asyncio.to_thread(subscriptions.remove, body.endpoint, member.id)

@@ -13,9 +13,15 @@ from alarms.events import ReceiptConfirmed, StaffConnected, StaffDisconnected
 from gateway.auth import TokenError
 from gateway.errors import DomainError
 from gateway.web.alarms import alarm_body
-from gateway.web.deps import WebGateway
+from gateway.web.deps import WebGateway, audit_read
+from gateway.web.responses import dumps
 
 _LOGGER = logging.getLogger(__name__)
+
+
+async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
+    # Like send_json, but a damaged stored string cannot fail the send (and drop the socket).
+    await websocket.send_text(dumps(message))
 
 
 class _TooSlowError(Exception):
@@ -53,13 +59,13 @@ def router(gw: WebGateway) -> APIRouter:
         connection = gw.hub.attach(staff_id)
         gw.observe(StaffConnected(staff_id))
         try:
-            await websocket.send_json({"type": "hello", "staff_id": staff_id})
+            await _send(websocket, {"type": "hello", "staff_id": staff_id})
             snapshot = [a for a in gw.visible_alarms(staff_id, "open") if role_sees(role, a)]
+            audit_read(gw, staff_id, "alarms", (a.id for a in snapshot), state="open",
+                       via="websocket")
             for alarm in snapshot:
-                await websocket.send_json(
-                    {"type": "alarm", "alarm": alarm_body(gw, role, alarm)}
-                )
-            await websocket.send_json({"type": "sync", "open": [a.id for a in snapshot]})
+                await _send(websocket, {"type": "alarm", "alarm": alarm_body(gw, role, alarm)})
+            await _send(websocket, {"type": "sync", "open": [a.id for a in snapshot]})
             async with asyncio.TaskGroup() as group:
                 group.create_task(_read(websocket, staff_id), name=f"ws read {staff_id}")
                 group.create_task(_write(websocket, connection.outbox),
@@ -80,19 +86,18 @@ def router(gw: WebGateway) -> APIRouter:
         while True:
             message = await websocket.receive_json()
             if not isinstance(message, dict) or message.get("type") != "receipt":
-                await websocket.send_json({"type": "error", "reason": "expected a receipt"})
+                await _send(websocket, {"type": "error", "reason": "expected a receipt"})
                 continue
             alarm_id = message.get("alarm_id")
             if not isinstance(alarm_id, str):
-                await websocket.send_json({"type": "error", "reason": "receipt needs alarm_id"})
+                await _send(websocket, {"type": "error", "reason": "receipt needs alarm_id"})
                 continue
             try:
                 await gw.act(ReceiptConfirmed(alarm_id, staff_id))
             except DomainError as exc:
                 # One bad receipt is answered on the socket; the socket goes on.
-                await websocket.send_json(
-                    {"type": "error", "alarm_id": alarm_id, "reason": str(exc)}
-                )
+                await _send(websocket,
+                            {"type": "error", "alarm_id": alarm_id, "reason": str(exc)})
 
     async def _watch(overflowed: asyncio.Event) -> None:
         await overflowed.wait()
@@ -100,6 +105,6 @@ def router(gw: WebGateway) -> APIRouter:
 
     async def _write(websocket: WebSocket, outbox: "asyncio.Queue[dict[str, Any]]") -> None:
         while True:
-            await websocket.send_json(await outbox.get())
+            await _send(websocket, await outbox.get())
 
     return api
