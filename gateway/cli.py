@@ -102,8 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="audit log tools")
     audit_cmd = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_cmd.add_parser("verify", help="verify the hash chain of the audit log")
-    verify.add_argument("--data-dir", type=Path, default=None)
-    verify.add_argument("--config", type=Path, default=None)
+    head = audit_cmd.add_parser("head", help="print the chain's head (seq and hash) as JSON")
+    for sub in (verify, head):
+        sub.add_argument("--data-dir", type=Path, default=None)
+        sub.add_argument("--config", type=Path, default=None,
+                         help="settings file; with [cluster], the cluster's chain in journal_dsn")
+        sub.add_argument("--dsn", default=None, help="the cluster's PostgreSQL database")
+    verify.add_argument("--anchor", default=None,
+                        help="a head exported earlier (JSON, SEQ:HASH, or a file): it must"
+                             " still be in the chain")
 
     commands.add_parser(
         "devices", help="technician commands (see `trygg devices --help`)", add_help=False
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "org":
         return _org_import(args.file, args.data_dir)
     if args.command == "audit":
-        return _audit_verify(args.data_dir, args.config)
+        return _audit(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -298,14 +305,37 @@ def _org_import(file: Path, data_dir: Path) -> int:
     return 0
 
 
-def _audit_verify(data_dir: Path | None, config: Path | None) -> int:
-    from gateway.audit import verify_main
+def _audit(args: argparse.Namespace) -> int:
+    from gateway.audit_target import (
+        PostgresAudit,
+        SqliteAudit,
+        audit_target,
+        head_main,
+        parse_anchor,
+        verify_main,
+    )
 
-    if data_dir is None:
+    target: SqliteAudit | PostgresAudit
+    if args.dsn is not None:
+        target = PostgresAudit(args.dsn)
+    elif args.data_dir is not None:
+        target = SqliteAudit(args.data_dir / "audit.sqlite3")
+    elif args.config is not None:
         from gateway.config import load
 
-        data_dir = load(config, demo=True).data_dir if config else Path("trygg-data")
-    return int(verify_main(data_dir / "audit.sqlite3"))
+        target = audit_target(load(args.config, demo=True))
+    else:
+        target = SqliteAudit(Path("trygg-data") / "audit.sqlite3")
+    if args.audit_command == "head":
+        return head_main(target)
+    anchor = None
+    if args.anchor is not None:
+        try:
+            anchor = parse_anchor(args.anchor)
+        except ValueError as exc:
+            print(f"--anchor: {exc}", file=sys.stderr)
+            return 2
+    return verify_main(target, anchor=anchor)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from alarms.events import CentreConfirmed, Event, Presence, StaffEvent
 from alarms.model import Alarm
 from devices.contract import Channel, topic
 from gateway import __version__
-from gateway.audit import AUDIT_FILENAME
+from gateway.audit_target import audit_target
 from gateway.auditor import Auditor
 from gateway.config import Settings
 from gateway.duties import SUPERVISION
@@ -89,7 +89,8 @@ class Gateway:
         self.metrics = Metrics(self._alarm_counts)
         self.journal = journal if journal is not None else self._journal()
         self.hub = StaffHub()
-        self.audit = Auditor(settings.data_dir / AUDIT_FILENAME)
+        # The cluster's one chain in PostgreSQL, or this gateway's file (gateway.audit_target).
+        self.audit = Auditor(audit_target(settings), gateway_id=settings.gateway_id)
         prefix = settings.mqtt.prefix
         self.effects = Effects(core=self.core, org=self.org, hub=self.hub, metrics=self.metrics,
                                prefix=prefix)
