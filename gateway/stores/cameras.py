@@ -34,9 +34,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from alarms.nattillsyn import Consent, EndedBy, Look, LookState, Outcome, Schedule
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 __all__ = [
     "LEGACY_FILE",
@@ -46,6 +49,7 @@ __all__ = [
     "SqliteCameraStore",
     "StoredLook",
     "WindowMark",
+    "open_camera_store",
     "token_hash",
 ]
 
@@ -445,3 +449,11 @@ class PostgresCameraStore(_SqlCameraStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def open_camera_store(settings: Settings) -> CameraStore:
+    """The store these settings use: the cluster's database, or the data directory's file.
+    Blocking."""
+    if settings.cluster is not None and settings.journal_dsn is not None:
+        return PostgresCameraStore(settings.journal_dsn, gateway_id=settings.gateway_id)
+    return SqliteCameraStore(settings.data_dir / STORE_FILE)
