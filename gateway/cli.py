@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     org_import.add_argument("file", type=Path)
     org_import.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+    org_import.add_argument("--config", type=Path, default=None,
+                            help="settings file; with [cluster], import once into the cluster's"
+                                 " database (every gateway sees it)")
+    org_import.add_argument("--dsn", default=None, help="the cluster's PostgreSQL database")
 
     audit = commands.add_parser("audit", help="audit log tools")
     audit_cmd = audit.add_subparsers(dest="audit_command", required=True)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run_async(_run(args.config))
     if args.command == "org":
-        return _org_import(args.file, args.data_dir)
+        return _org_import(args.file, args.data_dir, args.config, args.dsn)
     if args.command == "audit":
         return _audit(args)
     parser.error(f"unknown command {args.command}")
@@ -288,10 +292,28 @@ async def _fleet(size: int, info: dict[str, Any]) -> AsyncIterator[None]:
         yield
 
 
-def _org_import(file: Path, data_dir: Path) -> int:
+def _org_import(file: Path, data_dir: Path, config: Path | None, dsn: str | None) -> int:
     from gateway.org import OrgStore
     from gateway.orgfile import OrgFileError, RosterStore, import_file
 
+    if config is not None and dsn is None:
+        from gateway.config import load
+
+        settings = load(config, demo=True)
+        if settings.cluster is not None:
+            dsn = settings.journal_dsn
+        else:
+            data_dir = settings.data_dir
+    if dsn is not None:
+        from gateway.stores.shared_org import import_shared
+
+        try:
+            counts = import_shared(file, dsn)
+        except OrgFileError as exc:
+            print(f"import refused, nothing written: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(counts))
+        return 0
     data_dir.mkdir(parents=True, exist_ok=True)
     org = OrgStore(data_dir / "org.sqlite3")
     try:
