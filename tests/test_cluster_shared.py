@@ -131,3 +131,35 @@ async def test_a_look_started_on_one_gateway_is_continued_and_ended_on_the_other
     assert next((gw, '"event":"allowed"' in d) for gw, d in views) == ("gw3", True)
     assert any(gw == "gw2" and '"event":"ended"' in d for gw, d in views)
     assert result.records >= len(views)
+
+
+async def test_a_look_whose_gateway_stopped_is_ended_by_another(
+    tmp_path: Path, prefix: str, pg_dsn: str,  # noqa: F811 - the imported fixture
+) -> None:
+    clock = FakeClock(NIGHT)
+    async with member(tmp_path, prefix, pg_dsn, "gw1", clock) as survivor, SimCamera(
+        CAMERA, host=MOSQUITTO[0], port=MOSQUITTO[1], prefix=prefix
+    ) as camera:
+        async with member(tmp_path, prefix, pg_dsn, "gw2", clock) as doomed:
+            await setup_consent_and_schedule(
+                CameraRig(doomed, doomed.cameras, clock, base(doomed), prefix))
+            anna = await login(base(doomed), "anna")
+            resp = await anna.post("/cameras/looks", json={"recipient_id": "r-a"})
+            assert resp.status_code == 201, resp.text
+            look = resp.json()
+            await anna.http.aclose()
+        assert camera.state == "awake"
+        # Within its time nobody else touches it: the owner might only be slow.
+        await asyncio.sleep(0.5)
+        found = await survivor.cameras.find_look(look["id"])
+        assert found is not None
+        assert found.state is LookState.WOKEN
+        # Past its end (and the grace), the surviving gateway ends it and sends standby.
+        clock.now = NIGHT + 60 + 6
+        await until(lambda: camera.state == "standby")
+        found = await survivor.cameras.find_look(look["id"])
+        assert found is not None
+        assert found.state is LookState.ENDED
+        assert found.ended_by is not None
+        assert found.ended_by.value == "timeout"
+        assert await survivor.cameras.looks_in_progress() == []
