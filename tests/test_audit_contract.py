@@ -225,3 +225,17 @@ def test_postgres_refuses_changes_to_records(tmp_path: Path) -> None:
             log.append_many(_entries("a", 2))
         with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("UPDATE trygg_audit SET actor = 'x'")
+
+
+def test_a_subject_access_export_reads_the_chain_wherever_it_is(
+    backend: Backend, tmp_path: Path
+) -> None:
+    from gateway.privacy import audit_entries
+
+    with backend.open() as log:
+        log.append_many([AuditEntry("alarm_view", "anna", "a-1", {}),
+                         AuditEntry("camera_view", "bo", "r-a", {"event": "allowed"}),
+                         AuditEntry("login", "anna", "session", {}),
+                         AuditEntry("hop", "dev-a", "a-2", {"recipient_id": "r-a"})])
+    found = audit_entries(tmp_path / "elsewhere", "r-a", {"a-1"}, set(), backend.target)
+    assert [(e["seq"], e["subject"]) for e in found] == [(1, "a-1"), (2, "r-a"), (4, "a-2")]
