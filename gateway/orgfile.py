@@ -211,7 +211,7 @@ class RosterStore:
             rows = conn.execute("SELECT team_id, body FROM rosters").fetchall()
         finally:
             conn.close()
-        return {team_id: _roster(team_id, json.loads(body)) for team_id, body in rows}
+        return {team_id: roster_of(team_id, json.loads(body)) for team_id, body in rows}
 
     def refresh(self) -> bool:
         """Nothing to do: ``rosters`` reads the file every time."""
@@ -221,7 +221,8 @@ class RosterStore:
         """Nothing held open."""
 
 
-def _roster(team_id: str, body: dict[str, Any]) -> Roster:
+def roster_of(team_id: str, body: dict[str, Any]) -> Roster:
+    """A team's roster from its stored JSON body (the file's ``[rosters.TEAM]`` table)."""
     weekly: dict[RosterKey, frozenset[str]] = {}
     on_call: dict[RosterKey, frozenset[str]] = {}
     for shift in Shift:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from alarms.roster import Roster
-from gateway.orgfile import RosterStore, _roster
+from gateway.orgfile import RosterStore, roster_of
 
 if TYPE_CHECKING:
     import psycopg
@@ -127,7 +127,7 @@ class PostgresRosterStore:
                 if version == self._version:
                     return False
                 rows = conn.execute("SELECT team_id, body FROM trygg_rosters").fetchall()
-            self._rosters = {team: _roster(team, json.loads(body)) for team, body in rows}
+            self._rosters = {team: roster_of(team, json.loads(body)) for team, body in rows}
             self._version = version
             return True
 
