@@ -275,7 +275,9 @@ def table(results: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- |"]
 
     def add(figure: str, value: str, ceiling: str, goal: str, section: str) -> None:
-        data = results.get(section, {})
+        if section not in results:  # not run (--only): no row of dashes
+            return
+        data = results[section]
         load = f"{data.get('_load_before', '?')} / {data.get('_load_after', '?')}"
         rows.append(f"| {figure} | {value} | {ceiling} | {goal} | {load} |")
 
