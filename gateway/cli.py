@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway.buildinfo import build_info
 from gateway.files import private_umask
 
 _LOGGER = logging.getLogger("trygg")
@@ -64,7 +64,7 @@ def choose_port(requested: int | None, default: int, flag: str, host: str = "127
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trygg`` console script."""
     parser = argparse.ArgumentParser(prog="trygg", description="trygg welfare-technology gateway")
-    parser.add_argument("--version", action="version", version=f"trygg {__version__}")
+    parser.add_argument("--version", action="version", version=build_info().line())
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
 

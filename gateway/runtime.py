@@ -34,7 +34,7 @@ from alarms.directory import Directory
 from alarms.events import CentreConfirmed, Event, Presence, StaffEvent
 from alarms.model import Alarm
 from devices.contract import Channel, topic
-from gateway import __version__
+from gateway import __version__, scrape
 from gateway.audit import AUDIT_FILENAME
 from gateway.auditor import Auditor
 from gateway.config import Settings
@@ -86,7 +86,8 @@ class Gateway:
         self._owns_org = org is None
         self.rosters = RosterStore(settings.data_dir / "rosters.sqlite3")
         self.core = AlarmCore(self._directory(), track_presence=True)
-        self.metrics = Metrics(self._alarm_counts)
+        self.metrics = Metrics(self._alarm_counts, totals=lambda: scrape.totals(self),
+                               devices=lambda: scrape.device_states(self))
         self.journal = journal if journal is not None else self._journal()
         self.hub = StaffHub()
         self.audit = Auditor(settings.data_dir / AUDIT_FILENAME)
@@ -328,13 +329,7 @@ class Gateway:
     def refresh_gauges(self) -> None:
         """Gauges read on demand, before ``/metrics``."""
         self.metrics.staff_connections.set(self.hub.connection_count())
-        self.metrics.mqtt_dropped.set(self.link.dropped_outbound
-                                      + self.telemetry_link.dropped_outbound)
         self.metrics.probe_age.set(self.probe.age())
-        if self.services is not None:
-            stats = self.services.telemetry.stats
-            self.metrics.telemetry_shed.set(stats.shed)
-            self.metrics.telemetry_written.set(stats.written)
 
     # -- what stage 2 provides (tests and the web layer read these) -------------------------
 
