@@ -18,6 +18,8 @@ from typing import Any
 
 from gateway.buildinfo import build_info
 from gateway.files import private_umask
+from gateway.logformat import LOG_FORMATS
+from gateway.logformat import configure as configure_logging
 
 _LOGGER = logging.getLogger("trygg")
 
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trygg", description="trygg welfare-technology gateway")
     parser.add_argument("--version", action="version", version=build_info().line())
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=None,
+        help="text (default) or json: one JSON object per line (overrides log_format)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run everything embedded with a simulated fleet")
@@ -99,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     org_import.add_argument("file", type=Path)
     org_import.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
 
+    _add_config_parser(commands)
+
     audit = commands.add_parser("audit", help="audit log tools")
     audit_cmd = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_cmd.add_parser("verify", help="verify the hash chain of the audit log")
@@ -121,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(sim_main(argv[1:]))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format or "text")
     # The embedded broker narrates every state transition at INFO; keep its warnings only.
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -137,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _run_async(_demo(args))
     if args.command == "run":
-        return _run_async(_run(args.config))
+        return _run_async(_run(args.config, log_flags=(args.log_level, args.log_format)))
+    if args.command == "config":
+        return _config_check(args.config)
     if args.command == "org":
         return _org_import(args.file, args.data_dir)
     if args.command == "audit":
@@ -185,11 +192,14 @@ async def _wait(stop: asyncio.Event, duration: float | None, gateway: Any) -> No
         await asyncio.gather(waiter, runner, return_exceptions=True)
 
 
-async def _run(config: Path | None) -> int:
+async def _run(config: Path | None, log_flags: tuple[str, str | None] = ("INFO", None)) -> int:
     from gateway.config import load
     from gateway.runtime import Gateway
 
     settings = load(config)
+    level, log_format = log_flags
+    if log_format is None and settings.log_format != "text":
+        configure_logging(level, settings.log_format)  # the file's log_format; a flag wins
     async with _stop_on_signals() as stop, Gateway(settings) as gateway:
         _LOGGER.info(
             "gateway %s up: http://%s:%d, broker %s:%d",
@@ -296,6 +306,21 @@ def _org_import(file: Path, data_dir: Path) -> int:
         org.close()
     print(json.dumps(counts))
     return 0
+
+
+def _add_config_parser(commands: Any) -> None:
+    config = commands.add_parser("config", help="settings tools")
+    config_cmd = config.add_subparsers(dest="config_command", required=True)
+    check = config_cmd.add_parser(
+        "check", help="validate a settings file and the environment; print them, secrets masked"
+    )
+    check.add_argument("--config", type=Path, required=True, help="TOML settings file")
+
+
+def _config_check(config: Path) -> int:
+    from gateway.configcheck import main as check_main
+
+    return check_main(config)
 
 
 def _audit_verify(data_dir: Path | None, config: Path | None) -> int:
