@@ -121,7 +121,7 @@ class Effects:
             self.centre.send(body, action.attempt)
         else:
             _LOGGER.warning("alarm %s is for the alarm centre, which is not started",
-                            action.alarm_id)
+                            action.alarm_id, extra={"alarm_id": action.alarm_id})
         if self.publisher is not None:
             self.publisher.publish_nowait(Outbound(
                 self.centre_topic,
