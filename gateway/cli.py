@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     org_import.add_argument("file", type=Path)
     org_import.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+    _add_erase_parser(org_cmd)
 
     _add_config_parser(commands)
 
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_async(_run(args.config, log_flags=(args.log_level, args.log_format)))
     if args.command == "config":
         return _config_check(args.config)
+    if args.command == "org" and args.org_command == "erase":
+        return _org_erase(args.data_dir, args.recipient_ids, args.actor)
     if args.command == "org":
         return _org_import(args.file, args.data_dir)
     if args.command == "audit":
@@ -293,12 +296,15 @@ async def _fleet(size: int, info: dict[str, Any]) -> AsyncIterator[None]:
 
 def _org_import(file: Path, data_dir: Path) -> int:
     from gateway.org import OrgStore
-    from gateway.orgfile import OrgFileError, RosterStore, import_file
+    from gateway.orgfile import OrgFileError, RosterStore, parse, rows, write
+    from gateway.progress import progress
 
     data_dir.mkdir(parents=True, exist_ok=True)
     org = OrgStore(data_dir / "org.sqlite3")
     try:
-        counts = import_file(file, org, RosterStore(data_dir / "rosters.sqlite3"))
+        data = parse(file)
+        with progress(f"import {file.name}", rows(data)) as tracker:
+            counts = write(data, org, RosterStore(data_dir / "rosters.sqlite3"), tracker)
     except OrgFileError as exc:
         print(f"import refused, nothing written: {exc}", file=sys.stderr)
         return 1
@@ -306,6 +312,21 @@ def _org_import(file: Path, data_dir: Path) -> int:
         org.close()
     print(json.dumps(counts))
     return 0
+
+
+def _add_erase_parser(org_cmd: Any) -> None:
+    erase = org_cmd.add_parser(
+        "erase", help="GDPR erasure of recipients whose care ended (gateway stopped)"
+    )
+    erase.add_argument("recipient_ids", nargs="+", metavar="RECIPIENT_ID")
+    erase.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+    erase.add_argument("--actor", default="cli", help="who is erasing (audited)")
+
+
+def _org_erase(data_dir: Path, recipient_ids: list[str], actor: str) -> int:
+    from gateway.erasure import main as erase_main
+
+    return erase_main(data_dir, recipient_ids, actor)
 
 
 def _add_config_parser(commands: Any) -> None:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alarms.roster import Roster, RosterKey, Shift, every_day
 from gateway.org import DeviceInfo, OrgStore, RecipientInfo, StaffMember, Team
+from gateway.progress import SILENT, Tracker
 from gateway.smscodec import e164
 from gateway.strength import password_problem
 
@@ -143,9 +144,23 @@ def parse(path: Path) -> OrgFile:
 
 def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, int]:
     """Validate ``path`` completely, then write it. Returns counts per kind."""
-    data = parse(path)
+    return write(parse(path), org, rosters)
+
+
+def rows(data: OrgFile) -> int:
+    """How many rows ``write`` writes (the progress bar's total)."""
+    return (len(data.teams) + len(data.staff) + len(data.recipients) + len(data.devices)
+            + len(data.rosters))
+
+
+def write(data: OrgFile, org: OrgStore, rosters: RosterStore,
+          tracker: Tracker = SILENT) -> dict[str, int]:
+    """Write a parsed file, row by row (``tracker`` advances per row). Returns counts."""
+    tracker.describe("teams")
     for t in data.teams:
         org.put_team(Team(t.id, t.name))
+        tracker.advance()
+    tracker.describe("staff (hashing passwords)")
     for s in data.staff:
         # Imported here: the roster store is on the alarm path, password hashing is not.
         from gateway.auth import hash_password
@@ -153,13 +168,20 @@ def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, in
         secret = s.password_hash or hash_password(s.password or "")
         org.put_staff(StaffMember(s.id, s.username, s.name, s.role, tuple(s.teams), secret,
                                   phone=s.phone))
+        tracker.advance()
+    tracker.describe("recipients")
     for r in data.recipients:
         org.put_recipient(RecipientInfo(r.id, r.name, r.address, r.team, r.entry_info,
                                         r.action_plan, r.phone))
+        tracker.advance()
+    tracker.describe("devices")
     for d in data.devices:
         org.put_device(DeviceInfo(d.id, d.type, d.recipient, d.model, d.serial, d.heartbeat_s))
+        tracker.advance()
+    tracker.describe("rosters")
     for team_id, roster in data.rosters.items():
         rosters.put(team_id, roster.model_dump())
+        tracker.advance()
     return {"teams": len(data.teams), "staff": len(data.staff),
             "recipients": len(data.recipients), "devices": len(data.devices),
             "rosters": len(data.rosters)}
