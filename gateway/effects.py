@@ -25,9 +25,11 @@ from alarms.core import AlarmCore
 from alarms.model import Alarm
 from devices.contract import encode_ack, topic
 from gateway.hub import StaffHub
+from gateway.logformat import log_ids
 from gateway.metrics import Metrics
 from gateway.mqtt import Outbound
 from gateway.org import OrgStore
+from gateway.ratelimit import LogLimiter
 from gateway.views import alarm_json, for_role, iso
 
 _LOGGER = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class Effects:
         self.publisher: Publisher | None = None
         self.centre: CentreSender | None = None
         self._notifiers: list[Notifier] = []
+        # Every alarm due for the centre would log this line while the centre is down.
+        self._log = LogLimiter(60.0)
         self.listeners: list[AlarmListener] = []
         self._early: deque[tuple[dict[str, Any], frozenset[str]]] | None = deque(
             maxlen=EARLY_ANNOUNCEMENTS)
@@ -120,8 +124,10 @@ class Effects:
         if self.centre is not None:
             self.centre.send(body, action.attempt)
         else:
-            _LOGGER.warning("alarm %s is for the alarm centre, which is not started",
-                            action.alarm_id, extra={"alarm_id": action.alarm_id})
+            with log_ids(alarm_id=action.alarm_id):
+                self._log.log(_LOGGER, logging.WARNING, "centre-not-started",
+                              "alarm %s is for the alarm centre, which is not started",
+                              action.alarm_id)
         if self.publisher is not None:
             self.publisher.publish_nowait(Outbound(
                 self.centre_topic,
