@@ -69,9 +69,8 @@ class CheckResult:
         return not self.problems
 
 
-def check(config: Path, environ: Mapping[str, str] | None = None) -> CheckResult:
-    """Judge ``config`` with the environment (``os.environ`` unless given)."""
-    env = os.environ if environ is None else environ
+def check(config: Path) -> CheckResult:
+    """Judge ``config`` with this process's environment, as ``trygg run`` would read both."""
     problems: list[Problem] = []
     try:
         with config.open("rb") as handle:
@@ -80,7 +79,7 @@ def check(config: Path, environ: Mapping[str, str] | None = None) -> CheckResult
         return CheckResult(None, (Problem(str(config), f"cannot be read ({exc.strerror})"),))
     except tomllib.TOMLDecodeError as exc:
         return CheckResult(None, (Problem(str(config), f"is not valid TOML ({exc})"),))
-    problems.extend(_unknown_variables(env))
+    problems.extend(_unknown_variables(os.environ))
     refused: list[Problem] = []
     settings: Settings | None = None
     try:
