@@ -38,16 +38,31 @@ def totals(gw: Gateway) -> Totals:
 
 
 def device_states(gw: Gateway) -> DeviceStates:
-    """Supervised devices counted by (type, team, online/offline)."""
+    """Supervised devices counted by (type, team, online/offline).
+
+    Runs on the event loop at every scrape, so it walks plain dicts only (about 10 ms for
+    14,000 devices on the 2-core test machine, ``docs/operations.md``).
+    """
     org = gw.org
+    supervisor = gw.watch.supervisor
+    offline = set(supervisor.offline_devices())
+    recipients = org.recipients
     counts: Counter[tuple[str, str, str]] = Counter()
-    for status in gw.watch.supervisor.statuses():
-        device = org.devices.get(status.device_id)
-        if device is None:
-            device_type, team = "unknown", NO_TEAM
-        else:
-            recipient = org.recipients.get(device.recipient_id or "")
-            device_type = device.type
-            team = recipient.team_id if recipient is not None and recipient.team_id else NO_TEAM
-        counts[device_type, team, "offline" if status.offline else "online"] += 1
+    matched = 0
+    for device in org.devices.values():
+        if device.id not in supervisor:
+            continue  # registered, not installed: not supervised
+        matched += 1
+        recipient = recipients.get(device.recipient_id or "")
+        team = recipient.team_id if recipient is not None and recipient.team_id else NO_TEAM
+        state = "offline" if device.id in offline else "online"
+        counts[device.type, team, state] += 1
+    # Watched but no longer in the organisation (removed while supervised): still counted.
+    unknown = len(supervisor) - matched
+    if unknown:
+        unknown_offline = len(offline - org.devices.keys())
+        counts["unknown", NO_TEAM, "offline"] += unknown_offline
+        counts["unknown", NO_TEAM, "online"] += unknown - unknown_offline
+        for key in [k for k, v in counts.items() if not v]:
+            del counts[key]
     return counts

@@ -149,3 +149,31 @@ def test_version_prints_version_and_commit(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out.strip()
     assert out == build_info().line()
     assert out.startswith(f"trygg {__version__} (commit ")
+
+
+def test_device_states_count_supervised_devices_by_type_team_and_state() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from alarms.supervision import Supervisor
+    from gateway.org import DeviceInfo, RecipientInfo
+    from gateway.scrape import device_states
+
+    supervisor = Supervisor()
+    for device_id in ("cam-1", "cam-2", "door-1", "gone-1"):
+        supervisor.watch(device_id, now=0.0, interval_s=60.0, grace_s=60.0)
+    supervisor.due(1_000.0)  # every watched device is now offline ...
+    supervisor.seen("cam-1", 1_000.0)  # ... but cam-1, heard again
+    org = SimpleNamespace(
+        devices={d.id: d for d in (DeviceInfo("cam-1", "camera", "r-a"),
+                                   DeviceInfo("cam-2", "camera", "r-a"),
+                                   DeviceInfo("door-1", "door", None),
+                                   DeviceInfo("spare-1", "door", None))},  # not watched
+        recipients={"r-a": RecipientInfo("r-a", "A", "", "team-a")})
+    gw: Any = SimpleNamespace(org=org, watch=SimpleNamespace(supervisor=supervisor))
+    assert dict(device_states(gw)) == {
+        ("camera", "team-a", "online"): 1,
+        ("camera", "team-a", "offline"): 1,
+        ("door", "-", "offline"): 1,
+        ("unknown", "-", "offline"): 1,  # gone-1: watched, no longer in the organisation
+    }
