@@ -15,7 +15,7 @@ Consumers, each in its own process on the same broker: the ceilings, bare subscr
 only count (``aiomqtt``, the gateway's client library, and raw ``paho``), and the gateway
 (``trygg run``: decode, validate, supervision, device table, telemetry sink into SQLite),
 whose progress is read from ``/metrics``: its rate counts a message once it is stored in the
-SQLite sink (``trygg_telemetry_written``, or shed), the decode-only rate
+SQLite sink (``trygg_telemetry_written_total``, or shed), the decode-only rate
 (``trygg_ingest_messages_total``) is reported beside it. Sensor rules run on this path too
 (``gateway/sensors.py``: telemetry batched into ``SensorRuleEngine``), when the gateway
 version under test has them wired in. Prints JSON, then
@@ -575,7 +575,8 @@ class GatewayUnderTest:
         """Poll /metrics until ``total`` telemetry messages were ingested and stored.
 
         Ingested: decoded and handled (``trygg_ingest_messages_total``); stored: written to
-        the SQLite sink, or shed (``trygg_telemetry_written`` + ``trygg_telemetry_shed``).
+        the SQLite sink, or shed (``trygg_telemetry_written_total`` +
+        ``trygg_telemetry_shed_total``).
         Returns the first poll that saw progress and when each count reached ``total``.
         """
         first: tuple[float, int] | None = None
@@ -589,8 +590,8 @@ class GatewayUnderTest:
             values = metrics(self.http_port, timeout=5) or values
             now = time.time()
             count = ingested(values)
-            done = int(values.get("trygg_telemetry_written", 0)
-                       + values.get("trygg_telemetry_shed", 0))
+            done = int(values.get("trygg_telemetry_written_total", 0)
+                       + values.get("trygg_telemetry_shed_total", 0))
             if count > seen or done > stored:
                 last_progress = now
                 if first is None:
@@ -630,8 +631,8 @@ def gateway_live(directory: Path, port: int, total: int, publishers: int,
     return {"consumer": "gateway (trygg run)", "received": seen["ingested"],
             "seconds": round(stored_s, 3), "per_s": round(seen["stored"] / stored_s),
             "ingest_per_s": round(seen["ingested"] / ingest_s),
-            "telemetry_written": seen["metrics"].get("trygg_telemetry_written"),
-            "telemetry_shed": seen["metrics"].get("trygg_telemetry_shed"),
+            "telemetry_written": seen["metrics"].get("trygg_telemetry_written_total"),
+            "telemetry_shed": seen["metrics"].get("trygg_telemetry_shed_total"),
             "pid": proc.pid, "publishers": pub, "profile": profiled}
 
 
@@ -664,8 +665,8 @@ def gateway_backlog(directory: Path, port: int, total: int, publishers: int) -> 
             "ingest_per_s": round(drained / ingest_s),
             "startup_s": round(first[0] - started, 3),
             "total_s": round(seen["stored_at"] - started, 3),
-            "telemetry_written": seen["metrics"].get("trygg_telemetry_written"),
-            "telemetry_shed": seen["metrics"].get("trygg_telemetry_shed"),
+            "telemetry_written": seen["metrics"].get("trygg_telemetry_written_total"),
+            "telemetry_shed": seen["metrics"].get("trygg_telemetry_shed_total"),
             "pid": proc.pid, "publishers": pub}
 
 

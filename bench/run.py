@@ -58,6 +58,7 @@ from bench import (
     storm_bench,
     supervision_bench,
 )
+from gateway.progress import progress
 
 SECTIONS = ("ingest", "latency", "shell", "storm", "recovery", "supervision", "core",
             "cluster")
@@ -381,19 +382,23 @@ def main() -> None:
                     "platform": platform.platform()},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    for name in chosen:
-        before = ingest_bench.load_avg().split()[0]
-        began = time.monotonic()
-        print(f"[run.py] {name} ...", file=sys.stderr, flush=True)
-        try:
-            section = RUNNERS[name](args)
-        except Exception:  # one broken section must not lose the others' figures
-            section = {"error": traceback.format_exc()}
-            print(section["error"], file=sys.stderr)
-        section["_load_before"] = before
-        section["_load_after"] = ingest_bench.load_avg().split()[0]
-        section["_seconds"] = round(time.monotonic() - began, 1)
-        results[name] = section
+    # A bar over the sections on a terminal; nothing extra when stderr is a file or pipe.
+    with progress("benchmarks", len(chosen)) as tracker:
+        for name in chosen:
+            tracker.describe(f"bench: {name}")
+            before = ingest_bench.load_avg().split()[0]
+            began = time.monotonic()
+            print(f"[run.py] {name} ...", file=sys.stderr, flush=True)
+            try:
+                section = RUNNERS[name](args)
+            except Exception:  # one broken section must not lose the others' figures
+                section = {"error": traceback.format_exc()}
+                print(section["error"], file=sys.stderr)
+            section["_load_before"] = before
+            section["_load_after"] = ingest_bench.load_avg().split()[0]
+            section["_seconds"] = round(time.monotonic() - began, 1)
+            results[name] = section
+            tracker.advance()
     print(json.dumps(results, indent=2, default=str))
     print()
     print(table(results))

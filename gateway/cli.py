@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway import __version__
+from gateway.buildinfo import build_info
 from gateway.files import private_umask
+from gateway.logformat import LOG_FORMATS
+from gateway.logformat import configure as configure_logging
 
 _LOGGER = logging.getLogger("trygg")
 
@@ -64,8 +66,12 @@ def choose_port(requested: int | None, default: int, flag: str, host: str = "127
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trygg`` console script."""
     parser = argparse.ArgumentParser(prog="trygg", description="trygg welfare-technology gateway")
-    parser.add_argument("--version", action="version", version=f"trygg {__version__}")
+    parser.add_argument("--version", action="version", version=build_info().line())
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=None,
+        help="text (default) or json: one JSON object per line (overrides log_format)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run everything embedded with a simulated fleet")
@@ -102,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                             help="settings file; with [cluster], import once into the cluster's"
                                  " database (every gateway sees it)")
     org_import.add_argument("--dsn", default=None, help="the cluster's PostgreSQL database")
+    _add_erase_parser(org_cmd)
+
+    _add_config_parser(commands)
 
     audit = commands.add_parser("audit", help="audit log tools")
     audit_cmd = audit.add_subparsers(dest="audit_command", required=True)
@@ -132,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(sim_main(argv[1:]))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format or "text")
     # The embedded broker narrates every state transition at INFO; keep its warnings only.
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -148,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _run_async(_demo(args))
     if args.command == "run":
-        return _run_async(_run(args.config))
+        return _run_async(_run(args.config, log_flags=(args.log_level, args.log_format)))
+    if args.command == "config":
+        return _config_check(args.config)
+    if args.command == "org" and args.org_command == "erase":
+        return _org_erase(args.data_dir, args.recipient_ids, args.actor)
     if args.command == "org":
         return _org_import(args.file, args.data_dir, args.config, args.dsn)
     if args.command == "audit":
@@ -196,11 +206,14 @@ async def _wait(stop: asyncio.Event, duration: float | None, gateway: Any) -> No
         await asyncio.gather(waiter, runner, return_exceptions=True)
 
 
-async def _run(config: Path | None) -> int:
+async def _run(config: Path | None, log_flags: tuple[str, str | None] = ("INFO", None)) -> int:
     from gateway.config import load
     from gateway.runtime import Gateway
 
     settings = load(config)
+    level, log_format = log_flags
+    if log_format is None and settings.log_format != "text":
+        configure_logging(level, settings.log_format)  # the file's log_format; a flag wins
     async with _stop_on_signals() as stop, Gateway(settings) as gateway:
         _LOGGER.info(
             "gateway %s up: http://%s:%d, broker %s:%d",
@@ -294,7 +307,8 @@ async def _fleet(size: int, info: dict[str, Any]) -> AsyncIterator[None]:
 
 def _org_import(file: Path, data_dir: Path, config: Path | None, dsn: str | None) -> int:
     from gateway.org import OrgStore
-    from gateway.orgfile import OrgFileError, RosterStore, import_file
+    from gateway.orgfile import OrgFileError, RosterStore, parse, rows, write
+    from gateway.progress import progress
 
     if config is not None and dsn is None:
         from gateway.config import load
@@ -317,7 +331,9 @@ def _org_import(file: Path, data_dir: Path, config: Path | None, dsn: str | None
     data_dir.mkdir(parents=True, exist_ok=True)
     org = OrgStore(data_dir / "org.sqlite3")
     try:
-        counts = import_file(file, org, RosterStore(data_dir / "rosters.sqlite3"))
+        data = parse(file)
+        with progress(f"import {file.name}", rows(data)) as tracker:
+            counts = write(data, org, RosterStore(data_dir / "rosters.sqlite3"), tracker)
     except OrgFileError as exc:
         print(f"import refused, nothing written: {exc}", file=sys.stderr)
         return 1
@@ -325,6 +341,36 @@ def _org_import(file: Path, data_dir: Path, config: Path | None, dsn: str | None
         org.close()
     print(json.dumps(counts))
     return 0
+
+
+def _add_erase_parser(org_cmd: Any) -> None:
+    erase = org_cmd.add_parser(
+        "erase", help="GDPR erasure of recipients whose care ended (gateway stopped)"
+    )
+    erase.add_argument("recipient_ids", nargs="+", metavar="RECIPIENT_ID")
+    erase.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+    erase.add_argument("--actor", default="cli", help="who is erasing (audited)")
+
+
+def _org_erase(data_dir: Path, recipient_ids: list[str], actor: str) -> int:
+    from gateway.erasure import main as erase_main
+
+    return erase_main(data_dir, recipient_ids, actor)
+
+
+def _add_config_parser(commands: Any) -> None:
+    config = commands.add_parser("config", help="settings tools")
+    config_cmd = config.add_subparsers(dest="config_command", required=True)
+    check = config_cmd.add_parser(
+        "check", help="validate a settings file and the environment; print them, secrets masked"
+    )
+    check.add_argument("--config", type=Path, required=True, help="TOML settings file")
+
+
+def _config_check(config: Path) -> int:
+    from gateway.configcheck import main as check_main
+
+    return check_main(config)
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import ssl
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -14,6 +14,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    TomlConfigSettingsSource,
 )
 
 from alarms.escalation import SmsRule
@@ -647,6 +648,8 @@ class Settings(BaseSettings):
     serial: list[SerialLineSettings] = []
     # The SMS fallback through Kannel (docs/sms.md); None: no SMS.
     sms: SmsSettings | None = None
+    # Log lines as plain text or one JSON object per line (gateway/logformat.py).
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(
@@ -659,7 +662,8 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: explicit arguments, environment, TOML file, defaults."""
         return (init_settings, _CodeOnly(env_settings, "the environment (TRYGG_DEMO)"),
-                _CodeOnly(_TomlSource(settings_cls, cls._toml_path), "the settings file"))
+                _CodeOnly(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path),
+                          "the settings file"))
 
     @model_validator(mode="after")
     def _cluster_needs_a_shared_journal(self) -> Settings:
@@ -748,23 +752,15 @@ class _CodeOnly(PydanticBaseSettingsSource):
         return data
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        super().__init__(settings_cls)
-        self._data: dict[str, Any] = {}
-        if path is not None:
-            with path.open("rb") as handle:
-                self._data = tomllib.load(handle)
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
-
-
 def load(config: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from ``config`` (TOML), the environment and ``overrides``."""
+    """Settings from ``config`` (TOML), the environment and ``overrides``.
+
+    A ``config`` that does not exist raises ``FileNotFoundError``: pydantic-settings' TOML
+    source would silently read nothing, and a gateway started on defaults by a typo in the
+    path is worse than one that does not start.
+    """
+    if config is not None and not config.is_file():
+        raise FileNotFoundError(errno.ENOENT, "settings file not found", str(config))
     Settings._toml_path = config
     try:
         return Settings(**overrides)

@@ -25,6 +25,7 @@ from alarms.core import AlarmCore
 from alarms.model import Alarm
 from devices.contract import encode_ack, topic
 from gateway.hub import StaffHub
+from gateway.logformat import log_ids
 from gateway.metrics import Metrics
 from gateway.mqtt import Outbound
 from gateway.org import OrgStore
@@ -123,9 +124,10 @@ class Effects:
         if self.centre is not None:
             self.centre.send(body, action.attempt)
         else:
-            self._log.log(_LOGGER, logging.WARNING, "centre-not-started",
-                          "alarm %s is for the alarm centre, which is not started",
-                          action.alarm_id)
+            with log_ids(alarm_id=action.alarm_id):
+                self._log.log(_LOGGER, logging.WARNING, "centre-not-started",
+                              "alarm %s is for the alarm centre, which is not started",
+                              action.alarm_id)
         if self.publisher is not None:
             self.publisher.publish_nowait(Outbound(
                 self.centre_topic,

@@ -115,6 +115,7 @@ class Probe:
         payload = f'{{"ref":"{ref}","ts":{int(sent * 1000)}}}'.encode()
         try:
             if not self._publish(Outbound(self._topic, payload, qos=1)):
+                self._metrics.probe_misses.inc()  # could not even be sent: not round
                 return
             # Never longer than the stall threshold: the verdict must not wait for a probe.
             timeout = min(self.timeout_s, self.stall_s)
@@ -123,6 +124,7 @@ class Probe:
                 await self._pipeline.flush()
         except TimeoutError:
             _LOGGER.warning("probe %s did not come round within %.1f s", ref, timeout)
+            self._metrics.probe_misses.inc()
             return
         finally:
             self._waiting.pop(ref, None)
@@ -130,6 +132,7 @@ class Probe:
         self.last_ok = now
         self.round_trip_s = now - sent
         self._metrics.probe_round_trip.observe(self.round_trip_s)
+        self._metrics.probe_round_trips.inc()
 
     def age(self) -> float:
         """Seconds since the last probe came round (or the broker link was last seen down)."""

@@ -136,6 +136,7 @@ class Ingest:
                 "%s message %s not handled (the next one will be)%s",
                 transport, topic_name or (message and f"{message.device_id}/{message.ref}"),
                 self._log_limiter.suppressed_note(key), exc_info=exc,
+                extra={"device_id": message.device_id if message is not None else None},
             )
         device_ref = None
         if isinstance(message, AlarmMessage):
@@ -229,6 +230,7 @@ class Ingest:
                 rejected.device_id or "?",
                 rejected.detail,
                 self._log_limiter.suppressed_note(rejected.reason.value),
+                extra={"device_id": rejected.device_id},
             )
 
     def _count(self, message: DeviceMessage) -> None:

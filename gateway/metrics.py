@@ -1,12 +1,45 @@
-"""Prometheus metrics of one gateway (own registry, so several gateways can share a process)."""
+"""Prometheus metrics of one gateway (own registry, so several gateways can share a process).
+
+Naming follows Prometheus' conventions (docs/operations.md): counters end in ``_total``, a
+unit is in the name and is a base unit (``_seconds``, ``_bytes``). Counts that a component
+already keeps (the telemetry sink's, Web Push's, the test alarms') are read at scrape time by
+``_Totals`` and exported as counters, rather than copied into gauges.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeAlias
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from gateway.buildinfo import build_info
+
+# (device type, team, "online" | "offline") -> devices; "-" for a device without a team.
+DeviceStates: TypeAlias = Mapping[tuple[str, str, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Cumulative counts kept by other components, read when ``/metrics`` is scraped."""
+
+    telemetry_shed: int = 0
+    telemetry_written: int = 0
+    mqtt_outbound_dropped: int = 0
+    # (outcome, count) pairs: Web Push ("sent", "failed", ...) and test alarms.
+    push: tuple[tuple[str, int], ...] = ()
+    provlarm: tuple[tuple[str, int], ...] = ()
 
 
 class _AlarmStates(Collector):
@@ -20,13 +53,91 @@ class _AlarmStates(Collector):
         yield family
 
 
+class _Totals(Collector):
+    def __init__(self, totals: Callable[[], Totals]) -> None:
+        self._totals = totals
+
+    def describe(self) -> Iterator[Metric]:
+        # Registration describes collectors; without this it would collect, reading a
+        # gateway that is still being built.
+        return self._families(Totals())
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._totals())
+
+    @staticmethod
+    def _families(totals: Totals) -> Iterator[Metric]:
+        # CounterMetricFamily adds the ``_total`` suffix to the sample name.
+        yield CounterMetricFamily("trygg_telemetry_shed", "Telemetry samples shed under overload",
+                                  value=totals.telemetry_shed)
+        yield CounterMetricFamily("trygg_telemetry_written", "Telemetry samples written",
+                                  value=totals.telemetry_written)
+        yield CounterMetricFamily(
+            "trygg_mqtt_outbound_dropped",
+            "Outbound messages dropped (disconnected/full)", value=totals.mqtt_outbound_dropped)
+        push = CounterMetricFamily("trygg_push_notifications",
+                                   "Web Push notifications by outcome", labels=["outcome"])
+        for outcome, count in totals.push:
+            push.add_metric([outcome], count)
+        yield push
+        provlarm = CounterMetricFamily("trygg_provlarm_results",
+                                       "Daily test alarms judged, by outcome", labels=["outcome"])
+        for outcome, count in totals.provlarm:
+            provlarm.add_metric([outcome], count)
+        yield provlarm
+
+
+class _DeviceStates(Collector):
+    def __init__(self, states: Callable[[], DeviceStates]) -> None:
+        self._states = states
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._states())
+
+    @staticmethod
+    def _families(states: DeviceStates) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "trygg_devices", "Supervised devices by type, team and state (online/offline)",
+            labels=["type", "team", "state"])
+        for (device_type, team, state), count in sorted(states.items()):
+            family.add_metric([device_type, team, state], count)
+        yield family
+
+
+def _no_totals() -> Totals:
+    return Totals()
+
+
+def _no_devices() -> DeviceStates:
+    return {}
+
+
 class Metrics:
     """Every metric the gateway exports at ``/metrics``."""
 
-    def __init__(self, alarm_counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        alarm_counts: Callable[[], dict[str, int]],
+        *,
+        totals: Callable[[], Totals] = _no_totals,
+        devices: Callable[[], DeviceStates] = _no_devices,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The default registry's process_*, python_info and python_gc_* series: an own
+        # registry has none unless they are registered on it.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.registry.register(_AlarmStates(alarm_counts))
+        self.registry.register(_Totals(totals))
+        self.registry.register(_DeviceStates(devices))
+        build = build_info()
+        Gauge("trygg_build_info", "The running build (always 1)", ["version", "commit"],
+              registry=r).labels(build.version, build.commit).set(1)
         self.ingest = Counter(
             "trygg_ingest_messages", "Device messages received", ["channel"], registry=r
         )
@@ -63,18 +174,8 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "trygg_mqtt_connected", "1 while the broker session is up", registry=r
         )
-        self.mqtt_dropped = Gauge(
-            "trygg_mqtt_outbound_dropped", "Outbound messages dropped (disconnected/full)",
-            registry=r,
-        )
         self.staff_connections = Gauge(
             "trygg_staff_connections", "Open staff WebSocket connections", registry=r
-        )
-        self.telemetry_shed = Gauge(
-            "trygg_telemetry_shed", "Telemetry samples shed under overload", registry=r
-        )
-        self.telemetry_written = Gauge(
-            "trygg_telemetry_written", "Telemetry samples written", registry=r
         )
         # Response times per hop (seconds from `stored`), the KPI of alarms.kpi as it happens.
         self.response = Histogram(
@@ -102,6 +203,13 @@ class Metrics:
             "Broker, receiver, codec, intake and pipeline: the internal probe's round trip",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0),
             registry=r,
+        )
+        self.probe_round_trips = Counter(
+            "trygg_probe_round_trips", "Internal probes that came round the ingest path",
+            registry=r,
+        )
+        self.probe_misses = Counter(
+            "trygg_probe_misses", "Internal probes that did not come round in time", registry=r
         )
         self.staff_actions = Counter(
             "trygg_staff_actions", "Staff actions by kind and outcome", ["action", "outcome"],

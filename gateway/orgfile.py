@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alarms.roster import Roster, RosterKey, Shift, every_day
 from gateway.org import DeviceInfo, OrgChange, OrgStore, RecipientInfo, StaffMember, Team
+from gateway.progress import SILENT, Tracker
 from gateway.smscodec import e164
 from gateway.strength import password_problem
 
@@ -144,29 +145,54 @@ def parse(path: Path) -> OrgFile:
 
 def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, int]:
     """Validate ``path`` completely, then write it. Returns counts per kind."""
-    data = parse(path)
-    for change in changes_of(data):
+    return write(parse(path), org, rosters)
+
+
+def rows(data: OrgFile) -> int:
+    """How many rows ``write`` writes (the progress bar's total)."""
+    return (len(data.teams) + len(data.staff) + len(data.recipients) + len(data.devices)
+            + len(data.rosters))
+
+
+def write(data: OrgFile, org: OrgStore, rosters: RosterStore,
+          tracker: Tracker = SILENT) -> dict[str, int]:
+    """Write a parsed file, change by change (``tracker`` advances per row). Returns counts."""
+    for change in iter_changes(data):
+        tracker.describe(_STEPS[change.kind])
         org.apply(change)
+        tracker.advance()
+    tracker.describe("rosters")
     rosters.put_many({team_id: roster.model_dump() for team_id, roster in data.rosters.items()})
+    tracker.advance(len(data.rosters))
     return counts_of(data)
+
+
+_STEPS = {"team": "teams", "staff": "staff (hashing passwords)", "recipient": "recipients",
+          "device": "devices"}
 
 
 def changes_of(data: OrgFile) -> list[OrgChange]:
     """The file's entities as organisation changes, teams first (what a cluster shares)."""
-    changes: list[OrgChange] = [OrgChange("team", t.id, Team(t.id, t.name)) for t in data.teams]
+    return list(iter_changes(data))
+
+
+def iter_changes(data: OrgFile) -> Iterator[OrgChange]:
+    """``changes_of`` one at a time: hashing a password takes a while, progress shows it."""
+    for t in data.teams:
+        yield OrgChange("team", t.id, Team(t.id, t.name))
     for s in data.staff:
         # Imported here: the roster store is on the alarm path, password hashing is not.
         from gateway.auth import hash_password
 
         secret = s.password_hash or hash_password(s.password or "")
-        changes.append(OrgChange("staff", s.id, StaffMember(
-            s.id, s.username, s.name, s.role, tuple(s.teams), secret, phone=s.phone)))
-    changes += [OrgChange("recipient", r.id, RecipientInfo(
-        r.id, r.name, r.address, r.team, r.entry_info, r.action_plan, r.phone))
-        for r in data.recipients]
-    changes += [OrgChange("device", d.id, DeviceInfo(
-        d.id, d.type, d.recipient, d.model, d.serial, d.heartbeat_s)) for d in data.devices]
-    return changes
+        yield OrgChange("staff", s.id, StaffMember(
+            s.id, s.username, s.name, s.role, tuple(s.teams), secret, phone=s.phone))
+    for r in data.recipients:
+        yield OrgChange("recipient", r.id, RecipientInfo(
+            r.id, r.name, r.address, r.team, r.entry_info, r.action_plan, r.phone))
+    for d in data.devices:
+        yield OrgChange("device", d.id, DeviceInfo(
+            d.id, d.type, d.recipient, d.model, d.serial, d.heartbeat_s))
 
 
 def counts_of(data: OrgFile) -> dict[str, int]:

@@ -39,6 +39,7 @@ from gateway.effects import Effects
 from gateway.errors import RefusedError, StaleError, UnavailableError
 from gateway.ids import new_alarm_id
 from gateway.journal import ConflictError, DuplicateAlarmError, Journal, JournalError
+from gateway.logformat import log_ids
 from gateway.metrics import Metrics
 from gateway.ports import Clock
 from gateway.ratelimit import LogLimiter
@@ -172,9 +173,10 @@ class Pipeline:
                 self.core.apply(record)
             except (ValueError, KeyError) as exc:
                 self.metrics.skipped_records.inc()
-                self._log.log(_LOGGER, logging.ERROR, f"skip.{type(record).__name__}",
-                              "journal record %s for alarm %s cannot be applied, skipped: %s",
-                              type(record).__name__, record.alarm_id, exc)
+                with log_ids(alarm_id=record.alarm_id):
+                    self._log.log(_LOGGER, logging.ERROR, f"skip.{type(record).__name__}",
+                                  "journal record %s for alarm %s cannot be applied, skipped: %s",
+                                  type(record).__name__, record.alarm_id, exc)
 
     def apply_remote(self, records: list[Record]) -> None:
         """Records another gateway committed: apply, and show the changes to our clients.
@@ -534,7 +536,14 @@ class Pipeline:
 
     def _observe_response(self, records: tuple[Record, ...]) -> None:
         """Response-time histograms, observed live (never on replay)."""
+        debug = _LOGGER.isEnabledFor(logging.DEBUG)
         for record in records:
+            if debug and isinstance(record, HopAdded):
+                # DEBUG, not INFO: under an alarm storm a line per hop would be I/O on the
+                # loop that acks alarms; the journal is the record of every hop anyway.
+                _LOGGER.debug("alarm %s: hop %s by %s", record.alarm_id, record.hop.value,
+                              record.actor, extra={"alarm_id": record.alarm_id,
+                                                   "hop": record.hop.value})
             if not isinstance(record, HopAdded) or record.hop not in _RESPONSE_HOPS:
                 continue
             alarm = self.core.alarms.get(record.alarm_id)

@@ -300,7 +300,8 @@ class Provlarm:
         self.failed += 1
         reason = self._reason(run, hop)
         await asyncio.to_thread(self._record, run.device_id, "failed", hop, reason)
-        _LOGGER.warning("test alarm of %s failed at hop %s: %s", run.device_id, hop, reason.en)
+        _LOGGER.warning("test alarm of %s failed at hop %s: %s", run.device_id, hop, reason.en,
+                        extra={"device_id": run.device_id, "alarm_id": run.alarm_id, "hop": hop})
         name = hop_name(hop)
         detail = (f"Provlarmet misslyckades vid {name.sv}: {reason.sv} / "
                   f"The test alarm failed at {name.en}: {reason.en}")

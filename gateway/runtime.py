@@ -34,7 +34,7 @@ from alarms.directory import Directory
 from alarms.events import CentreConfirmed, Event, Presence, StaffEvent
 from alarms.model import Alarm
 from devices.contract import Channel, topic
-from gateway import __version__
+from gateway import __version__, scrape
 from gateway.audit_target import audit_target
 from gateway.auditor import Auditor
 from gateway.config import Settings
@@ -87,7 +87,8 @@ class Gateway:
         # The cluster's rosters (kept current by a RosterFollower), or this gateway's file.
         self.rosters = open_roster_store(settings)
         self.core = AlarmCore(self._directory(), track_presence=True)
-        self.metrics = Metrics(self._alarm_counts)
+        self.metrics = Metrics(self._alarm_counts, totals=lambda: scrape.totals(self),
+                               devices=lambda: scrape.device_states(self))
         self.journal = journal if journal is not None else self._journal()
         self.hub = StaffHub()
         # The cluster's one chain in PostgreSQL, or this gateway's file (gateway.audit_target).
@@ -337,13 +338,7 @@ class Gateway:
     def refresh_gauges(self) -> None:
         """Gauges read on demand, before ``/metrics``."""
         self.metrics.staff_connections.set(self.hub.connection_count())
-        self.metrics.mqtt_dropped.set(self.link.dropped_outbound
-                                      + self.telemetry_link.dropped_outbound)
         self.metrics.probe_age.set(self.probe.age())
-        if self.services is not None:
-            stats = self.services.telemetry.stats
-            self.metrics.telemetry_shed.set(stats.shed)
-            self.metrics.telemetry_written.set(stats.written)
 
     # -- what stage 2 provides (tests and the web layer read these) -------------------------
 
