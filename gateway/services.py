@@ -10,6 +10,7 @@ listeners.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from gateway.serial import SerialLink, nak
 from gateway.sip import ScaipListener
 from gateway.sms import SmsService
 from gateway.staffwatch import StaffWatch
+from gateway.stores.registry import PgRegistryStore
 from gateway.supervisor import Policy
 from gateway.telemetry import TelemetryPath
 from gateway.timers import Timers
@@ -125,7 +127,10 @@ class Services:
         # service's policy in code (gateway.pushguard.EndpointPolicy.loopback_for_tests).
         endpoints: EndpointPolicy = overrides.get(
             "push_endpoints", EndpointPolicy(tuple(settings.push.allowed_hosts)))
-        push = PushNotifier.for_data_dir(data_dir, policy=endpoints)
+        # In a cluster the subscriptions and the VAPID key are shared (gateway.stores.push).
+        push = await asyncio.to_thread(
+            PushNotifier.for_data_dir, data_dir, policy=endpoints, dsn=settings.journal_dsn,
+            gateway_id=settings.gateway_id)
         await sup.enter("web push", push, Policy.RESTART)
         gw.effects.add_notifier(push.notify)
         # HTTP JSON or SCAIP, as [escalation] centre_protocol says; the SCAIP link's faults
@@ -157,7 +162,8 @@ class Services:
 
         services = cls(telemetry=telemetry, sinks=sinks, sensors=sensors, push=push,
                        centre=centre, provlarm=provlarm, staff_watch=staff_watch,
-                       cameras=cameras, registry=device_registry(gw), sms=sms)
+                       cameras=cameras, registry=await asyncio.to_thread(device_registry, gw),
+                       sms=sms)
         gw.services = services  # the web app and the in-band transports read them
         await services._start_inband(gw)
         async def retention() -> None:
@@ -267,4 +273,7 @@ def device_registry(gw: ServicesHost) -> DeviceRegistry:
         port=settings.mqtt.port, telemetry_username=settings.mqtt.telemetry_username,
         other_gateways=others,
     )
-    return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw))
+    # In a cluster the registry, claim codes and credentials are shared (gateway.stores).
+    store = (PgRegistryStore(settings.journal_dsn, settings.gateway_id)
+             if settings.journal_dsn is not None else None)
+    return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw), store=store)
