@@ -76,6 +76,9 @@ class ServicesHost(WebGateway, Protocol):
     def refresh_directory(self) -> None:
         """The organisation changed."""
 
+    def owns_telemetry(self, device_id: str) -> bool:
+        """Whether this gateway runs the sensor rules for the device."""
+
     async def centre_confirmed(self, alarm_id: str, attempt: int, reference: str | None
                                ) -> None:
         """The alarm centre's receipt."""
@@ -118,7 +121,7 @@ class Services:
             await sup.enter(f"telemetry sink {n}", sink, Policy.RESTART)
         sensors = SensorService(gw)
         await sup.enter("sensor rules", sensors, Policy.RESTART)
-        path = TelemetryPath(sinks, sensors, gw.pipeline, gw.clock)
+        path = TelemetryPath(sinks, sensors, gw.pipeline, gw.clock, owns=gw.owns_telemetry)
         gw.ingest.telemetry = path
         sup.start("telemetry shedding", path.watch_shedding, Policy.RESTART)
         await sup.enter("mqtt telemetry lane", gw.telemetry_link, Policy.RESTART)
