@@ -163,10 +163,17 @@ class Services:
         await sup.enter("night cameras", cameras, Policy.RESTART)
         gw.ingest.status_listeners.append(cameras.on_status)
 
+        registry = await asyncio.to_thread(device_registry, gw)
+        if settings.journal_dsn is not None and registry.broker.files is not None:
+            # Devices enrolled through any gateway reach this gateway's broker files.
+            from gateway.broker_sync import BrokerSync
+
+            await sup.enter("broker credentials sync", BrokerSync(
+                settings.journal_dsn, gateway_id=settings.gateway_id,
+                sync=registry.sync_broker), Policy.RESTART)
         services = cls(telemetry=telemetry, sinks=sinks, sensors=sensors, push=push,
                        centre=centre, provlarm=provlarm, staff_watch=staff_watch,
-                       cameras=cameras, registry=await asyncio.to_thread(device_registry, gw),
-                       sms=sms)
+                       cameras=cameras, registry=registry, sms=sms)
         gw.services = services  # the web app and the in-band transports read them
         await services._start_inband(gw)
         async def retention() -> None:
