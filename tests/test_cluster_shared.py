@@ -6,6 +6,7 @@ registry and broker credentials, and one owner per device for the sensor rules.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -139,9 +140,11 @@ async def test_sensor_rules_run_on_exactly_one_gateway_per_device(
         for gateway_id, owned in ruled.items():
             assert all(owner(d, ids) == gateway_id for d in owned)
         # Both gateways received every sample (each keeps its own graphs complete).
+        def received_all(gw: Gateway) -> bool:
+            return bool(gw.metrics.ingest.labels("telemetry")._value.get() >= len(devices))
+
         for gw in gateways:
-            await until(lambda gw=gw: gw.metrics.ingest.labels("telemetry")._value.get()
-                        >= len(devices))
+            await until(functools.partial(received_all, gw))
 
 
 # -- broker credentials through the shared registry -----------------------------------------
@@ -223,7 +226,7 @@ async def test_a_device_enrolled_through_gateway_2_connects_at_once(
 
             async def listen() -> None:
                 async for message in client.messages:
-                    body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    body = json.loads(bytes(message.payload))
                     if body.get("ref") == "enrolled-1" and not acked.done():
                         acked.set_result(body)
 
