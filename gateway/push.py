@@ -250,6 +250,14 @@ class SubscriptionStore:
         """All of them: a lone gateway is the only sender (the notifier dedupes itself)."""
         return set(pairs)
 
+    def all(self) -> list[Subscription]:
+        """Every subscription (moving a single gateway's into a cluster's)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT endpoint, staff_id, p256dh, auth FROM subscriptions ORDER BY created_at"
+            ).fetchall()
+        return [Subscription(*row) for row in rows]
+
 
 # -- the notifier -----------------------------------------------------------------------------
 
@@ -385,7 +393,13 @@ class PushNotifier:
         # of the cluster keeps the key its phones subscribed with.
         local = data_dir / VAPID_KEY_FILE
         candidate = local.read_bytes() if local.exists() else _create_key_file(local)
-        keys = VapidKeys.from_pem(shared.shared_key(candidate), "the cluster's VAPID key")
+        pem = shared.shared_key(candidate)
+        own = data_dir / SUBSCRIPTIONS_FILE
+        if pem == candidate and own.exists():
+            # Our key is the cluster's: the phones that subscribed here stay valid.
+            for subscription in SubscriptionStore(own).all():
+                shared.add(subscription)
+        keys = VapidKeys.from_pem(pem, "the cluster's VAPID key")
         return cls(shared, keys, subject=subject, policy=policy)
 
     # -- lifecycle ---------------------------------------------------------------------------

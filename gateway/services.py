@@ -29,7 +29,7 @@ from gateway.config import BrokerAuthSettings, OtherGateway
 from gateway.dc09 import Dc09Receiver, dc09_receiver
 from gateway.inband import InBand
 from gateway.org import DeviceInfo
-from gateway.provisioning import BrokerAccount, DeviceRegistry
+from gateway.provisioning import REGISTRY_FILENAME, BrokerAccount, DeviceRegistry
 from gateway.provlarm import Provlarm
 from gateway.push import PushNotifier
 from gateway.pushguard import EndpointPolicy
@@ -39,7 +39,7 @@ from gateway.serial import SerialLink, nak
 from gateway.sip import ScaipListener
 from gateway.sms import SmsService
 from gateway.staffwatch import StaffWatch
-from gateway.stores.registry import PgRegistryStore
+from gateway.stores.registry import PgRegistryStore, SqliteRegistryStore
 from gateway.supervisor import Policy
 from gateway.telemetry import TelemetryPath
 from gateway.timers import Timers
@@ -283,7 +283,15 @@ def device_registry(gw: ServicesHost) -> DeviceRegistry:
         port=settings.mqtt.port, telemetry_username=settings.mqtt.telemetry_username,
         other_gateways=others,
     )
-    # In a cluster the registry, claim codes and credentials are shared (gateway.stores).
-    store = (PgRegistryStore(settings.journal_dsn, settings.gateway_id)
-             if settings.journal_dsn is not None else None)
+    # In a cluster the registry, claim codes and credentials are shared (gateway.stores),
+    # seeded with what this gateway enrolled before it joined.
+    store = None
+    if settings.journal_dsn is not None:
+        store = PgRegistryStore(settings.journal_dsn, settings.gateway_id)
+        local = settings.data_dir / REGISTRY_FILENAME
+        if local.exists():
+            added = store.import_devices(SqliteRegistryStore(local).export())
+            if added:
+                _LOGGER.info("%d device(s) of this gateway's registry added to the "
+                             "cluster's", len(added))
     return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw), store=store)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.push import Subscription, SubscriptionStore, _create_key_file
+from gateway.push import PushNotifier, Subscription, SubscriptionStore, _create_key_file
 from gateway.stores.push import PgPushStore, PushStore
 from tests.pgdb import fresh_database
 
@@ -128,3 +128,16 @@ class TestPgPushStore(PushStoreContract):
         assert first != second
         assert PgPushStore(self.dsn, "gw-1").shared_key(first) == first
         assert PgPushStore(self.dsn, "gw-2").shared_key(second) == first
+
+    def test_a_gateway_with_the_clusters_key_brings_its_subscriptions(
+        self, tmp_path: Path
+    ) -> None:
+        """The first gateway's key becomes the cluster's and its phones' subscriptions are
+        shared; a later gateway's own subscriptions (made with another key) are not."""
+        first, second = tmp_path / "gw1", tmp_path / "gw2"
+        SubscriptionStore(first / "push.sqlite3").add(sub("a1", "anna"))
+        SubscriptionStore(second / "push.sqlite3").add(sub("b1", "bo"))
+        one = PushNotifier.for_data_dir(first, dsn=self.dsn, gateway_id="gw1")
+        two = PushNotifier.for_data_dir(second, dsn=self.dsn, gateway_id="gw2")
+        assert one.keys.public_key == two.keys.public_key
+        assert [s.staff_id for s in two.store.for_staff(["anna", "bo"])] == ["anna"]

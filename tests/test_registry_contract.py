@@ -186,3 +186,24 @@ class TestPgRegistry(RegistryContract):
             assert dict(gateways[1].credentials())[device_id] == winners[0]
             enrolled = [e for e in gateways[1].history([device_id]) if e.event == "enrolled"]
             assert len(enrolled) == 1
+
+    def test_a_single_gateways_registry_joins_the_cluster_once(self, tmp_path: Path) -> None:
+        """Devices enrolled before the cluster keep their credentials (the broker files are
+        written from the shared registry); a device the cluster already has is left alone,
+        and importing again adds nothing."""
+        local = SqliteRegistryStore(tmp_path / "provisioning.sqlite3")
+        for device_id in ("old-1", "both"):
+            local.register(device(device_id), event(device_id, "registered"))
+            local.issue_claim(f"h-{device_id}", device_id, NOW + 100,
+                              event(device_id, "claim_issued"))
+            local.redeem(f"h-{device_id}", NOW + 1, f"$7${device_id}")
+        shared = self.make()
+        assert isinstance(shared, PgRegistryStore)
+        shared.register(device("both"), event("both", "registered", serial="cluster"))
+        assert shared.import_devices(local.export()) == ["old-1"]
+        assert shared.credentials() == [("old-1", "$7$old-1")]
+        assert [e.event for e in shared.history(["old-1"])] == [
+            "registered", "claim_issued", "enrolled"]
+        assert len(shared.history(["both"])) == 1
+        assert shared.import_devices(local.export()) == []
+        assert len(shared.history(["old-1"])) == 3

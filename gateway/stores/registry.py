@@ -32,6 +32,7 @@ __all__ = [
     "HistoryEvent",
     "PgRegistryStore",
     "RegisteredDevice",
+    "RegistryExport",
     "RegistryStore",
     "SqliteRegistryStore",
 ]
@@ -69,6 +70,17 @@ class HistoryEvent:
            **detail: Any) -> HistoryEvent:
         """An entry with its detail encoded (sorted keys: stable text)."""
         return cls(device_id, at, event, actor, json.dumps(detail, sort_keys=True))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryExport:
+    """A whole registry: rows, credentials (id, hash, issued at), claim codes (hash, id,
+    expires at, consumed at) and history."""
+
+    devices: list[RegisteredDevice]
+    credentials: list[tuple[str, str, float]]
+    claims: list[tuple[str, str, float, float | None]]
+    history: list[HistoryEvent]
 
 
 class RegistryStore(Protocol):
@@ -285,6 +297,21 @@ class SqliteRegistryStore:
             return conn.execute("SELECT 1 FROM credentials WHERE device_id = ?",
                                 (device_id,)).fetchone() is not None
 
+    def export(self) -> RegistryExport:
+        """Every row, for moving a single gateway's registry into a cluster's."""
+        with self._db() as conn:
+            return RegistryExport(
+                devices=[_row(r) for r in conn.execute(
+                    f"SELECT {_COLUMNS} FROM registry ORDER BY device_id")],
+                credentials=[(str(d), str(h), float(t)) for d, h, t in conn.execute(
+                    "SELECT device_id, hash, issued_at FROM credentials")],
+                claims=[(str(c), str(d), float(e), None if u is None else float(u))
+                        for c, d, e, u in conn.execute(
+                            "SELECT code_hash, device_id, expires_at, consumed_at FROM claims")],
+                history=[HistoryEvent(*r) for r in conn.execute(
+                    "SELECT device_id, at, event, actor, detail FROM history ORDER BY seq")],
+            )
+
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -464,3 +491,41 @@ class PgRegistryStore:
         with pg.connection(self.dsn) as conn:
             return conn.execute("SELECT 1 FROM trygg_credentials WHERE device_id = %s",
                                 (device_id,)).fetchone() is not None
+
+    @pg.translated
+    def import_devices(self, source: RegistryExport) -> list[str]:
+        """Bring a single gateway's registry into the cluster's; returns the devices added.
+
+        A device the shared registry already has is left as it is there (with its
+        credentials, codes and history); the others come with theirs. Idempotent: run on
+        every start of a gateway that has a ``provisioning.sqlite3``, it adds nothing the
+        second time. Without it, the first broker files written from the shared registry
+        would lack the devices enrolled before the cluster, and lock them out.
+        """
+        with pg.connection(self.dsn) as conn, conn.transaction():
+            added: list[str] = []
+            for row in source.devices:
+                cur = conn.execute(
+                    "INSERT INTO trygg_registry VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (device_id) DO NOTHING",
+                    (row.device_id, row.serial, row.type, row.model, row.firmware,
+                     row.state, row.registered_at, row.replaces, row.replaced_by))
+                if cur.rowcount:
+                    added.append(row.device_id)
+            new = set(added)
+            for device_id, hash_, issued_at in source.credentials:
+                if device_id in new:
+                    conn.execute("INSERT INTO trygg_credentials VALUES (%s, %s, %s)"
+                                 " ON CONFLICT (device_id) DO NOTHING",
+                                 (device_id, hash_, issued_at))
+            for code_hash, device_id, expires_at, consumed_at in source.claims:
+                if device_id in new:
+                    conn.execute("INSERT INTO trygg_claims VALUES (%s, %s, %s, %s)"
+                                 " ON CONFLICT (code_hash) DO NOTHING",
+                                 (code_hash, device_id, expires_at, consumed_at))
+            for event in source.history:
+                if event.device_id in new:
+                    self._log(conn, event)
+            if added:
+                self._credentials_changed(conn)
+        return added
