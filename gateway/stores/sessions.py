@@ -14,6 +14,7 @@ one's successor included. Exactly what a replay on one gateway does.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,13 +73,25 @@ class PgSessionStore:
         self.dsn = dsn
         self.ttl_s = ttl_s
         self._clock = clock
-        pg.translated(pg.migrate)(dsn, "sessions", MIGRATIONS)
+        # The tables are made on first use, in the caller's worker thread: the web app is
+        # built on the event loop, which must not wait for the database.
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def _migrated(self) -> str:
+        """The DSN, once the tables exist."""
+        if not self._ready:
+            with self._ready_lock:
+                if not self._ready:
+                    pg.migrate(self.dsn, "sessions", MIGRATIONS)
+                    self._ready = True
+        return self.dsn
 
     @pg.translated
     def issue(self, staff_id: str, family: str | None = None) -> str:
         """A new refresh token (a new family unless rotating within one)."""
         token = secrets.token_urlsafe(32)
-        with pg.connection(self.dsn) as conn:
+        with pg.connection(self._migrated()) as conn:
             conn.execute(_INSERT, (_digest(token), family or secrets.token_hex(8), staff_id,
                                    self._clock() + self.ttl_s))
         return token
@@ -87,7 +100,7 @@ class PgSessionStore:
     def rotate(self, token: str) -> tuple[str, str]:
         """Spend a token and issue its successor, in one transaction."""
         reused = False
-        with pg.connection(self.dsn) as conn, conn.transaction():
+        with pg.connection(self._migrated()) as conn, conn.transaction():
             row = conn.execute(
                 "SELECT family, staff_id, expires_at, used, revoked FROM trygg_refresh"
                 " WHERE digest = %s FOR UPDATE", (_digest(token),)
@@ -115,7 +128,7 @@ class PgSessionStore:
     @pg.translated
     def revoke(self, token: str) -> None:
         """Log out: the token's whole family stops working."""
-        with pg.connection(self.dsn) as conn:
+        with pg.connection(self._migrated()) as conn:
             conn.execute(
                 "UPDATE trygg_refresh SET revoked = true WHERE family IN"
                 " (SELECT family FROM trygg_refresh WHERE digest = %s)", (_digest(token),)
@@ -124,14 +137,14 @@ class PgSessionStore:
     @pg.translated
     def revoke_staff(self, staff_id: str) -> None:
         """Every session of one staff member (deleted, role changed, password reset)."""
-        with pg.connection(self.dsn) as conn:
+        with pg.connection(self._migrated()) as conn:
             conn.execute("UPDATE trygg_refresh SET revoked = true WHERE staff_id = %s",
                          (staff_id,))
 
     @pg.translated
     def prune(self) -> int:
         """Drop expired tokens; returns how many."""
-        with pg.connection(self.dsn) as conn:
+        with pg.connection(self._migrated()) as conn:
             return conn.execute("DELETE FROM trygg_refresh WHERE expires_at < %s",
                                 (self._clock(),)).rowcount
 
