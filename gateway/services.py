@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from gateway.staffwatch import StaffWatch
 from gateway.stores.registry import PgRegistryStore, SqliteRegistryStore
 from gateway.supervisor import Policy
 from gateway.telemetry import TelemetryPath
-from gateway.timers import Timers
+from gateway.timers import RETENTION_INTERVAL_S, Timers
 from gateway.tsdb import SqliteSink, TelemetrySink
 from gateway.web import create_app
 from gateway.web.deps import WebGateway
@@ -180,6 +181,11 @@ class Services:
             await Timers.retention(data_dir, settings.retention)
 
         sup.start("retention", retention, Policy.RESTART)
+        if isinstance(registry.store, PgRegistryStore):
+            # The shared registry's history has the same retention as the file's.
+            sup.start("registry retention", functools.partial(
+                prune_shared_registry, registry.store, settings.retention.provisioning_days),
+                Policy.RESTART)
         sock = bind(settings.http.host, settings.http.port)
         services.http_port = sock.getsockname()[1]
         server = HttpServer(create_app(gw), sock)
@@ -238,6 +244,16 @@ class Services:
         """Leases changed hands: the services that do once-only work look again."""
         self.staff_watch.on_presence()
         self.provlarm.wake()
+
+
+async def prune_shared_registry(store: PgRegistryStore, days: float) -> None:
+    """Prune the shared registry's history as often as the data directory's."""
+    while days:
+        cutoff = time.time() - days * 24 * 3600
+        dropped = await asyncio.to_thread(store.prune, cutoff)
+        if dropped:
+            _LOGGER.info("retention: %d registry history entries dropped", dropped)
+        await asyncio.sleep(RETENTION_INTERVAL_S)
 
 
 class GatewayHooks:

@@ -125,6 +125,19 @@ class RegistryContract(ABC):
         assert old is not None
         assert (new.replaces, new.firmware, old.replaced_by) == ("old", "2.0", "new")
 
+    def test_retention_drops_only_old_history_of_decommissioned_devices(
+        self, store: RegistryStore
+    ) -> None:
+        """Past the cutoff: a decommissioned device's history goes, an active one's stays."""
+        for device_id in ("gone", "kept"):
+            store.register(device(device_id), event(device_id, "registered"))
+        store.issue_claim("h1", "kept", NOW + 10, event("kept", "claim_issued"))
+        store.decommission("gone", event("gone", "decommissioned", NOW + 1))
+        assert store.prune(NOW + 100) == 2
+        assert store.history(["gone"]) == []
+        assert len(store.history(["kept"])) == 2
+        assert store.redeem("h1", NOW + 5, "$7$x") is None  # its code expired and is gone
+
     def test_issued_on_one_redeemed_on_another(self) -> None:
         """A code issued through one gateway is redeemed through another (shared data)."""
         first, second = self.make(), self.make()

@@ -128,6 +128,10 @@ class RegistryStore(Protocol):
     def has_credentials(self, device_id: str) -> bool:
         """Whether the device holds credentials."""
 
+    def prune(self, cutoff_s: float) -> int:
+        """Retention: drop decommissioned devices' history and claim codes expired or
+        spent before ``cutoff_s``; returns the history entries dropped."""
+
 
 _COLUMNS = ("device_id, serial, type, model, firmware, state, registered_at,"
             " replaces, replaced_by")
@@ -296,6 +300,17 @@ class SqliteRegistryStore:
         with self._db() as conn:
             return conn.execute("SELECT 1 FROM credentials WHERE device_id = ?",
                                 (device_id,)).fetchone() is not None
+
+    def prune(self, cutoff_s: float) -> int:
+        """Retention (gateway.privacy runs the same on the file for a lone gateway)."""
+        with self._db() as conn:
+            dropped = conn.execute(
+                "DELETE FROM history WHERE at < ? AND device_id IN"
+                " (SELECT device_id FROM registry WHERE state = 'decommissioned')",
+                (cutoff_s,)).rowcount
+            conn.execute("DELETE FROM claims WHERE expires_at < ? OR consumed_at < ?",
+                         (cutoff_s, cutoff_s))
+        return dropped
 
     def export(self) -> RegistryExport:
         """Every row, for moving a single gateway's registry into a cluster's."""
@@ -491,6 +506,18 @@ class PgRegistryStore:
         with pg.connection(self.dsn) as conn:
             return conn.execute("SELECT 1 FROM trygg_credentials WHERE device_id = %s",
                                 (device_id,)).fetchone() is not None
+
+    @pg.translated
+    def prune(self, cutoff_s: float) -> int:
+        """Retention of the shared registry (every gateway may run it: idempotent)."""
+        with pg.connection(self.dsn) as conn, conn.transaction():
+            dropped = conn.execute(
+                "DELETE FROM trygg_registry_history WHERE at < %s AND device_id IN"
+                " (SELECT device_id FROM trygg_registry WHERE state = 'decommissioned')",
+                (cutoff_s,)).rowcount
+            conn.execute("DELETE FROM trygg_claims WHERE expires_at < %s OR consumed_at < %s",
+                         (cutoff_s, cutoff_s))
+        return dropped
 
     @pg.translated
     def import_devices(self, source: RegistryExport) -> list[str]:
