@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.security import RefreshError, RefreshStore
+from gateway.stores import StoreError
 from gateway.stores.sessions import PgSessionStore, SessionStore
 from tests.pgdb import fresh_database
 
@@ -174,3 +175,10 @@ class TestPgSessions(SessionContract):
             assert "reused" in str(refused[0])
             with pytest.raises(RefreshError):
                 gateways[1].rotate(won[0])
+
+
+def test_an_unreachable_database_is_a_store_error() -> None:
+    """psycopg's errors leave the adapter as StoreError (the web layer answers 503)."""
+    store = PgSessionStore("host=127.0.0.1 port=1 dbname=none connect_timeout=2", TTL_S)
+    with pytest.raises(StoreError):
+        store.issue("anna")
