@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 # Where the CLI looks for the log: ``trygg audit verify --data-dir DIR``.
 AUDIT_FILENAME = "audit.sqlite3"
@@ -179,6 +179,31 @@ def record_hash(
 def _to_us(at: float) -> int:
     # Microseconds as an integer: the hash must not depend on how a float is printed.
     return round(at * 1_000_000)
+
+
+class AuditStore(Protocol):
+    """The audit log port: ``AuditLog`` (SQLite, one gateway) and
+    ``gateway.audit_pg.PostgresAuditLog`` (one chain for a cluster). Blocking, thread-safe:
+    the gateway calls it from its audit writer thread."""
+
+    def append_many(self, entries: Iterable[AuditEntry]) -> list[AuditRecord]:
+        """Durably append records in order, in one transaction."""
+
+    def head(self) -> Head:
+        """The current head."""
+
+    def records(self, *, from_seq: int = 1) -> Iterator[AuditRecord]:
+        """Records in seq order, unverified."""
+
+    def close(self) -> None:
+        """Release the storage. Idempotent."""
+
+    def __enter__(self) -> Self:
+        """``with`` closes it."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Close."""
 
 
 class AuditLog:
@@ -386,11 +411,47 @@ class _Finding:
     reason: str
 
 
-class _Walk:
-    """Diagnosis of the first anomaly, with access to the whole log through ``conn``."""
+class AuditSource(Protocol):
+    """Read access to one stored log, for ``verify_source`` (one per storage backend).
+
+    Rows are ``(seq, time_us, kind, actor, subject, detail, prev_hash, hash)``. All reads
+    must come from one consistent snapshot (one read transaction).
+    """
+
+    def head_row(self) -> tuple[Any, ...] | None:
+        """The stored head ``(seq, hash)``; None if the head table is missing or empty."""
+
+    def rows(self) -> Iterator[_Row]:
+        """Every record in seq order."""
+
+    def seq_with_hash(self, digest: str) -> int | None:
+        """The seq of a record whose hash is ``digest`` (failure path only)."""
+
+    def row_after(self, seq: int) -> _Row | None:
+        """The first record after ``seq``."""
+
+    def hash_at(self, seq: int) -> str | None:
+        """The hash of record ``seq``, if there is one."""
+
+
+class _SqliteSource:
+    """``AuditSource`` over a read-only SQLite connection."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    def head_row(self) -> tuple[Any, ...] | None:
+        found: tuple[Any, ...] | None = None
+        # No head table: reported by ``verify`` as a head mismatch.
+        with contextlib.suppress(sqlite3.OperationalError):
+            found = self.conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return found
+
+    def rows(self) -> Iterator[_Row]:
+        yield from self.conn.execute(
+            "SELECT seq, time_us, kind, actor, subject, detail, prev_hash, hash FROM audit"
+            " ORDER BY seq"
+        )
 
     def seq_with_hash(self, digest: str) -> int | None:
         # A full scan, only ever run on the failure path.
@@ -405,6 +466,23 @@ class _Walk:
             (seq,),
         ).fetchone()
         return found
+
+    def hash_at(self, seq: int) -> str | None:
+        found = self.conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        return None if found is None else str(found[0])
+
+
+class _Walk:
+    """Diagnosis of the first anomaly, with access to the whole log through ``source``."""
+
+    def __init__(self, source: AuditSource) -> None:
+        self.source = source
+
+    def seq_with_hash(self, digest: str) -> int | None:
+        return self.source.seq_with_hash(digest)
+
+    def row_after(self, seq: int) -> _Row | None:
+        return self.source.row_after(seq)
 
     def diagnose(self, row: _Row, expected: int, prev: str) -> _Finding:
         """Why ``row`` (where record ``expected`` linking to ``prev`` belongs) is bad."""
@@ -491,8 +569,7 @@ class _Walk:
     def _hash_at(self, seq: int) -> str | None:
         if seq < 1:
             return GENESIS_HASH
-        found = self.conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
-        return None if found is None else str(found[0])
+        return self.source.hash_at(seq)
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
@@ -526,20 +603,18 @@ def verify(path: Path, *, anchor: Head | None = None) -> VerifyResult:
     conn = _open_readonly(path)
     try:
         conn.execute("BEGIN")
-        return _verify(conn, anchor)
+        return verify_source(_SqliteSource(conn), anchor)
     except sqlite3.Error as exc:
         raise AuditUnreadable(f"{path} could not be read: {exc}") from None
     finally:
         conn.close()
 
 
-def _verify(conn: sqlite3.Connection, anchor: Head | None) -> VerifyResult:
-    head_row = None
-    # No head table: reported below as a head mismatch, after the chain itself is checked.
-    with contextlib.suppress(sqlite3.OperationalError):
-        head_row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+def verify_source(source: AuditSource, anchor: Head | None = None) -> VerifyResult:
+    """Walk a stored log (any backend) and report the first bad record, if any."""
+    head_row = source.head_row()
     head = Head(int(head_row[0]), str(head_row[1])) if head_row else Head(-1, "")
-    walk = _Walk(conn)
+    walk = _Walk(source)
     expected = 1
     prev = GENESIS_HASH
     anchor_hash: str | None = None
@@ -548,10 +623,7 @@ def _verify(conn: sqlite3.Connection, anchor: Head | None) -> VerifyResult:
         # Everything before the first bad record was verified intact.
         return VerifyResult(False, max(0, seq - 1), head, seq, problem, reason)
 
-    cursor = conn.execute(
-        "SELECT seq, time_us, kind, actor, subject, detail, prev_hash, hash FROM audit ORDER BY seq"
-    )
-    for row in cursor:
+    for row in source.rows():
         if not _well_formed(row):
             return bad(expected, Problem.MALFORMED, f"record {row[0]!r} has malformed fields")
         if row[0] != expected or row[6] != prev or _hash_of(row) != row[7]:
@@ -604,18 +676,7 @@ def _verify(conn: sqlite3.Connection, anchor: Head | None) -> VerifyResult:
 
 def verify_main(path: Path, *, anchor: Head | None = None) -> int:
     """Verify and print a human result. Exit code: 0 intact, 1 tampered, 2 missing/unreadable."""
-    try:
-        result = verify(path, anchor=anchor)
-    except AuditUnreadable as exc:
-        print(f"audit log unreadable: {exc}")
-        return 2
-    if result.ok:
-        anchored = f", matches anchor at seq {anchor.seq}" if anchor is not None else ""
-        print(
-            f"audit log OK: {result.records} records, head seq {result.head.seq}"
-            f" hash {result.head.hash}{anchored}"
-        )
-        return 0
-    print(f"audit log TAMPERED at record {result.seq} ({result.problem}): {result.reason}")
-    print(f"{result.records} records before it verified intact.")
-    return 1
+    from gateway.audit_target import SqliteAudit
+    from gateway.audit_target import verify_main as verify_target_main
+
+    return verify_target_main(SqliteAudit(path), anchor=anchor)

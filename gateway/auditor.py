@@ -18,7 +18,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from alarms.records import AlarmOpened, HopAdded, Record
-from gateway.audit import AuditEntry, AuditKind, AuditLog
+from gateway.audit import AuditEntry, AuditKind, AuditStore, Head, VerifyResult
+from gateway.audit_target import AuditTarget, SqliteAudit, open_audit, verify_audit
 from gateway.ratelimit import LogLimiter
 
 _LOGGER = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ _STOP = object()
 class Auditor:
     """Owns the audit log's writer thread. Reusable, not re-entrant."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, target: AuditTarget | Path, *, gateway_id: str = "") -> None:
+        # Where the chain lives: this gateway's file, or the cluster's database.
+        self.target = SqliteAudit(target) if isinstance(target, Path) else target
+        self.gateway_id = gateway_id
         self.dropped = 0
         self.written = 0
         self._queue: queue.Queue[AuditEntry | object] = queue.Queue(MAX_PENDING)
@@ -42,8 +45,20 @@ class Auditor:
         # (with the count) says so; ``dropped`` counts each.
         self._log = LogLimiter(60.0)
 
+    @property
+    def path(self) -> Path:
+        """The SQLite file of a lone gateway's log."""
+        if not isinstance(self.target, SqliteAudit):
+            raise AttributeError(  # noqa: TRY004 - what a missing attribute raises
+                "this gateway's audit log is the cluster's, in PostgreSQL")
+        return self.target.path
+
+    async def verify(self, *, anchor: Head | None = None) -> VerifyResult:
+        """Verify the whole chain this gateway writes to (the cluster's, when clustered)."""
+        return await asyncio.to_thread(verify_audit, self.target, anchor=anchor)
+
     async def __aenter__(self) -> Self:
-        log = await asyncio.to_thread(AuditLog.open, self.path)
+        log = await asyncio.to_thread(open_audit, self.target, gateway_id=self.gateway_id)
         self._writer = asyncio.create_task(
             asyncio.to_thread(self._write_loop, log), name="audit writer"
         )
@@ -95,7 +110,7 @@ class Auditor:
                             "recipient_id": record.recipient_id},
                 )
 
-    def _write_loop(self, log: AuditLog) -> None:
+    def _write_loop(self, log: AuditStore) -> None:
         try:
             stop = False
             while not stop:

@@ -2,8 +2,11 @@
 
 The rules live in ``alarms.nattillsyn`` (pure); this module carries them out:
 
-- consents and schedules, kept in ``DIR/nattillsyn.json`` and changed through the API
-  (each change audit-logged as ``config_change``);
+- consents and schedules, changed through the API (each change audit-logged as
+  ``config_change``), and every look and look window, kept in a ``CameraStore``
+  (``gateway.stores.cameras``): ``DIR/nattillsyn.sqlite3`` for one gateway, the shared
+  PostgreSQL database in a cluster, so that a look started through one gateway is seen,
+  continued and finished through another and survives a restart;
 - a look: access decided → ``cmd`` ``wake`` to the camera → its status ``awake@<stream
   ref>`` awaited (bounded) → a look token for that viewer, recipient and window, valid for
   the look's maximum duration → the camera's stream relayed to the token's holder only →
@@ -27,16 +30,12 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
-import json
 import logging
-import os
 import secrets
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -81,11 +80,25 @@ from gateway.ids import new_alarm_id
 from gateway.org import StaffMember
 from gateway.ports import ServiceHost
 from gateway.ratelimit import LogLimiter
+from gateway.stores.cameras import (
+    CameraStore,
+    StoredLook,
+    WindowMark,
+    open_camera_store,
+    token_hash,
+)
 from gateway.waiting import wait_set
 
 _LOGGER = logging.getLogger(__name__)
 
-STORE_FILE = "nattillsyn.json"
+# A look in progress whose gateway stopped (crash, restart) is ended by another gateway
+# this long after it should have ended: the owner, if alive, ends it first.
+ORPHAN_GRACE_S = 5.0
+# In a cluster, the timer also wakes this often to pick up what other gateways changed
+# (schedules, consents, looks ended elsewhere).
+CLUSTER_POLL_S = 2.0
+# Window marks are kept this long (the planner looks back a day and a retry).
+WINDOW_MARKS_KEPT_S = 3 * 86400.0
 # How long the camera has to answer a wake with its stream reference. A camera on the home
 # network answers in well under a second; a few seconds cover a slow Wi-Fi. Past this, the
 # look is impossible and a visit is needed at once (the viewer must not wait longer).
@@ -130,48 +143,6 @@ def parse_stream_ref(state: str) -> str | None:
     return f"http://{hostport}{slash}{path}"
 
 
-# -- storage ---------------------------------------------------------------------------------
-
-
-class NattillsynStore:
-    """Consents (with history) and schedules in one JSON file, replaced atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.consents = ConsentBook()
-        self.schedules: dict[str, Schedule] = {}
-        try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        self.consents = ConsentBook(Consent.from_json(c) for c in body.get("consents", []))
-        self.schedules = {
-            s["recipient_id"]: Schedule.from_json(s) for s in body.get("schedules", [])
-        }
-
-    def snapshot(self) -> str:
-        """The file's content for the current state."""
-        return json.dumps({
-            "consents": [c.to_json() for c in self.consents.all()],
-            "schedules": [s.to_json() for s in self.schedules.values()],
-        }, ensure_ascii=False, indent=1)
-
-    def write(self, text: str) -> None:
-        """Replace the file with ``text`` (blocking: run it in a thread)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".nattillsyn-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-
 # -- the service -----------------------------------------------------------------------------
 
 
@@ -180,9 +151,14 @@ class _Active:
     """A look the service is carrying out (the look itself is an immutable ``Look``)."""
 
     look: Look
-    token: str
+    token: str  # empty for a look adopted from the store: only its hash is known here
     stream_url: str | None = None
     relays: set[aiohttp.ClientResponse] = field(default_factory=set)
+    token_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if self.token and not self.token_hash:
+            self.token_hash = token_hash(self.token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +188,13 @@ class CameraService:
         self.max_look_s = max_look_s
         self.wake_timeout_s = wake_timeout_s
         self.standby_timeout_s = standby_timeout_s
-        self.store = NattillsynStore(gateway.settings.data_dir / STORE_FILE)
+        self.retry_s = retry_s
+        self.store: CameraStore | None = None  # opened on entry
+        # What the store holds, as of the last refresh (the timer and routing read these).
+        self.consents = ConsentBook()
+        self.schedules: dict[str, Schedule] = {}
         self.missed = MissedLooks(start=clock(), retry_s=retry_s)
-        self.looks: dict[str, Look] = {}  # every look of this run, by id (metadata only)
+        self.looks: dict[str, Look] = {}  # looks seen by this gateway, by id (metadata only)
         self.reminders: list[Reminder] = []
         self.standby_confirmed: set[str] = set()  # look ids
         self.standby_failed: set[str] = set()  # look ids
@@ -225,7 +205,6 @@ class CameraService:
         self._events: list[Event] = []  # raised from sync code, journaled by the timer
         self._wakeup = asyncio.Event()
         self._changed = asyncio.Event()
-        self._save_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         # One line per kind a minute: a fleet of cameras failing together (a network
         # outage at night) must not flood the log; each failure is a technical alarm anyway.
@@ -236,6 +215,16 @@ class CameraService:
     async def __aenter__(self) -> Self:
         if self._session is not None:
             raise RuntimeError("CameraService is already running")
+        store = await asyncio.to_thread(open_camera_store, self.gateway.settings)
+        self.store = store
+        try:
+            since = await asyncio.to_thread(store.since, self._clock())
+            self.missed = MissedLooks(start=since, retry_s=self.retry_s)
+            await self._refresh()
+        except BaseException:
+            await asyncio.to_thread(store.close)
+            self.store = None
+            raise
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=STREAM_CONNECT_S)
         )
@@ -258,6 +247,9 @@ class CameraService:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+            self.store = None
 
     async def _run_timer(self) -> None:
         while True:
@@ -267,6 +259,8 @@ class CameraService:
             timeout = None if deadline is None else max(
                 MIN_TIMER_SLEEP_S, deadline - self._clock()
             )
+            if self._store().shared:
+                timeout = CLUSTER_POLL_S if timeout is None else min(timeout, CLUSTER_POLL_S)
             await wait_set(self._wakeup, timeout)
 
     def _poke(self) -> None:
@@ -286,20 +280,107 @@ class CameraService:
             a.look.expires_at for a in self._active.values() if a.look.expires_at is not None
         ]
         candidates += [deadline for _, deadline in self._standby_due.values()]
-        planned = self.missed.next_deadline(self.store.schedules.values(), now)
+        planned = self.missed.next_deadline(self.schedules.values(), now)
         if planned is not None:
             candidates.append(planned)
         if self._events:
             candidates.append(now)
         return min(candidates, default=None)
 
+    # -- the store ---------------------------------------------------------------------------
+
+    def _store(self) -> CameraStore:
+        if self.store is None:
+            raise RuntimeError("CameraService is not running")
+        return self.store
+
+    async def _refresh(self) -> None:
+        """Consents, schedules and looked-in windows as the store has them now (other
+        gateways may have changed them)."""
+        store = self._store()
+        consents, schedules, done = await asyncio.to_thread(
+            lambda: (store.consents(), store.schedules(), store.windows(WindowMark.DONE)))
+        self.consents = ConsentBook(consents)
+        self.schedules = schedules
+        for key in done:
+            self.missed.done(key)
+
+    async def _persist(self, look: Look, token: str | None = None, stream_url: str | None = None,
+                       *, unless_ended: bool = False) -> bool:
+        """Write a look's new state; False if (with ``unless_ended``) it had already ended."""
+        store = self._store()
+        stored = await asyncio.to_thread(store.look, look.id)
+        digest = token_hash(token) if token is not None else (
+            stored.token_hash if stored is not None else "")
+        url = stream_url if stream_url is not None else (
+            stored.stream_url if stored is not None else None)
+        return await asyncio.to_thread(store.save_look, StoredLook(look, digest, url),
+                                       unless_ended=unless_ended)
+
+    async def find_look(self, look_id: str) -> Look | None:
+        """A look, wherever it was started (this gateway, another, or before a restart)."""
+        stored = await asyncio.to_thread(self._store().look, look_id)
+        if stored is not None:
+            self.looks[look_id] = stored.look
+            return stored.look
+        return self.looks.get(look_id)
+
+    async def looks_in_progress(self) -> list[Look]:
+        """Every look not ended, through any gateway."""
+        stored = await asyncio.to_thread(self._store().looks, in_progress=True)
+        return [s.look for s in stored]
+
+    async def consent_history(self, recipient_id: str) -> list[Consent]:
+        """Every consent of a recipient, oldest first."""
+        await self._refresh()
+        return self.consents.history(recipient_id)
+
+    async def schedule(self, recipient_id: str) -> Schedule | None:
+        """A recipient's schedule."""
+        await self._refresh()
+        return self.schedules.get(recipient_id)
+
+    async def _adopt(self, stored: StoredLook) -> _Active:
+        """Take over a look started elsewhere (another gateway, or before a restart)."""
+        active = self._active.get(stored.look.id)
+        if active is None:
+            # The token itself is not stored (only its hash): the viewer presents it.
+            active = _Active(stored.look, "", stored.stream_url, token_hash=stored.token_hash)
+            self._active[stored.look.id] = active
+        self.looks[stored.look.id] = stored.look
+        return active
+
+    async def _orphans(self, now: float) -> None:
+        """End looks whose gateway stopped; drop local looks another gateway ended."""
+        stored = await asyncio.to_thread(self._store().looks, in_progress=True)
+        open_ids = {s.look.id for s in stored}
+        for active in list(self._active.values()):
+            if active.look.id not in open_ids and active.look.state is not LookState.REQUESTED:
+                # Ended through another gateway: stop relaying at once.
+                self._active.pop(active.look.id, None)
+                self._close_relays(active)
+                found = await asyncio.to_thread(self._store().look, active.look.id)
+                if found is not None:
+                    self.looks[found.look.id] = found.look
+        for orphan in stored:
+            look = orphan.look
+            if look.id in self._active or look.device_id in self._waking:
+                continue
+            due = (look.expires_at if look.expires_at is not None
+                   else look.requested_at + self.wake_timeout_s)
+            if due + ORPHAN_GRACE_S <= now:
+                _LOGGER.warning("ending look %s: the gateway that ran it stopped", look.id)
+                await self._end(await self._adopt(orphan), now, EndedBy.TIMEOUT)
+
     async def check(self) -> None:
         """Do everything due at the clock's ``now``: expiries, standby checks, missed looks."""
         now = self._clock()
+        await self._refresh()
+        await self._orphans(now)
         for active in list(self._active.values()):
             expires = active.look.expires_at
             if expires is not None and expires <= now:
-                self._end(active, now, EndedBy.TIMEOUT)
+                await self._end(active, now, EndedBy.TIMEOUT)
         for device_id, (look_id, deadline) in list(self._standby_due.items()):
             if deadline <= now:
                 del self._standby_due[device_id]
@@ -312,7 +393,13 @@ class CameraService:
                 self._events.append(self._technical(
                     device_id, ref, now,
                     "Kameran bekräftade inte viloläge / camera did not confirm standby"))
-        for action in self.missed.tick(self.store.schedules.values(), now):
+        store = self._store()
+        for action in self.missed.tick(self.schedules.values(), now):
+            # Whichever gateway claims the window first reminds or escalates it; the
+            # others (and this one after a restart) leave it.
+            kind = WindowMark.REMINDED if isinstance(action, Remind) else WindowMark.ESCALATED
+            if not await asyncio.to_thread(store.claim_window, action.window.key, kind, now):
+                continue
             if isinstance(action, Remind):
                 self._remind(action.window, now)
             elif isinstance(action, EscalateVisit):
@@ -321,6 +408,7 @@ class CameraService:
                             f"Nattillsyn {window.local} ej gjord – besök / "
                             "camera look missed, visit needed")
         self.missed.prune(now)
+        await asyncio.to_thread(store.prune_windows, now - WINDOW_MARKS_KEPT_S)
         events, self._events = self._events, []
         for event in events:
             await self.gateway.submit_internal(event)
@@ -439,26 +527,32 @@ class CameraService:
             response.close()
         active.relays.clear()
 
-    def _end(self, active: _Active, now: float, by: EndedBy,
-             outcome: Outcome | None = None) -> Look:
+    async def _end(self, active: _Active, now: float, by: EndedBy,
+                   outcome: Outcome | None = None) -> Look:
         """End a look: stop the relay, command standby, audit, act on the outcome."""
         look = active.look.ended(now, by, outcome)
         self._active.pop(look.id, None)
-        self.looks[look.id] = look
         self._close_relays(active)
+        if not await self._persist(look, unless_ended=True):
+            # Another gateway ended it first: that one commanded standby and audited it.
+            stored = await self.find_look(look.id)
+            return stored if stored is not None else look
+        self.looks[look.id] = look
         if by is not EndedBy.CAMERA_FAILED:
             self._standby_due[look.device_id] = (look.id, now + self.standby_timeout_s)
             self._command(look.device_id, "standby")
         self._audit(look.viewer_id, look.recipient_id, {"event": "ended", **look.audit_detail()})
         if outcome is not None:
-            self._outcome(look, now)
+            await self._outcome(look, now)
         self._poke()
         return look
 
-    def _outcome(self, look: Look, now: float) -> None:
+    async def _outcome(self, look: Look, now: float) -> None:
         assert look.outcome is not None
         if look.window_key is not None:
             self.missed.done(look.window_key)
+            await asyncio.to_thread(self._store().claim_window, look.window_key,
+                                    WindowMark.DONE, now)
         if look.outcome.needs_visit:
             self._visit(look.recipient_id, now, f"look.{look.id}",
                         f"Nattillsyn: {look.outcome.value} – besök / camera look: visit needed")
@@ -474,7 +568,8 @@ class CameraService:
         recipient = self.gateway.org.recipients.get(recipient_id)
         if recipient is None:
             raise NotFoundError("unknown recipient")
-        schedule = self.store.schedules.get(recipient_id)
+        await self._refresh()
+        schedule = self.schedules.get(recipient_id)
         teams = {recipient.team_id} | ({schedule.team_id} if schedule is not None else set())
         if member.role != "admin" and not teams & set(member.team_ids):
             # Another team's recipient answers exactly as a missing one (docs/security.md):
@@ -494,7 +589,7 @@ class CameraService:
             viewer=Viewer(member.id, frozenset(member.team_ids)),
             recipient_id=recipient_id,
             recipient_team_id=recipient.team_id,
-            consent=self.store.consents.current(recipient_id),
+            consent=self.consents.current(recipient_id),
             schedule=schedule,
             now=now,
             ad_hoc=ad_hoc,
@@ -518,6 +613,13 @@ class CameraService:
             window_key=None if allowed.window is None else allowed.window.key,
             ad_hoc=allowed.ad_hoc, reason=allowed.reason,
         )
+        token = secrets.token_urlsafe(32)
+        if not await asyncio.to_thread(self._store().begin_look,
+                                       StoredLook(look, token_hash(token))):
+            # Another gateway started a look at this recipient a moment ago.
+            raise self._refuse(member.id, recipient_id, Refused(
+                RefusalCode.LOOK_ACTIVE, "en titt pågår redan / a look is in progress"),
+                now, 403, device_id=device_id)
         self.looks[look.id] = look
         self._audit(member.id, recipient_id, {
             "event": "allowed", "flagged": allowed.flagged, **look.audit_detail()})
@@ -539,9 +641,9 @@ class CameraService:
         finally:
             self._waking.pop(device_id, None)
         now = self._clock()
-        active = _Active(look, secrets.token_urlsafe(32))
+        active = _Active(look, token)
         if stream_url is None:
-            self._camera_failed(active, now, failure)
+            await self._camera_failed(active, now, failure)
             raise UpstreamTimeoutError({
                 "code": "camera_failed", "reason": failure, "look_id": look.id,
                 "visit": "besök beställt / visit requested"})
@@ -549,10 +651,11 @@ class CameraService:
         active.stream_url = stream_url
         self._active[look.id] = active
         self.looks[look.id] = active.look
+        await self._persist(active.look, token, stream_url)
         self._poke()
         return active.look, active.token
 
-    def _camera_failed(self, active: _Active, now: float, failure: str) -> None:
+    async def _camera_failed(self, active: _Active, now: float, failure: str) -> None:
         """Technical alarm and a visit, both at once: nobody saw the person."""
         look = active.look
         self._log.log(_LOGGER, logging.WARNING, "wake",
@@ -560,12 +663,18 @@ class CameraService:
                       look.device_id, look.id, failure)
         self._events.append(self._technical(
             look.device_id, f"camwake.{look.id}", now, f"Nattkamera: {failure}"))
-        self._end(active, now, EndedBy.CAMERA_FAILED, Outcome.COULD_NOT_SEE)
+        await self._end(active, now, EndedBy.CAMERA_FAILED, Outcome.COULD_NOT_SEE)
 
-    def check_token(self, member: StaffMember, look_id: str, token: str | None) -> _Active:
-        """The active look a token opens, or an audited refusal."""
+    async def check_token(self, member: StaffMember, look_id: str, token: str | None
+                          ) -> _Active:
+        """The active look a token opens, or an audited refusal. A look started through
+        another gateway (or before a restart) is taken over here."""
         now = self._clock()
         active = self._active.get(look_id)
+        if active is None:
+            stored = await asyncio.to_thread(self._store().look, look_id)
+            if stored is not None and stored.in_progress and stored.stream_url is not None:
+                active = await self._adopt(stored)
         ended = self.looks.get(look_id)
         subject = ended.recipient_id if ended is not None else "?"
         if active is None:
@@ -573,7 +682,8 @@ class CameraService:
             raise self._refuse(member.id, subject, Refused(code, "ingen pågående titt / no "
                                "look in progress"), now, 403,
                                look_id=look_id)
-        if token is None or not hmac.compare_digest(token.encode(), active.token.encode()):
+        if token is None or not hmac.compare_digest(token_hash(token).encode(),
+                                                    active.token_hash.encode()):
             raise self._refuse(member.id, subject, Refused(
                 RefusalCode.TOKEN_INVALID, "ogiltig titt-token / invalid look token"), now,
                 403, look_id=look_id)
@@ -602,8 +712,11 @@ class CameraService:
             upstream.close()
             raise UpstreamError("camera stream refused")
         active.relays.add(upstream)
-        active.look = active.look.streaming(self._clock())
-        self.looks[active.look.id] = active.look
+        streaming = active.look.streaming(self._clock())
+        if streaming != active.look:
+            active.look = streaming
+            self.looks[streaming.id] = streaming
+            await self._persist(streaming)
         self._poke()
         return content_type, self._relay(active, upstream)
 
@@ -630,11 +743,17 @@ class CameraService:
         """The viewer ends a look (or gives the outcome of one that timed out)."""
         now = self._clock()
         active = self._active.get(look_id)
+        if active is None:
+            stored = await asyncio.to_thread(self._store().look, look_id)
+            if stored is not None and stored.in_progress:
+                if stored.look.viewer_id != member.id:
+                    raise ForbiddenError("another viewer's look")
+                active = await self._adopt(stored)
         if active is not None:
             if active.look.viewer_id != member.id:
                 raise ForbiddenError("another viewer's look")
-            return self._end(active, now, EndedBy.VIEWER, outcome)
-        look = self.looks.get(look_id)
+            return await self._end(active, now, EndedBy.VIEWER, outcome)
+        look = await self.find_look(look_id)
         if look is None:
             raise NotFoundError("no such look")
         if look.viewer_id != member.id:
@@ -644,8 +763,9 @@ class CameraService:
         except LookError as exc:
             raise ConflictError(str(exc)) from None
         self.looks[look.id] = look
+        await self._persist(look)
         self._audit(member.id, look.recipient_id, {"event": "outcome", **look.audit_detail()})
-        self._outcome(look, now)
+        await self._outcome(look, now)
         self._poke()
         return look
 
@@ -656,8 +776,8 @@ class CameraService:
         now = self._clock()
         consent = Consent(recipient_id, given_by, now if consented_at is None else consented_at,
                           scope, member.id, now)
-        self.store.consents.register(consent)
-        await self._save()
+        await asyncio.to_thread(self._store().add_consent, consent)
+        await self._refresh()
         self.gateway.audit.record(AuditKind.CONFIG_CHANGE, actor=member.id,
                                   subject=f"nattillsyn.consent:{recipient_id}",
                                   detail={"action": "consent_registered", **consent.to_json()})
@@ -666,12 +786,16 @@ class CameraService:
     async def withdraw_consent(self, member: StaffMember, recipient_id: str) -> Consent:
         """Withdraw consent at once: any look in progress ends now."""
         now = self._clock()
-        withdrawn = self.store.consents.withdraw(recipient_id, by=member.id, now=now)
+        withdrawn = await asyncio.to_thread(self._store().withdraw_consent, recipient_id,
+                                            by=member.id, now=now)
         if withdrawn is None:
             raise NotFoundError("no consent in force")
-        for active in [a for a in self._active.values() if a.look.recipient_id == recipient_id]:
-            self._end(active, now, EndedBy.CONSENT_WITHDRAWN)
-        await self._save()
+        await self._refresh()
+        # Looks in progress through any gateway end now (the others drop their relays on
+        # their next check).
+        stored = await asyncio.to_thread(self._store().looks, in_progress=True)
+        for look in [s for s in stored if s.look.recipient_id == recipient_id]:
+            await self._end(await self._adopt(look), now, EndedBy.CONSENT_WITHDRAWN)
         self.gateway.audit.record(AuditKind.CONFIG_CHANGE, actor=member.id,
                                   subject=f"nattillsyn.consent:{recipient_id}",
                                   detail={"action": "consent_withdrawn", **withdrawn.to_json()})
@@ -680,23 +804,19 @@ class CameraService:
     async def set_schedule(self, member: StaffMember, schedule: Schedule | None,
                            recipient_id: str) -> None:
         """Set (or with None, remove) a recipient's schedule."""
+        store = self._store()
         if schedule is None:
-            removed = self.store.schedules.pop(recipient_id, None)
-            if removed is None:
+            if not await asyncio.to_thread(store.remove_schedule, recipient_id):
                 raise NotFoundError("no schedule")
         else:
-            self.store.schedules[recipient_id] = schedule
-        await self._save()
+            await asyncio.to_thread(store.put_schedule, schedule)
+        await self._refresh()
         self.gateway.audit.record(
             AuditKind.CONFIG_CHANGE, actor=member.id,
             subject=f"nattillsyn.schedule:{recipient_id}",
             detail={"action": "schedule_removed" if schedule is None else "schedule_set",
                     **({} if schedule is None else schedule.to_json())})
         self._poke()
-
-    async def _save(self) -> None:
-        async with self._save_lock:
-            await asyncio.to_thread(self.store.write, self.store.snapshot())
 
     # -- the HTTP API ------------------------------------------------------------------------
 

@@ -98,12 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     org_import.add_argument("file", type=Path)
     org_import.add_argument("--data-dir", type=Path, default=Path("trygg-data"))
+    org_import.add_argument("--config", type=Path, default=None,
+                            help="settings file; with [cluster], import once into the cluster's"
+                                 " database (every gateway sees it)")
+    org_import.add_argument("--dsn", default=None, help="the cluster's PostgreSQL database")
 
     audit = commands.add_parser("audit", help="audit log tools")
     audit_cmd = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_cmd.add_parser("verify", help="verify the hash chain of the audit log")
-    verify.add_argument("--data-dir", type=Path, default=None)
-    verify.add_argument("--config", type=Path, default=None)
+    head = audit_cmd.add_parser("head", help="print the chain's head (seq and hash) as JSON")
+    for sub in (verify, head):
+        sub.add_argument("--data-dir", type=Path, default=None)
+        sub.add_argument("--config", type=Path, default=None,
+                         help="settings file; with [cluster], the cluster's chain in journal_dsn")
+        sub.add_argument("--dsn", default=None, help="the cluster's PostgreSQL database")
+    verify.add_argument("--anchor", default=None,
+                        help="a head exported earlier (JSON, SEQ:HASH, or a file): it must"
+                             " still be in the chain")
 
     commands.add_parser(
         "devices", help="technician commands (see `trygg devices --help`)", add_help=False
@@ -139,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run_async(_run(args.config))
     if args.command == "org":
-        return _org_import(args.file, args.data_dir)
+        return _org_import(args.file, args.data_dir, args.config, args.dsn)
     if args.command == "audit":
-        return _audit_verify(args.data_dir, args.config)
+        return _audit(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -281,10 +292,28 @@ async def _fleet(size: int, info: dict[str, Any]) -> AsyncIterator[None]:
         yield
 
 
-def _org_import(file: Path, data_dir: Path) -> int:
+def _org_import(file: Path, data_dir: Path, config: Path | None, dsn: str | None) -> int:
     from gateway.org import OrgStore
     from gateway.orgfile import OrgFileError, RosterStore, import_file
 
+    if config is not None and dsn is None:
+        from gateway.config import load
+
+        settings = load(config, demo=True)
+        if settings.cluster is not None:
+            dsn = settings.journal_dsn
+        else:
+            data_dir = settings.data_dir
+    if dsn is not None:
+        from gateway.stores.shared_org import import_shared
+
+        try:
+            counts = import_shared(file, dsn)
+        except OrgFileError as exc:
+            print(f"import refused, nothing written: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(counts))
+        return 0
     data_dir.mkdir(parents=True, exist_ok=True)
     org = OrgStore(data_dir / "org.sqlite3")
     try:
@@ -298,14 +327,37 @@ def _org_import(file: Path, data_dir: Path) -> int:
     return 0
 
 
-def _audit_verify(data_dir: Path | None, config: Path | None) -> int:
-    from gateway.audit import verify_main
+def _audit(args: argparse.Namespace) -> int:
+    from gateway.audit_target import (
+        PostgresAudit,
+        SqliteAudit,
+        audit_target,
+        head_main,
+        parse_anchor,
+        verify_main,
+    )
 
-    if data_dir is None:
+    target: SqliteAudit | PostgresAudit
+    if args.dsn is not None:
+        target = PostgresAudit(args.dsn)
+    elif args.data_dir is not None:
+        target = SqliteAudit(args.data_dir / "audit.sqlite3")
+    elif args.config is not None:
         from gateway.config import load
 
-        data_dir = load(config, demo=True).data_dir if config else Path("trygg-data")
-    return int(verify_main(data_dir / "audit.sqlite3"))
+        target = audit_target(load(args.config, demo=True))
+    else:
+        target = SqliteAudit(Path("trygg-data") / "audit.sqlite3")
+    if args.audit_command == "head":
+        return head_main(target)
+    anchor = None
+    if args.anchor is not None:
+        try:
+            anchor = parse_anchor(args.anchor)
+        except ValueError as exc:
+            print(f"--anchor: {exc}", file=sys.stderr)
+            return 2
+    return verify_main(target, anchor=anchor)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from gateway.hub import StaffHub
 from gateway.metrics import Metrics
 from gateway.mqtt import Outbound
 from gateway.org import OrgStore
+from gateway.ratelimit import LogLimiter
 from gateway.views import alarm_json, for_role, iso
 
 _LOGGER = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Effects:
         self.publisher: Publisher | None = None
         self.centre: CentreSender | None = None
         self._notifiers: list[Notifier] = []
+        # Every alarm due for the centre would log this line while the centre is down.
+        self._log = LogLimiter(60.0)
         self.listeners: list[AlarmListener] = []
         self._early: deque[tuple[dict[str, Any], frozenset[str]]] | None = deque(
             maxlen=EARLY_ANNOUNCEMENTS)
@@ -120,8 +123,9 @@ class Effects:
         if self.centre is not None:
             self.centre.send(body, action.attempt)
         else:
-            _LOGGER.warning("alarm %s is for the alarm centre, which is not started",
-                            action.alarm_id)
+            self._log.log(_LOGGER, logging.WARNING, "centre-not-started",
+                          "alarm %s is for the alarm centre, which is not started",
+                          action.alarm_id)
         if self.publisher is not None:
             self.publisher.publish_nowait(Outbound(
                 self.centre_topic,

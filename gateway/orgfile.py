@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alarms.roster import Roster, RosterKey, Shift, every_day
-from gateway.org import DeviceInfo, OrgStore, RecipientInfo, StaffMember, Team
+from gateway.org import DeviceInfo, OrgChange, OrgStore, RecipientInfo, StaffMember, Team
 from gateway.smscodec import e164
 from gateway.strength import password_problem
 
@@ -144,29 +145,42 @@ def parse(path: Path) -> OrgFile:
 def import_file(path: Path, org: OrgStore, rosters: RosterStore) -> dict[str, int]:
     """Validate ``path`` completely, then write it. Returns counts per kind."""
     data = parse(path)
-    for t in data.teams:
-        org.put_team(Team(t.id, t.name))
+    for change in changes_of(data):
+        org.apply(change)
+    rosters.put_many({team_id: roster.model_dump() for team_id, roster in data.rosters.items()})
+    return counts_of(data)
+
+
+def changes_of(data: OrgFile) -> list[OrgChange]:
+    """The file's entities as organisation changes, teams first (what a cluster shares)."""
+    changes: list[OrgChange] = [OrgChange("team", t.id, Team(t.id, t.name)) for t in data.teams]
     for s in data.staff:
         # Imported here: the roster store is on the alarm path, password hashing is not.
         from gateway.auth import hash_password
 
         secret = s.password_hash or hash_password(s.password or "")
-        org.put_staff(StaffMember(s.id, s.username, s.name, s.role, tuple(s.teams), secret,
-                                  phone=s.phone))
-    for r in data.recipients:
-        org.put_recipient(RecipientInfo(r.id, r.name, r.address, r.team, r.entry_info,
-                                        r.action_plan, r.phone))
-    for d in data.devices:
-        org.put_device(DeviceInfo(d.id, d.type, d.recipient, d.model, d.serial, d.heartbeat_s))
-    for team_id, roster in data.rosters.items():
-        rosters.put(team_id, roster.model_dump())
+        changes.append(OrgChange("staff", s.id, StaffMember(
+            s.id, s.username, s.name, s.role, tuple(s.teams), secret, phone=s.phone)))
+    changes += [OrgChange("recipient", r.id, RecipientInfo(
+        r.id, r.name, r.address, r.team, r.entry_info, r.action_plan, r.phone))
+        for r in data.recipients]
+    changes += [OrgChange("device", d.id, DeviceInfo(
+        d.id, d.type, d.recipient, d.model, d.serial, d.heartbeat_s)) for d in data.devices]
+    return changes
+
+
+def counts_of(data: OrgFile) -> dict[str, int]:
+    """What an import writes, per kind."""
     return {"teams": len(data.teams), "staff": len(data.staff),
             "recipients": len(data.recipients), "devices": len(data.devices),
             "rosters": len(data.rosters)}
 
 
 class RosterStore:
-    """Per-team rosters (who works which shift, who is on call), in SQLite."""
+    """Per-team rosters (who works which shift, who is on call), in SQLite.
+
+    One gateway's adapter of ``gateway.stores.rosters.RosterBook``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -178,11 +192,15 @@ class RosterStore:
 
     def put(self, team_id: str, body: dict[str, list[str]]) -> None:
         """Replace a team's roster."""
+        self.put_many({team_id: body})
+
+    def put_many(self, rosters: Mapping[str, Mapping[str, list[str]]]) -> None:
+        """Replace several teams' rosters in one transaction."""
         conn = self._connect()
         try:
             with conn:
-                conn.execute("INSERT OR REPLACE INTO rosters VALUES (?, ?)",
-                             (team_id, json.dumps(body)))
+                conn.executemany("INSERT OR REPLACE INTO rosters VALUES (?, ?)",
+                                 [(team, json.dumps(dict(body))) for team, body in rosters.items()])
         finally:
             conn.close()
 
@@ -193,10 +211,18 @@ class RosterStore:
             rows = conn.execute("SELECT team_id, body FROM rosters").fetchall()
         finally:
             conn.close()
-        return {team_id: _roster(team_id, json.loads(body)) for team_id, body in rows}
+        return {team_id: roster_of(team_id, json.loads(body)) for team_id, body in rows}
+
+    def refresh(self) -> bool:
+        """Nothing to do: ``rosters`` reads the file every time."""
+        return False
+
+    def close(self) -> None:
+        """Nothing held open."""
 
 
-def _roster(team_id: str, body: dict[str, Any]) -> Roster:
+def roster_of(team_id: str, body: dict[str, Any]) -> Roster:
+    """A team's roster from its stored JSON body (the file's ``[rosters.TEAM]`` table)."""
     weekly: dict[RosterKey, frozenset[str]] = {}
     on_call: dict[RosterKey, frozenset[str]] = {}
     for shift in Shift:

@@ -41,6 +41,7 @@ from gateway.ids import new_alarm_id
 from gateway.journal import ConflictError, DuplicateAlarmError, Journal, JournalError
 from gateway.metrics import Metrics
 from gateway.ports import Clock
+from gateway.ratelimit import LogLimiter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -126,6 +127,9 @@ class Pipeline:
         self.effects = effects
         self.metrics = metrics
         self._clock = clock
+        # Refusals can be provoked from outside (a phone repeating a stale accept, a journal
+        # full of bad records): one line per kind a minute, the rest counted in the line.
+        self._log = LogLimiter(60.0)
         # Told of every batch applied, and whether this gateway decided it (True) or another
         # gateway of the cluster did (False): the audit log, the timers.
         self._on_recorded = on_recorded
@@ -168,7 +172,8 @@ class Pipeline:
                 self.core.apply(record)
             except (ValueError, KeyError) as exc:
                 self.metrics.skipped_records.inc()
-                _LOGGER.error("journal record %s for alarm %s cannot be applied, skipped: %s",
+                self._log.log(_LOGGER, logging.ERROR, f"skip.{type(record).__name__}",
+                              "journal record %s for alarm %s cannot be applied, skipped: %s",
                               type(record).__name__, record.alarm_id, exc)
 
     def apply_remote(self, records: list[Record]) -> None:
@@ -303,7 +308,8 @@ class Pipeline:
         decision = self.core.decide(event, self._clock())
         if decision.refusal is not None:
             if attempt == 1:
-                _LOGGER.error("internal event %s refused: %s", event, decision.refusal.reason)
+                self._log.log(_LOGGER, logging.ERROR, f"internal.{type(event).__name__}",
+                              "internal event %s refused: %s", event, decision.refusal.reason)
             return
         if not decision.records:
             return
@@ -385,8 +391,9 @@ class Pipeline:
             for _ in range(MAX_CONFLICT_RETRIES):
                 decision = self.core.decide(event, self._clock())
                 if decision.refusal is not None:
-                    _LOGGER.warning("%s refused: %s", type(event).__name__,
-                                    decision.refusal.reason)
+                    self._log.log(_LOGGER, logging.WARNING, f"refused.{type(event).__name__}",
+                                  "%s refused: %s", type(event).__name__,
+                                  decision.refusal.reason)
                     return True
                 if not decision.records:
                     self.effects.carry_out(decision.actions, ack=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from alarms.model import Alarm
 from gateway.audit import AUDIT_FILENAME
+from gateway.audit_target import AuditTarget, PostgresAudit, open_audit
 from gateway.org import OrgStore, RecipientInfo
 from gateway.views import alarm_json
 
@@ -103,27 +104,38 @@ def telemetry_summary(data_dir: Path, device_ids: Iterable[str]) -> list[dict[st
 
 
 def audit_entries(data_dir: Path, recipient_id: str, alarm_ids: set[str],
-                  device_ids: set[str]) -> list[dict[str, Any]]:
-    """Audit records about the recipient, their alarms or their devices."""
-    conn = _readonly(data_dir / AUDIT_FILENAME)
-    if conn is None:
-        return []
+                  device_ids: set[str], audit: AuditTarget | None = None
+                  ) -> list[dict[str, Any]]:
+    """Audit records about the recipient, their alarms or their devices (from ``audit``:
+    the cluster's chain, or by default this gateway's file)."""
     subjects = {recipient_id} | alarm_ids | device_ids
     out = []
-    with closing(conn):
-        for seq, time_us, kind, actor, subject, detail in conn.execute(
-            "SELECT seq, time_us, kind, actor, subject, detail FROM audit ORDER BY seq"
-        ):
-            parsed = json.loads(detail)
-            if subject in subjects or parsed.get("recipient_id") == recipient_id:
-                out.append({"seq": seq, "time": time_us / 1e6, "kind": kind, "actor": actor,
-                            "subject": subject, "detail": parsed})
+    for seq, time_us, kind, actor, subject, detail in _audit_rows(data_dir, audit):
+        parsed = json.loads(detail)
+        if subject in subjects or parsed.get("recipient_id") == recipient_id:
+            out.append({"seq": seq, "time": time_us / 1e6, "kind": kind, "actor": actor,
+                        "subject": subject, "detail": parsed})
     return out
+
+
+def _audit_rows(data_dir: Path, audit: AuditTarget | None
+                ) -> Iterator[tuple[int, int, str, str, str, str]]:
+    if isinstance(audit, PostgresAudit):
+        with open_audit(audit) as log:
+            for r in log.records():
+                yield r.seq, r.time_us, r.kind, r.actor, r.subject, r.detail_json
+        return
+    conn = _readonly(audit.path if audit is not None else data_dir / AUDIT_FILENAME)
+    if conn is None:
+        return
+    with closing(conn):
+        yield from conn.execute(
+            "SELECT seq, time_us, kind, actor, subject, detail FROM audit ORDER BY seq")
 
 
 def export_recipient(
     recipient_id: str, *, org: OrgStore, alarms: Iterable[Alarm], data_dir: Path,
-    registry: DeviceRegistry | None,
+    registry: DeviceRegistry | None, audit: AuditTarget | None = None,
 ) -> dict[str, Any]:
     """Everything held about one recipient, as JSON-ready data. Blocking: run in a thread."""
     recipient = org.recipients.get(recipient_id)
@@ -154,7 +166,8 @@ def export_recipient(
         "devices": devices,
         "alarms": [alarm_json(a, org) for a in sorted(theirs, key=lambda a: a.hops[0].at)],
         "telemetry": telemetry_summary(data_dir, device_ids),
-        "audit": audit_entries(data_dir, recipient_id, {a.id for a in theirs}, device_ids),
+        "audit": audit_entries(data_dir, recipient_id, {a.id for a in theirs}, device_ids,
+                               audit),
     }
 
 

@@ -35,7 +35,7 @@ from alarms.events import CentreConfirmed, Event, Presence, StaffEvent
 from alarms.model import Alarm
 from devices.contract import Channel, topic
 from gateway import __version__
-from gateway.audit import AUDIT_FILENAME
+from gateway.audit_target import audit_target
 from gateway.auditor import Auditor
 from gateway.config import Settings
 from gateway.duties import SUPERVISION
@@ -49,9 +49,9 @@ from gateway.links import LinkWatch
 from gateway.metrics import Metrics
 from gateway.mqtt import SESSION_TAKEN_OVER, MqttLink, Outbound
 from gateway.org import OrgStore
-from gateway.orgfile import RosterStore
 from gateway.pipeline import Pipeline
 from gateway.ports import Clock
+from gateway.stores.rosters import open_roster_store
 from gateway.supervisor import Policy, Supervisor
 from gateway.timers import Timers
 from gateway.watch import DeviceWatch
@@ -84,12 +84,14 @@ class Gateway:
         tighten(settings.data_dir)
         self.org = org if org is not None else OrgStore(settings.data_dir / "org.sqlite3")
         self._owns_org = org is None
-        self.rosters = RosterStore(settings.data_dir / "rosters.sqlite3")
+        # The cluster's rosters (kept current by a RosterFollower), or this gateway's file.
+        self.rosters = open_roster_store(settings)
         self.core = AlarmCore(self._directory(), track_presence=True)
         self.metrics = Metrics(self._alarm_counts)
         self.journal = journal if journal is not None else self._journal()
         self.hub = StaffHub()
-        self.audit = Auditor(settings.data_dir / AUDIT_FILENAME)
+        # The cluster's one chain in PostgreSQL, or this gateway's file (gateway.audit_target).
+        self.audit = Auditor(audit_target(settings), gateway_id=settings.gateway_id)
         prefix = settings.mqtt.prefix
         self.effects = Effects(core=self.core, org=self.org, hub=self.hub, metrics=self.metrics,
                                prefix=prefix)
@@ -168,6 +170,12 @@ class Gateway:
             from gateway.membership import join  # psycopg only in a cluster
 
             await join(self, sup)
+            from gateway.stores.rosters import RosterFollower
+
+            assert self.settings.journal_dsn is not None
+            sup.start("roster follower", RosterFollower(
+                self.rosters, self.settings.journal_dsn, self.refresh_directory).run,
+                Policy.RESTART)
         await sup.enter("mqtt alarm lane", self.link, Policy.RESTART)
         self.effects.publisher = self.link
         sup.start("probe", self.probe.run, Policy.RESTART)
@@ -182,6 +190,7 @@ class Gateway:
             if stack is not None:
                 await stack.aclose()
         finally:
+            self.rosters.close()
             if self._owns_org:
                 self.org.close()
 

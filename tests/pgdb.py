@@ -1,8 +1,7 @@
-"""Throw-away PostgreSQL databases for the store contract tests (synchronous stores)."""
+"""Throw-away PostgreSQL databases for the blocking stores' contract suites."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,16 +9,15 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
-# The server to create throw-away databases on (as tests/test_journal_contract.py).
-PG_ADMIN_DSN = os.environ.get("TRYGG_TEST_PG", "host=127.0.0.1 port=5432 dbname=postgres")
+from tests.test_journal_contract import PG_ADMIN_DSN
 
 
 @contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, empty database for one test; yields its DSN and drops it afterwards."""
+def fresh_database_sync() -> Iterator[str]:
+    """A new, empty database; yields its DSN and drops it afterwards."""
     name = f"trygg_test_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg.Connection.connect(PG_ADMIN_DSN, autocommit=True)
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_DSN!r}: {exc}")
     with admin:

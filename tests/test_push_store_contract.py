@@ -13,7 +13,7 @@ import pytest
 
 from gateway.push import PushNotifier, Subscription, SubscriptionStore, _create_key_file
 from gateway.stores.push import PgPushStore, PushStore
-from tests.pgdb import fresh_database
+from tests.pgdb import fresh_database_sync as fresh_database
 
 
 def sub(endpoint: str, staff: str, key: str = "k1") -> Subscription:

@@ -19,7 +19,7 @@ from gateway.stores.registry import (
     RegistryStore,
     SqliteRegistryStore,
 )
-from tests.pgdb import fresh_database
+from tests.pgdb import fresh_database_sync as fresh_database
 
 NOW = 1_700_000_000.0
 

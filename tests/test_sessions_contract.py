@@ -17,7 +17,7 @@ import pytest
 from gateway.security import RefreshError, RefreshStore
 from gateway.stores import StoreError
 from gateway.stores.sessions import PgSessionStore, SessionStore
-from tests.pgdb import fresh_database
+from tests.pgdb import fresh_database_sync as fresh_database
 
 TTL_S = 600
 

@@ -21,6 +21,7 @@ import aiomqtt
 import httpx
 import pytest
 
+from alarms.events import AcceptRequested
 from alarms.model import AlarmType, EscalationKind
 from devices.contract import TelemetryMessage
 from gateway.health import Watchdog
@@ -352,3 +353,18 @@ async def test_escalation_on_a_fake_clock(
         await until(lambda: any(e.kind is EscalationKind.TEAM
                                 for e in gw.core.alarms[alarm.id].escalations[before:]))
 
+
+
+async def test_repeated_refusals_log_one_line_a_minute(
+    mosquitto: tuple[str, int], make_gateway: GatewayFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A phone repeating an accept for an alarm that is not there is refused every time,
+    but the log gets one line (with the count of the rest), not one per request."""
+    async with make_gateway(mosquitto) as gw:
+        caplog.set_level(logging.WARNING, logger="gateway.pipeline")
+        for _ in range(50):
+            assert await gw.pipeline.decide_locked(AcceptRequested("no-such-alarm", "s1"))
+        refused = [r for r in caplog.get_records("call")
+                   if r.name == "gateway.pipeline" and "refused" in r.getMessage()]
+        assert len(refused) == 1, [r.getMessage() for r in refused]

@@ -106,7 +106,7 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
                 **documented(list[ConsentOut], 401, 403, 404))
     async def get_consents(recipient_id: str, member: Me) -> list[dict[str, object]]:
         require_manager(member, recipient_id)
-        return [c.to_json() for c in service.store.consents.history(recipient_id)]
+        return [c.to_json() for c in await service.consent_history(recipient_id)]
 
     @router.put("/api/v1/cameras/consents/{recipient_id}", tags=["cameras"],
                 **documented(ConsentOut, 400, 401, 403, 404, 422))
@@ -131,7 +131,7 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
                 **documented(ScheduleOut, 401, 403, 404))
     async def get_schedule(recipient_id: str, member: Me) -> dict[str, object]:
         require_manager(member, recipient_id)
-        schedule = service.store.schedules.get(recipient_id)
+        schedule = await service.schedule(recipient_id)
         if schedule is None:
             raise NotFoundError("no schedule")
         return schedule.to_json()
@@ -169,7 +169,7 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
     @router.get("/api/v1/cameras/looks/{look_id}", tags=["cameras"],
                 **documented(LookOut, 401, 404))
     async def get_look(look_id: str, member: Me) -> dict[str, Any]:
-        look = service.looks.get(look_id)
+        look = await service.find_look(look_id)
         if look is None or (look.viewer_id != member.id and member.role != "admin"):
             raise NotFoundError("no such look")
         return _look_json(look)
@@ -185,7 +185,7 @@ def create_camera_router(gw: WebGateway, service: CameraService) -> APIRouter:
         token: Annotated[str | None, Query(max_length=200)] = None,
         x_look_token: Annotated[str | None, Header(max_length=200)] = None,
     ) -> StreamingResponse:
-        active = service.check_token(member, look_id, x_look_token or token)
+        active = await service.check_token(member, look_id, x_look_token or token)
         content_type, chunks = await service.open_stream(active)
         return StreamingResponse(
             chunks, media_type=content_type,

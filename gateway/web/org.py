@@ -286,7 +286,7 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
             raise NotFoundError(f"no recipient {recipient_id!r}")
         body = await asyncio.to_thread(
             export_recipient, recipient_id, org=org, alarms=list(gw.core.alarms.values()),
-            data_dir=gw.settings.data_dir, registry=registry)
+            data_dir=gw.settings.data_dir, registry=registry, audit=gw.audit.target)
         gw.audit.record("privacy_export", actor=member.id, subject=recipient_id,
                 detail={"recipient_id": recipient_id})
         return body
