@@ -11,7 +11,8 @@ PostgreSQL — the gateways never talk to each other directly:
 - **Presence.** Which staff have a client connected *here* is upserted into
   ``trygg_presence`` with an expiry and NOTIFYed on ``trygg_presence``; the union over the
   other live gateways goes to ``on_presence``. A gateway that dies stops refreshing its
-  row, which then expires (``PRESENCE_TTL_FACTOR`` × the lease TTL).
+  row, which then expires (``PRESENCE_TTL_FACTOR`` × the lease TTL). The gateways with a
+  live row are the cluster's members (``on_members``: gateway.partition).
 - **Organisation.** Every change made through this gateway's ``OrgStore`` (an admin, a
   technician binding a device) is written to ``trygg_org`` (latest state per entity) and
   NOTIFYed on ``trygg_org``; the others apply it to their own store and routing, so a
@@ -81,7 +82,7 @@ _READ_ORG = (
     "SELECT seq, gateway_id, kind, id, body FROM trygg_org WHERE seq > %s ORDER BY seq"
 )
 _READ_PRESENCE = (
-    "SELECT staff, extract(epoch FROM expires_at - clock_timestamp())"
+    "SELECT staff, extract(epoch FROM expires_at - clock_timestamp()), gateway_id"
     " FROM trygg_presence WHERE gateway_id <> %s AND expires_at > clock_timestamp()"
 )
 
@@ -99,6 +100,7 @@ class Cluster:
         on_presence: Callable[[frozenset[str]], None],
         on_leases: Callable[[frozenset[str]], None],
         on_org: Callable[[list[OrgChange]], None] | None = None,
+        on_members: Callable[[frozenset[str]], None] | None = None,
         org_head: int = 0,
         lease_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
@@ -107,6 +109,10 @@ class Cluster:
         self.journal = journal
         self._on_records = on_records
         self._on_presence = on_presence
+        self._on_members = on_members
+        # The live gateways (an unexpired presence row), this one included; None until
+        # first read (gateway.partition: telemetry ownership).
+        self.members: frozenset[str] | None = None
         self._on_org = on_org
         self.org_head = org_head
         self._org_out: asyncio.Queue[OrgChange] = asyncio.Queue()
@@ -374,11 +380,16 @@ class Cluster:
         async with await self._connect() as conn:
             cur = await conn.execute(_READ_PRESENCE, (self.gateway_id,))
             rows: list[tuple[Any, ...]] = await cur.fetchall()
-        remote = frozenset(s for staff, _ in rows for s in staff)
-        first_expiry = min((float(left) for _, left in rows), default=float("inf"))
+        remote = frozenset(s for staff, _, _ in rows for s in staff)
+        first_expiry = min((float(left) for _, left, _ in rows), default=float("inf"))
         if remote != self.remote:
             self.remote = remote
             self._on_presence(remote)
+        members = frozenset(str(gw) for _, _, gw in rows) | {self.gateway_id}
+        if members != self.members:
+            self.members = members
+            if self._on_members is not None:
+                self._on_members(members)
         return first_expiry
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from alarms.events import RemotePresence
 from gateway.metrics import Metrics
 from gateway.org import DeviceInfo, OrgChange, OrgStore
+from gateway.partition import owner
 from gateway.supervisor import Policy, Supervisor
 from gateway.watch import DeviceWatch
 
@@ -68,6 +69,9 @@ class Membership:
         self._refresh_directory = refresh_directory
         self._observe = observe
         self.leases_held: frozenset[str] = frozenset()
+        # The live gateways, this one included; empty until the cluster first read them
+        # (until then this gateway owns no device's telemetry: gateway.partition).
+        self.members: frozenset[str] = frozenset()
         # Told when leases change hands (timers, the staff watch, test alarms re-plan).
         self.lease_listeners: list[Callable[[frozenset[str], frozenset[str]], None]] = []
         self.presence_listeners: list[Callable[[], None]] = []
@@ -84,6 +88,15 @@ class Membership:
         self._metrics.leases.set(len(held))
         for listener in self.lease_listeners:
             listener(gained, lost)
+
+    def on_members(self, members: frozenset[str]) -> None:
+        """The live gateways changed: telemetry ownership moves (gateway.partition)."""
+        _LOGGER.info("cluster members: %s", ", ".join(sorted(members)))
+        self.members = members
+
+    def owns(self, device_id: str) -> bool:
+        """Whether this gateway runs the sensor rules for the device now."""
+        return owner(device_id, self.members) == self.gateway_id
 
     def on_presence(self, staff: frozenset[str]) -> None:
         """Staff connected to the other gateways."""
@@ -136,7 +149,7 @@ async def join(gw: MemberHost, supervisor: Supervisor) -> None:
     cluster = Cluster(
         settings.journal_dsn, gateway_id=settings.gateway_id, journal=gw.journal,
         on_records=gw.pipeline.apply_remote, on_presence=membership.on_presence,
-        on_leases=membership.on_leases, on_org=org_changed,
+        on_leases=membership.on_leases, on_org=org_changed, on_members=membership.on_members,
         org_head=int(gw.org.meta(ORG_HEAD_KEY) or 0), lease_ttl_s=settings.cluster.lease_ttl_s)
     await supervisor.enter("cluster", cluster, Policy.FATAL)
     gw.cluster = cluster

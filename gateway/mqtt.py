@@ -63,11 +63,14 @@ RECEIVE_BURST = 32
 # How long a clean shutdown may take before the link is cancelled outright.
 STOP_TIMEOUT_S = 5.0
 
-# With a shared-subscription group (several gateways), alarms and telemetry are consumed
-# through ``$share/<group>/...``: each message reaches one gateway of the group. Heartbeats
+# With a shared-subscription group (several gateways), alarms are consumed through
+# ``$share/<group>/...``: each message reaches one gateway of the group. Heartbeats
 # and status reach every gateway, so each keeps a warm supervision view of the whole fleet
 # and can take over the supervision lease without a blind spot; they are small and rare.
-SHARED_CHANNELS = frozenset({Channel.ALARM, Channel.TELEMETRY})
+# Telemetry is not shared either: every gateway gets every sample, and only the device's
+# owner runs the sensor rules on it (gateway.partition). A shared subscription would spread
+# one device's samples round-robin over the gateways, and no rule would see its series.
+SHARED_CHANNELS = frozenset({Channel.ALARM})
 # MQTT 5 session expiry of a gateway in a group: none. A broker keeps handing a share of
 # the group's messages to the session of a gateway that died for as long as the session
 # lives (measured on Mosquitto 2: half of them with two members), so the session must end

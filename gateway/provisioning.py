@@ -1,15 +1,16 @@
 """The device registry and the technician's workflow: register, bind, swap, decommission,
 enrol by claim code, send a test alarm, look at a device's health (docs/provisioning.md).
 
-Registry state lives in ``provisioning.sqlite3`` in the data directory (a connection per
-operation: changes are rare, and the CLI and the gateway can both use the file). The routing
+Registry state lives behind ``gateway.stores.registry.RegistryStore``: ``provisioning.sqlite3``
+in the data directory for one gateway, PostgreSQL shared by every gateway of a cluster (a
+claim code issued on one gateway is redeemed on any, exactly once). The routing
 view stays in ``OrgStore.devices``: a device is there from registration until it is
 decommissioned, and is routable once bound to a recipient.
 
 Broker credentials: each device gets a random password once, when its claim code is
 redeemed; only its ``$7$`` hash is kept. Every change rewrites the broker's password and ACL
 files and reloads the broker (gateway/broker_auth.py), so decommissioning takes effect at
-once.
+once; in a cluster the other gateways do the same when told (gateway.broker_sync).
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
 from dataclasses import asdict as dataclasses_asdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +38,12 @@ from gateway.broker_auth import (
 from gateway.config import OtherGateway
 from gateway.errors import DomainError
 from gateway.org import DeviceInfo, OrgStore
+from gateway.stores.registry import (
+    HistoryEvent,
+    RegisteredDevice,
+    RegistryStore,
+    SqliteRegistryStore,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -48,21 +53,6 @@ CLAIM_TTL_S = 24 * 3600.0
 # 10 characters of Crockford base32 = 50 bits: unguessable behind the claim rate limit.
 _CLAIM_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CLAIM_LEN = 10
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS registry (
-    device_id TEXT PRIMARY KEY, serial TEXT NOT NULL, type TEXT NOT NULL,
-    model TEXT NOT NULL, firmware TEXT NOT NULL, state TEXT NOT NULL,
-    registered_at REAL NOT NULL, replaces TEXT, replaced_by TEXT);
-CREATE TABLE IF NOT EXISTS credentials (
-    device_id TEXT PRIMARY KEY, hash TEXT NOT NULL, issued_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS claims (
-    code_hash TEXT PRIMARY KEY, device_id TEXT NOT NULL, expires_at REAL NOT NULL,
-    consumed_at REAL);
-CREATE TABLE IF NOT EXISTS history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, device_id TEXT NOT NULL, at REAL NOT NULL,
-    event TEXT NOT NULL, actor TEXT NOT NULL, detail TEXT NOT NULL);
-"""
 
 
 class ProvisioningError(DomainError):
@@ -107,21 +97,6 @@ class NoHooks:
 
 
 @dataclass(frozen=True, slots=True)
-class RegisteredDevice:
-    """One row of the registry."""
-
-    device_id: str
-    serial: str
-    type: str
-    model: str
-    firmware: str
-    state: str  # registered | enrolled | decommissioned
-    registered_at: float
-    replaces: str | None = None
-    replaced_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ClaimCode:
     """A one-time code a technician scans or types; ``qr`` is the QR payload text."""
 
@@ -163,7 +138,11 @@ def _hash_code(code: str) -> str:
 
 
 class DeviceRegistry:
-    """Registry operations. Every method is synchronous and short; call from any thread."""
+    """Registry operations. Every method is synchronous and short; call from any thread.
+
+    The rows live behind ``gateway.stores.registry.RegistryStore``: SQLite in the data
+    directory by default, PostgreSQL (shared by a cluster) when ``store`` says so.
+    """
 
     def __init__(
         self,
@@ -172,43 +151,25 @@ class DeviceRegistry:
         broker: BrokerAccount,
         hooks: Hooks | None = None,
         clock: Callable[[], float] = time.time,
+        store: RegistryStore | None = None,
     ) -> None:
         self.path = data_dir / REGISTRY_FILENAME
         self.org = org
         self.broker = broker
         self.hooks: Hooks = hooks or NoHooks()
         self._clock = clock
-        with self._db():
-            pass
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=10)) as conn:
-            conn.execute("PRAGMA secure_delete=ON")
-            conn.executescript(_SCHEMA)
-            with conn:
-                yield conn
+        self.store: RegistryStore = store if store is not None else SqliteRegistryStore(
+            self.path)
 
     # -- queries -----------------------------------------------------------------------------
 
     def get(self, device_id: str) -> RegisteredDevice | None:
         """The registry row of a device, if registered."""
-        with self._db() as conn:
-            row = conn.execute(
-                "SELECT device_id, serial, type, model, firmware, state, registered_at,"
-                " replaces, replaced_by FROM registry WHERE device_id = ?", (device_id,)
-            ).fetchone()
-        return RegisteredDevice(*row) if row else None
+        return self.store.get(device_id)
 
     def all(self) -> list[RegisteredDevice]:
         """Every registered device, decommissioned ones included."""
-        with self._db() as conn:
-            rows = conn.execute(
-                "SELECT device_id, serial, type, model, firmware, state, registered_at,"
-                " replaces, replaced_by FROM registry ORDER BY device_id"
-            ).fetchall()
-        return [RegisteredDevice(*r) for r in rows]
+        return self.store.all()
 
     def history(self, device_id: str) -> list[dict[str, Any]]:
         """The device's events, and those of the devices it replaced (oldest first)."""
@@ -219,25 +180,16 @@ class DeviceRegistry:
             chain.append(current.replaces)
             seen.add(current.replaces)
             current = self.get(current.replaces)
-        marks = ",".join("?" * len(chain))
-        with self._db() as conn:
-            rows = conn.execute(
-                f"SELECT device_id, at, event, actor, detail FROM history"
-                f" WHERE device_id IN ({marks}) ORDER BY seq", chain
-            ).fetchall()
         return [
-            {"device_id": r[0], "at": r[1], "event": r[2], "actor": r[3],
-             "detail": json.loads(r[4])}
-            for r in rows
+            {"device_id": e.device_id, "at": e.at, "event": e.event, "actor": e.actor,
+             "detail": json.loads(e.detail)}
+            for e in self.store.history(chain)
         ]
 
-    def _log(self, conn: sqlite3.Connection, device_id: str, event: str, actor: str,
-             **detail: Any) -> None:
-        conn.execute(
-            "INSERT INTO history (device_id, at, event, actor, detail) VALUES (?, ?, ?, ?, ?)",
-            (device_id, self._clock(), event, actor, json.dumps(detail, sort_keys=True)),
-        )
+    def _event(self, device_id: str, event: str, actor: str, **detail: Any) -> HistoryEvent:
+        """A history entry, audited as it is made (the store writes it)."""
         self.hooks.audit(actor, device_id, {"event": event, **detail})
+        return HistoryEvent.of(device_id, self._clock(), event, actor, **detail)
 
     def _require(self, device_id: str) -> tuple[RegisteredDevice, DeviceInfo]:
         registered = self.get(device_id)
@@ -252,12 +204,7 @@ class DeviceRegistry:
     def _adopt(self, info: DeviceInfo) -> RegisteredDevice:
         row = RegisteredDevice(info.id, info.serial, info.type, info.model, "", "registered",
                                self._clock())
-        with self._db() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO registry VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                (row.device_id, row.serial, row.type, row.model, row.firmware, row.state,
-                 row.registered_at),
-            )
+        self.store.adopt(row)
         return row
 
     # -- operations --------------------------------------------------------------------------
@@ -277,14 +224,14 @@ class DeviceRegistry:
             raise ProvisioningError(404, f"no recipient {recipient_id!r}")
         row = RegisteredDevice(device_id, serial, type, model, firmware, "registered",
                                self._clock())
-        with self._db() as conn:
-            conn.execute(
-                "INSERT INTO registry VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                (row.device_id, row.serial, row.type, row.model, row.firmware, row.state,
-                 row.registered_at),
-            )
-            self._log(conn, device_id, "registered", actor, serial=serial, type=type,
-                      model=model, firmware=firmware)
+        event = HistoryEvent.of(device_id, row.registered_at, "registered", actor,
+                                serial=serial, type=type, model=model, firmware=firmware)
+        # Another gateway may have registered the id since the check above.
+        if not self.store.register(row, event):
+            raise ProvisioningError(409, f"device {device_id!r} is already registered")
+        self.hooks.audit(actor, device_id, {"event": "registered", "serial": serial,
+                                            "type": type, "model": model,
+                                            "firmware": firmware})
         self.org.put_device(DeviceInfo(device_id, type, None, model, serial))
         if recipient_id is not None:
             self.bind(device_id, recipient_id, actor=actor)
@@ -300,8 +247,7 @@ class DeviceRegistry:
                                          " unbind it first")
         bound = replace(info, recipient_id=recipient_id)
         self.org.put_device(bound)
-        with self._db() as conn:
-            self._log(conn, device_id, "bound", actor, recipient_id=recipient_id)
+        self.store.log(self._event(device_id, "bound", actor, recipient_id=recipient_id))
         self.hooks.directory_changed()
         self.hooks.watch(bound)
         return bound
@@ -311,8 +257,7 @@ class DeviceRegistry:
         _, info = self._require(device_id)
         unbound = replace(info, recipient_id=None)
         self.org.put_device(unbound)
-        with self._db() as conn:
-            self._log(conn, device_id, "unbound", actor, recipient_id=info.recipient_id)
+        self.store.log(self._event(device_id, "unbound", actor, recipient_id=info.recipient_id))
         self.hooks.directory_changed()
         self.hooks.unwatch(device_id)
         return unbound
@@ -329,14 +274,11 @@ class DeviceRegistry:
             raise ProvisioningError(409, f"device {old_id!r} is not bound to anyone")
         taken = replace(new, recipient_id=old.recipient_id)
         self.org.put_device(taken)
-        with self._db() as conn:
-            conn.execute("UPDATE registry SET replaces = ? WHERE device_id = ?",
-                         (old_id, new_id))
-            conn.execute("UPDATE registry SET replaced_by = ? WHERE device_id = ?",
-                         (new_id, old_id))
-            self._log(conn, new_id, "swapped_in", actor, replaces=old_id,
-                      recipient_id=old.recipient_id)
-            self._log(conn, old_id, "swapped_out", actor, replaced_by=new_id)
+        self.store.swap(old_id, new_id, [
+            self._event(new_id, "swapped_in", actor, replaces=old_id,
+                        recipient_id=old.recipient_id),
+            self._event(old_id, "swapped_out", actor, replaced_by=new_id),
+        ])
         self.hooks.watch(taken)
         self._decommission(old_id, actor=actor, reason=f"replaced by {new_id}")
         return taken
@@ -347,13 +289,8 @@ class DeviceRegistry:
         self._decommission(device_id, actor=actor, reason="decommissioned")
 
     def _decommission(self, device_id: str, *, actor: str, reason: str) -> None:
-        with self._db() as conn:
-            conn.execute("UPDATE registry SET state = 'decommissioned' WHERE device_id = ?",
-                         (device_id,))
-            conn.execute("DELETE FROM credentials WHERE device_id = ?", (device_id,))
-            conn.execute("UPDATE claims SET consumed_at = ? WHERE device_id = ?"
-                         " AND consumed_at IS NULL", (self._clock(), device_id))
-            self._log(conn, device_id, "decommissioned", actor, reason=reason)
+        self.store.decommission(device_id,
+                                self._event(device_id, "decommissioned", actor, reason=reason))
         self.org.delete_device(device_id)
         self.sync_broker()
         self.hooks.directory_changed()
@@ -361,9 +298,7 @@ class DeviceRegistry:
 
     def set_firmware(self, device_id: str, firmware: str) -> None:
         """Record the firmware a device reported."""
-        with self._db() as conn:
-            conn.execute("UPDATE registry SET firmware = ? WHERE device_id = ?",
-                         (firmware, device_id))
+        self.store.set_firmware(device_id, firmware)
 
     # -- enrolment ---------------------------------------------------------------------------
 
@@ -373,12 +308,9 @@ class DeviceRegistry:
         raw = "".join(secrets.choice(_CLAIM_ALPHABET) for _ in range(_CLAIM_LEN))
         code = f"{raw[:5]}-{raw[5:]}"
         expires = self._clock() + ttl_s
-        with self._db() as conn:
-            conn.execute("UPDATE claims SET consumed_at = ? WHERE device_id = ?"
-                         " AND consumed_at IS NULL", (self._clock(), device_id))
-            conn.execute("INSERT INTO claims VALUES (?, ?, ?, NULL)",
-                         (_hash_code(code), device_id, expires))
-            self._log(conn, device_id, "claim_issued", actor, expires_at=expires)
+        self.store.issue_claim(_hash_code(code), device_id, expires,
+                               self._event(device_id, "claim_issued", actor,
+                                           expires_at=expires))
         qr = f"TRYGG:1;D={device_id};C={code}"
         return ClaimCode(device_id, code, qr, expires)
 
@@ -389,26 +321,11 @@ class DeviceRegistry:
         if code.upper().startswith("TRYGG:"):  # the whole QR payload was sent
             fields = dict(p.split("=", 1) for p in code.split(";")[1:] if "=" in p)
             code = fields.get("C", "")
-        with self._db() as conn:
-            row = conn.execute(
-                "SELECT device_id, expires_at, consumed_at FROM claims WHERE code_hash = ?",
-                (_hash_code(code),),
-            ).fetchone()
-            if row is None or row[2] is not None or row[1] < now:
-                raise ProvisioningError(404, "unknown, used or expired claim code")
-            device_id = row[0]
-            state = conn.execute("SELECT state FROM registry WHERE device_id = ?",
-                                 (device_id,)).fetchone()
-            if state is None or state[0] == "decommissioned":
-                raise ProvisioningError(404, "unknown, used or expired claim code")
-            password = new_device_password()
-            conn.execute("UPDATE claims SET consumed_at = ? WHERE code_hash = ?",
-                         (now, _hash_code(code)))
-            conn.execute("INSERT OR REPLACE INTO credentials VALUES (?, ?, ?)",
-                         (device_id, mosquitto_hash(password), now))
-            conn.execute("UPDATE registry SET state = 'enrolled' WHERE device_id = ?",
-                         (device_id,))
-            self._log(conn, device_id, "enrolled", device_id)
+        password = new_device_password()
+        device_id = self.store.redeem(_hash_code(code), now, mosquitto_hash(password))
+        if device_id is None:
+            raise ProvisioningError(404, "unknown, used or expired claim code")
+        self.hooks.audit(device_id, device_id, {"event": "enrolled"})
         self.sync_broker()
         broker = self.broker
         return {
@@ -427,14 +344,9 @@ class DeviceRegistry:
         files = self.broker.files
         if files is None:
             return False
-        with self._db() as conn:
-            devices = conn.execute(
-                "SELECT c.device_id, c.hash FROM credentials c JOIN registry r"
-                " ON r.device_id = c.device_id WHERE r.state != 'decommissioned'"
-            ).fetchall()
         broker = self.broker
         accounts = accounts_with_gateway(
-            [(d, h) for d, h in devices], broker.gateway_username, broker.gateway_password,
+            self.store.credentials(), broker.gateway_username, broker.gateway_password,
             telemetry_username=broker.telemetry_username, others=broker.other_gateways,
         )
         files.write(accounts, broker.prefix, broker.gateways())
@@ -444,9 +356,7 @@ class DeviceRegistry:
 
     def has_credentials(self, device_id: str) -> bool:
         """Whether the device holds valid broker credentials."""
-        with self._db() as conn:
-            return conn.execute("SELECT 1 FROM credentials WHERE device_id = ?",
-                                (device_id,)).fetchone() is not None
+        return self.store.has_credentials(device_id)
 
 
 # -- CLI: ``trygg devices ...`` -------------------------------------------------------------------

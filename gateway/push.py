@@ -31,7 +31,7 @@ import socket
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +47,8 @@ from pywebpush import WebPushException, webpush_async  # type: ignore[import-unt
 
 from gateway.pushguard import EndpointPolicy, addresses_problem
 from gateway.ratelimit import LogLimiter
+from gateway.stores import StoreError
+from gateway.stores.push import PgPushStore, PushStore
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -101,11 +103,16 @@ class VapidKeys:
             pem = path.read_bytes()
         except FileNotFoundError:
             pem = _create_key_file(path)
+        return cls.from_pem(pem, str(path))
+
+    @classmethod
+    def from_pem(cls, pem: bytes, source: str = "the key") -> VapidKeys:
+        """The key pair of a PEM private key (a file's, or the cluster's shared one)."""
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
             key.curve, ec.SECP256R1
         ):
-            raise TypeError(f"{path} does not hold a P-256 private key")
+            raise TypeError(f"{source} does not hold a P-256 private key")
         public = key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
@@ -239,6 +246,18 @@ class SubscriptionStore:
             (n,) = conn.execute("SELECT COUNT(*) FROM subscriptions").fetchone()
         return int(n)
 
+    def claim(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """All of them: a lone gateway is the only sender (the notifier dedupes itself)."""
+        return set(pairs)
+
+    def all(self) -> list[Subscription]:
+        """Every subscription (moving a single gateway's into a cluster's)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT endpoint, staff_id, p256dh, auth FROM subscriptions ORDER BY created_at"
+            ).fetchall()
+        return [Subscription(*row) for row in rows]
+
 
 # -- the notifier -----------------------------------------------------------------------------
 
@@ -330,7 +349,7 @@ class PushNotifier:
 
     def __init__(
         self,
-        store: SubscriptionStore,
+        store: PushStore,
         keys: VapidKeys,
         *,
         subject: str = DEFAULT_SUBJECT,
@@ -358,14 +377,30 @@ class PushNotifier:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, *, subject: str = DEFAULT_SUBJECT,
-                     policy: EndpointPolicy | None = None) -> PushNotifier:
-        """A notifier on a gateway's data dir (keys and subscriptions)."""
-        return cls(
-            SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE),
-            VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE),
-            subject=subject,
-            policy=policy,
-        )
+                     policy: EndpointPolicy | None = None, dsn: str | None = None,
+                     gateway_id: str = "") -> PushNotifier:
+        """A notifier on a gateway's data dir (keys and subscriptions), or, with ``dsn``,
+        on the cluster's shared subscriptions and key (gateway.stores.push)."""
+        if dsn is None:
+            return cls(
+                SubscriptionStore(data_dir / SUBSCRIPTIONS_FILE),
+                VapidKeys.load_or_create(data_dir / VAPID_KEY_FILE),
+                subject=subject,
+                policy=policy,
+            )
+        shared = PgPushStore(dsn, gateway_id)
+        # This gateway's own key file (made now if missing) is offered: the first gateway
+        # of the cluster keeps the key its phones subscribed with.
+        local = data_dir / VAPID_KEY_FILE
+        candidate = local.read_bytes() if local.exists() else _create_key_file(local)
+        pem = shared.shared_key(candidate)
+        own = data_dir / SUBSCRIPTIONS_FILE
+        if pem == candidate and own.exists():
+            # Our key is the cluster's: the phones that subscribed here stay valid.
+            for subscription in SubscriptionStore(own).all():
+                shared.add(subscription)
+        keys = VapidKeys.from_pem(pem, "the cluster's VAPID key")
+        return cls(shared, keys, subject=subject, policy=policy)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -441,10 +476,22 @@ class PushNotifier:
                 try:
                     staff = frozenset().union(*(job.staff_ids for job in jobs))
                     found = await asyncio.to_thread(self.store.for_staff, staff)
+                    # In a cluster every gateway hears the alarm: the first to claim a
+                    # (alarm, staff) pair pushes it. Only pairs with a subscription are
+                    # claimed, so a claim always stands for a real push.
+                    wanted = {(job.alarm_id, s.staff_id) for job in jobs for s in found
+                              if s.staff_id in job.staff_ids}
+                    mine = await asyncio.to_thread(self.store.claim, wanted)
+                    jobs_to_send = [
+                        _Job(job.alarm_id,
+                             frozenset(s for s in job.staff_ids if (job.alarm_id, s) in mine),
+                             job.alarm)
+                        for job in jobs
+                    ]
                     by_staff: dict[str, list[Subscription]] = {}
                     for subscription in found:
                         by_staff.setdefault(subscription.staff_id, []).append(subscription)
-                    for job in jobs:
+                    for job in jobs_to_send:
                         for staff_id in sorted(job.staff_ids):
                             for subscription in by_staff.get(staff_id, ()):
                                 await slots.acquire()
@@ -454,7 +501,7 @@ class PushNotifier:
                                 )
                                 self._in_flight.add(task)
                                 task.add_done_callback(self._in_flight.discard)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, StoreError) as exc:
                     self.stats.failed += len(jobs)
                     self._log_limiter.log(_LOGGER, logging.WARNING, "store",
                                           "web push for %d alarm(s): store failed: %s",

@@ -271,6 +271,10 @@ class Gateway:
         """Whether this gateway does the work guarded by ``lease`` (always when alone)."""
         return self.membership is None or lease in self.membership.leases_held
 
+    def owns_telemetry(self, device_id: str) -> bool:
+        """Whether this gateway runs the sensor rules for a device (always when alone)."""
+        return self.membership is None or self.membership.owns(device_id)
+
     async def centre_confirmed(self, alarm_id: str, attempt: int, reference: str | None
                                ) -> None:
         """The alarm centre's receipt of one delivery attempt."""

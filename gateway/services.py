@@ -10,8 +10,10 @@ listeners.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from gateway.config import BrokerAuthSettings, OtherGateway
 from gateway.dc09 import Dc09Receiver, dc09_receiver
 from gateway.inband import InBand
 from gateway.org import DeviceInfo
-from gateway.provisioning import BrokerAccount, DeviceRegistry
+from gateway.provisioning import REGISTRY_FILENAME, BrokerAccount, DeviceRegistry
 from gateway.provlarm import Provlarm
 from gateway.push import PushNotifier
 from gateway.pushguard import EndpointPolicy
@@ -38,9 +40,10 @@ from gateway.serial import SerialLink, nak
 from gateway.sip import ScaipListener
 from gateway.sms import SmsService
 from gateway.staffwatch import StaffWatch
+from gateway.stores.registry import PgRegistryStore, SqliteRegistryStore
 from gateway.supervisor import Policy
 from gateway.telemetry import TelemetryPath
-from gateway.timers import Timers
+from gateway.timers import RETENTION_INTERVAL_S, Timers
 from gateway.tsdb import SqliteSink, TelemetrySink
 from gateway.web import create_app
 from gateway.web.deps import WebGateway
@@ -73,6 +76,9 @@ class ServicesHost(WebGateway, Protocol):
 
     def refresh_directory(self) -> None:
         """The organisation changed."""
+
+    def owns_telemetry(self, device_id: str) -> bool:
+        """Whether this gateway runs the sensor rules for the device."""
 
     async def centre_confirmed(self, alarm_id: str, attempt: int, reference: str | None
                                ) -> None:
@@ -116,7 +122,7 @@ class Services:
             await sup.enter(f"telemetry sink {n}", sink, Policy.RESTART)
         sensors = SensorService(gw)
         await sup.enter("sensor rules", sensors, Policy.RESTART)
-        path = TelemetryPath(sinks, sensors, gw.pipeline, gw.clock)
+        path = TelemetryPath(sinks, sensors, gw.pipeline, gw.clock, owns=gw.owns_telemetry)
         gw.ingest.telemetry = path
         sup.start("telemetry shedding", path.watch_shedding, Policy.RESTART)
         await sup.enter("mqtt telemetry lane", gw.telemetry_link, Policy.RESTART)
@@ -125,7 +131,10 @@ class Services:
         # service's policy in code (gateway.pushguard.EndpointPolicy.loopback_for_tests).
         endpoints: EndpointPolicy = overrides.get(
             "push_endpoints", EndpointPolicy(tuple(settings.push.allowed_hosts)))
-        push = PushNotifier.for_data_dir(data_dir, policy=endpoints)
+        # In a cluster the subscriptions and the VAPID key are shared (gateway.stores.push).
+        push = await asyncio.to_thread(
+            PushNotifier.for_data_dir, data_dir, policy=endpoints, dsn=settings.journal_dsn,
+            gateway_id=settings.gateway_id)
         await sup.enter("web push", push, Policy.RESTART)
         gw.effects.add_notifier(push.notify)
         # HTTP JSON or SCAIP, as [escalation] centre_protocol says; the SCAIP link's faults
@@ -155,15 +164,28 @@ class Services:
         await sup.enter("night cameras", cameras, Policy.RESTART)
         gw.ingest.status_listeners.append(cameras.on_status)
 
+        registry = await asyncio.to_thread(device_registry, gw)
+        if settings.journal_dsn is not None and registry.broker.files is not None:
+            # Devices enrolled through any gateway reach this gateway's broker files.
+            from gateway.broker_sync import BrokerSync
+
+            await sup.enter("broker credentials sync", BrokerSync(
+                settings.journal_dsn, gateway_id=settings.gateway_id,
+                sync=registry.sync_broker), Policy.RESTART)
         services = cls(telemetry=telemetry, sinks=sinks, sensors=sensors, push=push,
                        centre=centre, provlarm=provlarm, staff_watch=staff_watch,
-                       cameras=cameras, registry=device_registry(gw), sms=sms)
+                       cameras=cameras, registry=registry, sms=sms)
         gw.services = services  # the web app and the in-band transports read them
         await services._start_inband(gw)
         async def retention() -> None:
             await Timers.retention(data_dir, settings.retention)
 
         sup.start("retention", retention, Policy.RESTART)
+        if isinstance(registry.store, PgRegistryStore):
+            # The shared registry's history has the same retention as the file's.
+            sup.start("registry retention", functools.partial(
+                prune_shared_registry, registry.store, settings.retention.provisioning_days),
+                Policy.RESTART)
         sock = bind(settings.http.host, settings.http.port)
         services.http_port = sock.getsockname()[1]
         server = HttpServer(create_app(gw), sock)
@@ -224,6 +246,16 @@ class Services:
         self.provlarm.wake()
 
 
+async def prune_shared_registry(store: PgRegistryStore, days: float) -> None:
+    """Prune the shared registry's history as often as the data directory's."""
+    while days:
+        cutoff = time.time() - days * 24 * 3600
+        dropped = await asyncio.to_thread(store.prune, cutoff)
+        if dropped:
+            _LOGGER.info("retention: %d registry history entries dropped", dropped)
+        await asyncio.sleep(RETENTION_INTERVAL_S)
+
+
 class GatewayHooks:
     """Registry changes reach the running gateway: routing, supervision, audit."""
 
@@ -267,4 +299,15 @@ def device_registry(gw: ServicesHost) -> DeviceRegistry:
         port=settings.mqtt.port, telemetry_username=settings.mqtt.telemetry_username,
         other_gateways=others,
     )
-    return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw))
+    # In a cluster the registry, claim codes and credentials are shared (gateway.stores),
+    # seeded with what this gateway enrolled before it joined.
+    store = None
+    if settings.journal_dsn is not None:
+        store = PgRegistryStore(settings.journal_dsn, settings.gateway_id)
+        local = settings.data_dir / REGISTRY_FILENAME
+        if local.exists():
+            added = store.import_devices(SqliteRegistryStore(local).export())
+            if added:
+                _LOGGER.info("%d device(s) of this gateway's registry added to the "
+                             "cluster's", len(added))
+    return DeviceRegistry(settings.data_dir, gw.org, account, GatewayHooks(gw), store=store)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from alarms.events import TechnicalCleared
@@ -29,9 +29,14 @@ class TelemetryPath:
     """Offers samples to the sinks and the sensor rules; watches for shedding."""
 
     def __init__(self, sinks: Sequence[TelemetrySink], sensors: SensorService | None,
-                 pipeline: Pipeline, clock: Clock) -> None:
+                 pipeline: Pipeline, clock: Clock,
+                 owns: Callable[[str], bool] | None = None) -> None:
         self.sinks = list(sinks)
         self.sensors = sensors
+        # In a cluster every gateway receives every sample; only the device's owner runs
+        # the rules and writes the shared long-term sinks (gateway.partition). The first
+        # sink is this gateway's own graph store, which keeps everything it receives.
+        self._owns = owns
         self._pipeline = pipeline
         self._clock = clock
         self._shedding = False
@@ -41,9 +46,11 @@ class TelemetryPath:
         """Offer one sample to every sink and the rules (the ingest's telemetry intake)."""
         sample = Sample.from_message(message, int(now * 1000))
         shed = False
-        for sink in self.sinks:
-            shed |= not sink.offer(sample)
-        if self.sensors is not None:
+        mine = self._owns is None or self._owns(message.device_id)
+        for n, sink in enumerate(self.sinks):
+            if n == 0 or mine:
+                shed |= not sink.offer(sample)
+        if self.sensors is not None and mine:
             self.sensors.offer(message)
         if shed != self._shedding:
             # Looked at only while shedding starts or stops: no cost per sample else.

@@ -82,13 +82,13 @@ async def journal_rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
         return await (await conn.execute(query.encode())).fetchall()
 
 
-def test_shared_subscriptions_cover_alarms_and_telemetry_only() -> None:
+def test_shared_subscriptions_cover_alarms_only() -> None:
     async def handler(topic: str, payload: bytes) -> None: ...
 
     link = MqttLink(host="h", port=1, prefix="p/v1", client_id="c", gateway_id="g",
                     version="0", on_message=handler, shared_group="trygg")
     assert link.subscriptions() == [
-        "$share/trygg/p/v1/+/alarm", "$share/trygg/p/v1/+/telemetry",
+        "$share/trygg/p/v1/+/alarm", "p/v1/+/telemetry",
         "p/v1/+/heartbeat", "p/v1/+/status",
     ]
     alone = MqttLink(host="h", port=1, prefix="p/v1", client_id="c", gateway_id="g",

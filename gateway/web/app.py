@@ -10,12 +10,8 @@ from fastapi_offline import FastAPIOffline
 
 from gateway import __version__
 from gateway.auth import TokenIssuer
-from gateway.security import (
-    SESSIONS_FILENAME,
-    LoginGuard,
-    RefreshStore,
-    SecurityHeaders,
-)
+from gateway.security import LoginGuard, SecurityHeaders
+from gateway.stores.sessions import session_store
 from gateway.web import (
     alarms,
     auth,
@@ -49,7 +45,8 @@ def create_app(gw: WebGateway) -> FastAPI:
         issuer=TokenIssuer(gw.settings.secret_key, security.access_ttl_s),
         guard=LoginGuard(security),
         claim_guard=LoginGuard(security),
-        sessions=RefreshStore(gw.settings.data_dir / SESSIONS_FILENAME, security.refresh_ttl_s),
+        sessions=session_store(gw.settings.journal_dsn, gw.settings.data_dir,
+                               security.refresh_ttl_s),
     )
     app.add_middleware(SecurityHeaders, hsts=security.hsts)
     if security.cors_origins:

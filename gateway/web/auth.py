@@ -110,7 +110,8 @@ def router(gw: WebGateway, state: WebState) -> APIRouter:
         guard.succeeded(username)
         gw.audit.record(AuditKind.LOGIN, actor=member.id, subject="staff-api",
                 detail={"address": address})
-        return tokens_for(member)
+        # In a thread: in a cluster the session is a PostgreSQL row (gateway.stores).
+        return tokens_for(member, await asyncio.to_thread(sessions.issue, member.id))
 
     @api.post("/api/v1/auth/refresh", response_model=TokenOut,
               responses=errors(400, 401, 422))

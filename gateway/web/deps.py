@@ -20,9 +20,10 @@ from gateway.ports import ServiceHost
 from gateway.provisioning import DeviceRegistry
 from gateway.provlarm import Provlarm
 from gateway.push import PushNotifier
-from gateway.security import LoginGuard, RefreshStore, SecuritySettings
+from gateway.security import LoginGuard, SecuritySettings
 from gateway.sensors import SensorService
 from gateway.sms import SmsService
+from gateway.stores.sessions import SessionStore
 from gateway.tsdb import SqliteSink
 from gateway.watch import DeviceWatch
 
@@ -112,7 +113,7 @@ class WebState:
     issuer: TokenIssuer
     guard: LoginGuard
     claim_guard: LoginGuard
-    sessions: RefreshStore
+    sessions: SessionStore
 
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")

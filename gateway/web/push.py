@@ -14,11 +14,11 @@ from gateway.org import StaffMember
 from gateway.push import (
     VAPID_KEY_FILE,
     Subscription,
-    SubscriptionStore,
     VapidKeys,
     b64url_decode,
 )
 from gateway.pushguard import EndpointPolicy, EndpointRefused
+from gateway.stores.push import PushStore
 from gateway.web.deps import WebGateway, staff_dependency
 from gateway.web.schemas import EndpointOut, SubscribedOut, VapidKeyOut, documented
 
@@ -69,7 +69,7 @@ def router(gw: WebGateway) -> APIRouter:
 
 def create_push_router(
     gw: WebGateway,
-    store: SubscriptionStore,
+    store: PushStore,
     *,
     keys: VapidKeys | None = None,
     endpoints: EndpointPolicy | None = None,
