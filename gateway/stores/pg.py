@@ -16,55 +16,24 @@ from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 
-from gateway.journal_pg import MIGRATION_LOCK, SchemaError
+from gateway.pg_schema import connect, migrate_sync
 from gateway.stores.base import StoreError
-
-CONNECT_TIMEOUT_S = 10
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_SCHEMA_TABLE = (
-    "CREATE TABLE IF NOT EXISTS trygg_schema ("
-    " component text NOT NULL,"
-    " version integer NOT NULL,"
-    " applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),"
-    " applied_by text NOT NULL DEFAULT '',"
-    " PRIMARY KEY (component, version))"
-)
 
 
 @contextmanager
 def connection(dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """A connection for one operation; ``with conn.transaction()`` inside for atomicity."""
-    with psycopg.Connection.connect(dsn, autocommit=True,
-                                    connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with connect(dsn) as conn:
         yield conn
 
 
 def migrate(dsn: str, component: str, steps: Sequence[Sequence[str]]) -> list[int]:
     """Bring ``component``'s tables up to date (idempotent, safe when gateways race)."""
-    applied: list[int] = []
-    with connection(dsn) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute(_SCHEMA_TABLE)
-        row = conn.execute(
-            "SELECT coalesce(max(version), 0) FROM trygg_schema WHERE component = %s",
-            (component,),
-        ).fetchone()
-        current = int(row[0]) if row is not None else 0
-        if current > len(steps):
-            raise SchemaError(
-                f"database schema {component!r} is at version {current}, newer than this "
-                f"gateway's {len(steps)}: upgrade the gateway"
-            )
-        for version in range(current + 1, len(steps) + 1):
-            for statement in steps[version - 1]:
-                conn.execute(statement.encode())
-            conn.execute("INSERT INTO trygg_schema (component, version) VALUES (%s, %s)",
-                         (component, version))
-            applied.append(version)
-    return applied
+    with connection(dsn) as conn:
+        return migrate_sync(conn, component, steps)
 
 
 def translated(method: Callable[P, R]) -> Callable[P, R]:
