@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from alarms.flapping import FlapDetector, FlapPolicy
@@ -312,6 +312,7 @@ def test_detector_one_episode_one_verdict() -> None:
 
 
 @given(st.lists(st.floats(min_value=0, max_value=1000, allow_nan=False), max_size=40))
+@example([2.0508267049276263e-225, 1.0, 60.0])
 def test_detector_flags_exactly_when_a_window_holds_enough_drops(times: list[float]) -> None:
     """Without settling, the link is flapping after the drops iff some window of window_s
     held max_drops of them; it is flagged once."""
