@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 import psycopg
 import pytest
@@ -26,3 +27,38 @@ def fresh_database_sync() -> Iterator[str]:
             yield psycopg.conninfo.make_conninfo(PG_ADMIN_DSN, dbname=name)
         finally:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
+
+
+@contextmanager
+def store_opener(backend: str, sqlite: Callable[[], S],
+                 postgres: Callable[[str, str], S]) -> Iterator[Callable[[], S]]:
+    """Opens another store on the same storage each call (another gateway, or the same
+    after a restart): ``sqlite()`` on a file, or ``postgres(dsn, gateway_id)`` on a fresh
+    database. Every store opened is closed at the end, before the database is dropped."""
+    opened: list[S] = []
+
+    def track(store: S) -> S:
+        opened.append(store)
+        return store
+
+    try:
+        if backend == "sqlite":
+            yield lambda: track(sqlite())
+        else:
+            with fresh_database_sync() as dsn:
+                try:
+                    yield lambda: track(postgres(dsn, f"gw{len(opened)}"))
+                finally:
+                    for store in opened:
+                        store.close()
+                    opened.clear()
+    finally:
+        for store in opened:
+            store.close()

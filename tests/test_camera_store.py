@@ -31,7 +31,7 @@ from gateway.stores.cameras import (
     WindowMark,
     token_hash,
 )
-from tests.pgdb import fresh_database_sync
+from tests.pgdb import store_opener
 
 Opener = Callable[[], CameraStore]
 
@@ -40,23 +40,10 @@ Opener = Callable[[], CameraStore]
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens another store on the same storage (another gateway, or the same after a
     restart); every store opened is closed at the end."""
-    opened: list[CameraStore] = []
-    if request.param == "sqlite":
-        def open_sqlite() -> CameraStore:
-            opened.append(SqliteCameraStore(tmp_path / "nattillsyn.sqlite3"))
-            return opened[-1]
-        yield open_sqlite
-    else:
-        with fresh_database_sync() as dsn:
-            def open_pg() -> CameraStore:
-                opened.append(PostgresCameraStore(dsn, gateway_id=f"gw{len(opened)}"))
-                return opened[-1]
-            yield open_pg
-            for store in opened:
-                store.close()
-            return
-    for store in opened:
-        store.close()
+    with store_opener(request.param,
+                      lambda: SqliteCameraStore(tmp_path / "nattillsyn.sqlite3"),
+                      lambda dsn, gw: PostgresCameraStore(dsn, gateway_id=gw)) as open_store:
+        yield open_store
 
 
 def consent(recipient: str, at: float = 100.0) -> Consent:

@@ -16,7 +16,7 @@ from gateway.orgfile import RosterStore
 from gateway.runtime import Gateway
 from gateway.stores.rosters import PostgresRosterStore, RosterBook
 from tests.conftest import MOSQUITTO, GatewayFactory
-from tests.pgdb import fresh_database_sync
+from tests.pgdb import fresh_database_sync, store_opener
 from tests.test_journal_contract import pg_dsn  # noqa: F401 - the fixture
 from tests.test_orgfile import ORG
 
@@ -26,23 +26,14 @@ Opener = Callable[[], RosterBook]
 @pytest.fixture(params=["sqlite", "postgres"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens another store on the same storage (another gateway, or after a restart)."""
-    opened: list[RosterBook] = []
-    if request.param == "sqlite":
-        def open_sqlite() -> RosterBook:
-            opened.append(RosterStore(tmp_path / "rosters.sqlite3"))
-            return opened[-1]
-        yield open_sqlite
-    else:
-        with fresh_database_sync() as dsn:
-            def open_pg() -> RosterBook:
-                opened.append(PostgresRosterStore(dsn, gateway_id=f"gw{len(opened)}"))
-                return opened[-1]
-            yield open_pg
-            for store in opened:
-                store.close()
-            return
-    for store in opened:
-        store.close()
+    def sqlite() -> RosterBook:
+        return RosterStore(tmp_path / "rosters.sqlite3")
+
+    def postgres(dsn: str, gateway_id: str) -> RosterBook:
+        return PostgresRosterStore(dsn, gateway_id=gateway_id)
+
+    with store_opener(request.param, sqlite, postgres) as open_store:
+        yield open_store
 
 
 def on_shift(book: RosterBook, team: str, shift: Shift) -> frozenset[str]:
