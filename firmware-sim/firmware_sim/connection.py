@@ -15,7 +15,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import aiomqtt
 
@@ -181,7 +181,7 @@ class Connection:
 
     async def _session(self) -> bool:
         """One connection, until it fails (raises) or is asked to go down (returns True)."""
-        client = aiomqtt.Client(
+        client = _Client(
             self._host,
             self._port,
             identifier=self._client_id,
@@ -239,3 +239,28 @@ def _reraise_lost_cancel() -> None:
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 
+
+
+class _Client(aiomqtt.Client):
+    """``aiomqtt.Client`` whose deferred writer registration checks the socket still lives.
+
+    aiomqtt registers the socket writer through ``call_soon_threadsafe`` but unregisters it
+    at once; when a fleet of devices goes down together, paho closes sockets in between and
+    the deferred ``add_writer`` hits a closed fd (EBADF logged by the loop) or a reused one.
+    The simulator does not import the gateway, so this is the gateway's ``SafeClient`` fix
+    (gateway/mqtt.py) for the one callback it needs.
+    """
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # noqa: BLE001 - as aiomqtt: a broken pipe ends the session
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            if client.socket() is sock:
+                self._loop.add_writer(sock.fileno(), write)
+
+        self._loop.call_soon_threadsafe(register)
