@@ -43,6 +43,7 @@ from gateway.audit import (
     verify_source,
 )
 from gateway.journal import JournalError
+from gateway.journal_pg import APPEND_ONLY_FUNCTION
 from gateway.pg_schema import connect, migrate_sync
 
 __all__ = ["AUDIT_MIGRATIONS", "PostgresAuditLog", "verify_pg"]
@@ -50,17 +51,6 @@ __all__ = ["AUDIT_MIGRATIONS", "PostgresAuditLog", "verify_pg"]
 _LOGGER = logging.getLogger(__name__)
 
 MIGRATIONS_COMPONENT = "audit"
-
-# The journal's append-only guard, repeated so that the audit schema stands on its own
-# (CREATE OR REPLACE: the same function whichever component creates it first).
-_APPEND_ONLY_FUNCTION = """
-CREATE OR REPLACE FUNCTION trygg_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'trygg: % on % refused: the table is append-only', TG_OP, TG_TABLE_NAME
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$
-"""
 
 AUDIT_MIGRATIONS: list[list[str]] = [
     # 1: the records, the head, the append-only guard.
@@ -81,7 +71,7 @@ AUDIT_MIGRATIONS: list[list[str]] = [
         " seq bigint NOT NULL,"
         " hash text NOT NULL)",
         f"INSERT INTO trygg_audit_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}')",
-        _APPEND_ONLY_FUNCTION,
+        APPEND_ONLY_FUNCTION,  # the journal's guard (CREATE OR REPLACE: one function)
         "CREATE TRIGGER trygg_audit_no_change BEFORE UPDATE OR DELETE ON trygg_audit"
         " FOR EACH ROW EXECUTE FUNCTION trygg_append_only()",
         "CREATE TRIGGER trygg_audit_no_truncate BEFORE TRUNCATE ON trygg_audit"

@@ -118,7 +118,7 @@ COMMIT_LOCK = lock_key("journal-commit")
 # NOTIFY channel: every commit announces itself (payload: the writing gateway's id).
 JOURNAL_CHANNEL = "trygg_journal"
 
-_APPEND_ONLY_FUNCTION = """
+APPEND_ONLY_FUNCTION = """
 CREATE OR REPLACE FUNCTION trygg_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'trygg: % on % refused: the table is append-only', TG_OP, TG_TABLE_NAME
@@ -171,7 +171,7 @@ MIGRATIONS: dict[str, list[list[str]]] = {
             " closed_at double precision NOT NULL,"
             " written_at timestamptz NOT NULL DEFAULT now()"
             ")",
-            _APPEND_ONLY_FUNCTION,
+            APPEND_ONLY_FUNCTION,
             *_append_only("trygg_journal"),
             *_append_only("trygg_alarm_refs"),
             *_append_only("trygg_alarm_closed"),
