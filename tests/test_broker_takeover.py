@@ -128,9 +128,9 @@ async def _knock(broker: Broker, username: str, idents: list[str], stop: asyncio
                     await asyncio.sleep(0.05)
             # Taken over in turn (the gateway reconnects with the same account): aiomqtt
             # leaves the reason on a future nobody reads; read it (no "never retrieved").
-            ended = client._disconnected
-            if ended.done() and not ended.cancelled():
-                ended.exception()
+            # It may also be set later, after this loop moved on: read it then.
+            client._disconnected.add_done_callback(
+                lambda ended: ended.cancelled() or ended.exception())
         await asyncio.sleep(0.02)
 
 
