@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from gateway import heap
 from gateway.buildinfo import build_info
 from gateway.files import private_umask
 from gateway.logformat import LOG_FORMATS
@@ -215,6 +216,7 @@ async def _run(config: Path | None, log_flags: tuple[str, str | None] = ("INFO",
     if log_format is None and settings.log_format != "text":
         configure_logging(level, settings.log_format)  # the file's log_format; a flag wins
     async with _stop_on_signals() as stop, Gateway(settings) as gateway:
+        heap.settle()
         _LOGGER.info(
             "gateway %s up: http://%s:%d, broker %s:%d",
             settings.gateway_id,
@@ -250,6 +252,7 @@ async def _demo(args: argparse.Namespace) -> int:
             EmbeddedBroker("127.0.0.1", args.mqtt_port),
             Gateway(settings, org=org) as gateway,
         ):
+            heap.settle()
             base = f"http://127.0.0.1:{gateway.http_port}"
             info = describe(
                 org,

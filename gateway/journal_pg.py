@@ -636,6 +636,9 @@ class _GroupView:
     def __init__(self) -> None:
         # (device, ref) -> (generation, claim, whether its alarm is open)
         self.latest: dict[tuple[str, str], tuple[int, Claim, bool]] = {}
+        # Only the alarms some batch of the group has expectations on are counted: no other
+        # count is ever compared.
+        self.expected: frozenset[str] = frozenset()
         self.counts: Counter[str] = Counter()
         # alarm id -> when it was opened (for claims attached to it)
         self.opened_at: dict[str, float] = {}
@@ -664,7 +667,8 @@ class _GroupView:
         if attached_to:
             cur = await conn.execute(_OPENED_AT_ANY, (sorted(attached_to),))
             view.opened_at.update({str(a): float(t) for a, t in await cur.fetchall()})
-        expected = sorted({a for item in group if item.expect for a in item.expect})
+        view.expected = frozenset(a for item in group if item.expect for a in item.expect)
+        expected = sorted(view.expected)
         if expected:
             cur = await conn.execute(_COUNT_RECORDS, (expected,))
             view.counts.update({str(a): int(n) for a, n in await cur.fetchall()})
@@ -699,7 +703,10 @@ class _GroupView:
                 generation, Claim(claim.alarm_id, claim.content, claim.stored_at), True)
             self.claims.append((claim.device_id, claim.ref, generation, claim.alarm_id, kind,
                                 opened_at, gateway_id, claim.content, claim.stored_at))
-        self.counts.update(r.alarm_id for r in records)
+        if self.expected:
+            for record in records:
+                if record.alarm_id in self.expected:
+                    self.counts[record.alarm_id] += 1
         self.closed.extend(closed_in(records))
         return None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -89,6 +90,8 @@ Received = tuple[str, bytes]
 
 # Packets read per wake-up of the event loop at most (SafeClient._on_socket_open).
 READ_BURST = 64
+# Bytes taken from the socket per system call at most ([4] in SafeClient._on_socket_open).
+RECV_CHUNK = 65536
 
 
 class _NoFilters:
@@ -115,6 +118,7 @@ class SafeClient(aiomqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._wire: _Wire | None = None
         # [3] paho walks its per-topic callback trie for every message; the gateway registers
         # no per-topic callbacks, so the walk always finds nothing.
         self._client._on_message_filtered = _NO_FILTERS  # type: ignore[assignment] # see [3]
@@ -127,6 +131,8 @@ class SafeClient(aiomqtt.Client):
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         # Replaces aiomqtt's, which registers a reader that reads one packet per wake-up
         # and does so by an fd number that may be closed (or reused) by the time it runs.
+        wire = self._wire = _Wire(client, sock)
+
         def read() -> None:
             # [2] Every packet that is already in the socket, not one per wake-up of the
             # event loop (paho's loop_read reads one when nothing is in flight), bounded so
@@ -139,6 +145,11 @@ class SafeClient(aiomqtt.Client):
                     if rc > 0:
                         client._loop_rc_handle(rc)  # what loop_read does
                         break
+                else:
+                    if wire.incoming and client.socket() is sock:
+                        # The burst ended with packets already read from the socket: the
+                        # socket may not wake the loop again for them, so come back.
+                        self._loop.call_soon(read)
             except Exception as exc:  # noqa: BLE001 - mirrors aiomqtt: a broken pipe ends it
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
@@ -157,6 +168,16 @@ class SafeClient(aiomqtt.Client):
         # paho may call this from the thread that connects (aiomqtt's executor).
         self._loop.call_soon_threadsafe(register)
         self._loop.call_soon_threadsafe(keep_alive)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        # paho closes the socket right after it "wrote" a DISCONNECT: what is still
+        # buffered goes out first (best effort, as paho's own last write).
+        wire = self._wire
+        if wire is not None and wire.sock is sock:
+            with contextlib.suppress(OSError):
+                wire.flush()
+            self._wire = None
+        super()._on_socket_close(client, userdata, sock)
 
     def queued(self) -> Received | None:
         """The next received message if one is already waiting, else None.
@@ -188,15 +209,79 @@ class SafeClient(aiomqtt.Client):
         def write() -> None:
             try:
                 client.loop_write()
+                flush()
             except Exception as exc:  # noqa: BLE001 - mirrors aiomqtt: a broken pipe ends the session
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
+
+        def flush() -> None:
+            # [4] What paho wrote in this wake-up, in one system call; what the socket did
+            # not take is written when it is writable again.
+            wire = self._wire
+            if wire is None or wire.sock is not sock or client.socket() is not sock:
+                return
+            if not wire.flush():
+                self._loop.add_writer(sock.fileno(), write)
 
         def register() -> None:
             if client.socket() is sock:
                 self._loop.add_writer(sock.fileno(), write)
 
         self._loop.call_soon_threadsafe(register)
+
+
+class _Wire:
+    """[4] paho's reads and writes on one socket, batched.
+
+    paho reads a packet in three or more system calls (the command byte, each byte of the
+    remaining length, the rest) and writes each packet with its own ``send``. Here a read
+    takes up to ``RECV_CHUNK`` bytes and hands paho the bytes it asks for from that buffer;
+    a write appends to a buffer that the link sends in one call per wake-up. What paho does
+    with the bytes is unchanged; errors and the end of the stream come from paho's own
+    ``_sock_recv``/``_sock_send`` (which turn TLS's want-read/want-write into
+    ``BlockingIOError``). Measured with ``bench/storm_bench.py``: 91,000 ``recv`` and 30,000
+    ``send`` calls for 10,000 alarms and 10,000 status messages before.
+    """
+
+    def __init__(self, client: Any, sock: Any) -> None:
+        self.sock = sock
+        base = type(client)
+        # paho's own methods, not whatever an earlier _Wire put on the instance.
+        self._recv = functools.partial(base._sock_recv, client)
+        self._send = functools.partial(base._sock_send, client)
+        self.incoming = bytearray()
+        self.outgoing = bytearray()
+        client._sock_recv = self.recv
+        client._sock_send = self.queue
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes: buffered ones first, else one read of the socket."""
+        incoming = self.incoming
+        if not incoming:
+            chunk: bytes = self._recv(RECV_CHUNK)
+            if len(chunk) <= size:
+                return chunk
+            incoming.extend(chunk)
+        data = bytes(incoming[:size])
+        del incoming[:size]
+        return data
+
+    def queue(self, data: bytes | bytearray) -> int:
+        """paho's write: buffered, all of it taken."""
+        self.outgoing.extend(data)
+        return len(data)
+
+    def flush(self) -> bool:
+        """Send what is buffered; True when nothing is left."""
+        outgoing = self.outgoing
+        if not outgoing:
+            return True
+        try:
+            sent: int = self._send(outgoing)
+        except BlockingIOError:
+            sent = 0
+        del outgoing[:sent]
+        return not outgoing
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
