@@ -9,9 +9,9 @@ what the journal says.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from alarms import shortcode
@@ -66,6 +66,7 @@ from alarms.model import (
     NotificationStatus,
     Position,
     PositionEntry,
+    changed,
     technical_kind,
 )
 from alarms.records import (
@@ -759,6 +760,33 @@ class AlarmCore:
 
     def apply(self, record: Record) -> None:
         """Apply one durable record. Replaying the journal through this rebuilds the state."""
+        self.apply_all((record,))
+
+    def apply_all(self, records: Sequence[Record],
+                  on_refused: Callable[[Record, Exception], None] | None = None) -> None:
+        """Apply records in order; an alarm's derived indexes (open, due, by recipient,
+        owners) are brought up to date once per alarm at the end, not after every record.
+
+        A record that cannot follow its alarm's chain raises ValueError (KeyError for an
+        alarm never opened); with ``on_refused`` it is handed to that and skipped instead,
+        and the records after it are applied.
+        """
+        touched: dict[str, None] = {}
+        try:
+            for record in records:
+                try:
+                    self._evolve(record)
+                except (ValueError, KeyError) as exc:
+                    if on_refused is None:
+                        raise
+                    on_refused(record, exc)
+                else:
+                    touched[record.alarm_id] = None
+        finally:
+            for alarm_id in touched:
+                self._refresh(alarm_id)
+
+    def _evolve(self, record: Record) -> None:
         if isinstance(record, AlarmOpened):
             self.alarms[record.alarm_id] = Alarm(
                 id=record.alarm_id,
@@ -780,7 +808,6 @@ class AlarmCore:
         if isinstance(record, RefAttached):
             self._by_ref[(record.device_id, record.ref)] = record.alarm_id
             self._claims[(record.device_id, record.ref)] = (record.content, record.at)
-        self._refresh(record.alarm_id)
 
     def _refresh(self, alarm_id: str) -> None:
         alarm = self.alarms[alarm_id]
@@ -827,10 +854,6 @@ class AlarmCore:
             self._owner_of[alarm.id] = alarm.owner
             self._owners[alarm.owner] += 1
 
-    def apply_all(self, records: tuple[Record, ...] | list[Record]) -> None:
-        """Apply records in order."""
-        for record in records:
-            self.apply(record)
 
 
 def evolve(alarm: Alarm, record: Record) -> Alarm:
@@ -851,7 +874,7 @@ def evolve(alarm: Alarm, record: Record) -> Alarm:
         entry = EscalationEntry(
             record.kind, record.level, record.at, frozenset(record.targets), record.attempt
         )
-        return dataclasses.replace(
+        return changed(
             alarm,
             escalations=(*alarm.escalations, entry),
             targets=alarm.targets | entry.targets,
@@ -859,7 +882,7 @@ def evolve(alarm: Alarm, record: Record) -> Alarm:
     if isinstance(record, CentreConfirmation):
         if alarm.centre_confirmed_at is not None:
             return alarm
-        return dataclasses.replace(
+        return changed(
             alarm, centre_confirmed_at=record.at, centre_reference=record.reference
         )
     if isinstance(record, OwnerChanged):
@@ -872,24 +895,24 @@ def evolve(alarm: Alarm, record: Record) -> Alarm:
             raise ValueError(f"{record.kind} on alarm {alarm.id} owned by {alarm.owner}")
         handover = Handover(record.kind, record.at, record.actor, record.owner)
         extra = frozenset({record.owner}) if record.owner else frozenset()
-        return dataclasses.replace(
+        return changed(
             alarm, handovers=(*alarm.handovers, handover), targets=alarm.targets | extra
         )
     if isinstance(record, RefAttached):
         attached = AttachedRef(record.device_id, record.ref, record.type, record.at)
-        return dataclasses.replace(alarm, attached=(*alarm.attached, attached))
+        return changed(alarm, attached=(*alarm.attached, attached))
     if isinstance(record, PositionAdded):
         fix = PositionEntry(record.position, record.at, record.device_id)
-        return dataclasses.replace(alarm, positions=(*alarm.positions, fix)[-MAX_POSITIONS:])
+        return changed(alarm, positions=(*alarm.positions, fix)[-MAX_POSITIONS:])
     if isinstance(record, DeviceNoted):
         note = DeviceNote(record.status, record.at, record.device_id, record.ref, record.text)
-        return dataclasses.replace(alarm, device_notes=(*alarm.device_notes, note))
+        return changed(alarm, device_notes=(*alarm.device_notes, note))
     if isinstance(record, NotificationRecorded):
         sent = NotificationEntry(
             record.channel, record.message_id, record.staff_id, record.status, record.at,
             record.attempt, record.code, record.detail,
         )
-        return dataclasses.replace(alarm, notifications=(*alarm.notifications, sent))
+        return changed(alarm, notifications=(*alarm.notifications, sent))
     raise ValueError(f"alarm {alarm.id} is already open")  # a second AlarmOpened
 
 
@@ -930,4 +953,4 @@ def _add_hop(alarm: Alarm, record: HopAdded) -> Alarm:
     elif record.hop is Hop.CLOSED:
         changes["cause"] = record.cause
         changes["note"] = record.note
-    return dataclasses.replace(alarm, **changes)  # type: ignore[arg-type]
+    return changed(alarm, **changes)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from operator import attrgetter
+from typing import Any
 
 
 class Hop(StrEnum):
@@ -367,3 +369,21 @@ class Alarm:
             ):
                 latest[entry.message_id] = entry
         return latest
+
+
+_ALARM_FIELDS = tuple(f.name for f in fields(Alarm))
+_ALARM_VALUES = attrgetter(*_ALARM_FIELDS)
+_ALARM_INDEX = {name: index for index, name in enumerate(_ALARM_FIELDS)}
+
+
+def changed(alarm: Alarm, **changes: Any) -> Alarm:
+    """``dataclasses.replace`` for an alarm, at half its cost.
+
+    Every journal record applied replaces its alarm (several per alarm, on replay and live);
+    ``replace`` walks the fields' metadata each time, here the values are read in one call
+    and the alarm is built positionally. An unknown field is a ``KeyError``.
+    """
+    values = list(_ALARM_VALUES(alarm))
+    for name, value in changes.items():
+        values[_ALARM_INDEX[name]] = value
+    return Alarm(*values)

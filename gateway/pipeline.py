@@ -161,22 +161,21 @@ class Pipeline:
         self._versions = {a.id: counts[a.id] for a in self.core.open_in_order()}
 
     def apply(self, records: Sequence[Record]) -> None:
-        """Apply durable records to the core, one by one.
+        """Apply durable records to the core, in order.
 
         The core refuses a record that contradicts the alarm's chain (a second close, a
         hop backwards) with ValueError. Such a record is already in the journal, so
         refusing to go on would stop the gateway at every start: it is skipped, counted
         and logged as the bug it is, and the alarm keeps the chain it had.
         """
-        for record in records:
-            try:
-                self.core.apply(record)
-            except (ValueError, KeyError) as exc:
-                self.metrics.skipped_records.inc()
-                with log_ids(alarm_id=record.alarm_id):
-                    self._log.log(_LOGGER, logging.ERROR, f"skip.{type(record).__name__}",
-                                  "journal record %s for alarm %s cannot be applied, skipped: %s",
-                                  type(record).__name__, record.alarm_id, exc)
+        self.core.apply_all(records, on_refused=self._skip)
+
+    def _skip(self, record: Record, exc: Exception) -> None:
+        self.metrics.skipped_records.inc()
+        with log_ids(alarm_id=record.alarm_id):
+            self._log.log(_LOGGER, logging.ERROR, f"skip.{type(record).__name__}",
+                          "journal record %s for alarm %s cannot be applied, skipped: %s",
+                          type(record).__name__, record.alarm_id, exc)
 
     def apply_remote(self, records: list[Record]) -> None:
         """Records another gateway committed: apply, and show the changes to our clients.
