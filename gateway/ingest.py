@@ -105,25 +105,35 @@ class Ingest:
     async def mqtt(self, topic_name: str, payload: bytes) -> None:
         """One MQTT message from a device (either lane). Never raises."""
         try:
-            await self._mqtt(topic_name, payload)
+            message = self._decoded(topic_name, payload)
+            if message is None:
+                return
+            now = self._clock()
+            self.last_message_at["mqtt"] = now
+            if isinstance(message, AlarmMessage):
+                await self.take(message, now)
+            elif self._admit(message, now, ack=True):
+                # Telemetry, heartbeats and status need no await: no coroutine per message
+                # for the bulk of what devices send.
+                self._route(message, now)
         except Exception as exc:  # noqa: BLE001 - isolation: one message, not the intake
             self.fault("mqtt", exc, topic_name=topic_name, payload=payload)
 
-    async def _mqtt(self, topic_name: str, payload: bytes) -> None:
+    def _decoded(self, topic_name: str, payload: bytes) -> DeviceMessage | None:
+        """The typed message, or None once a message that cannot be taken is answered."""
         if topic_name in self._ignored_topics:
-            return  # our own copy for the alarm centre: it matches the devices' +/alarm
+            return None  # our own copy for the alarm centre: it matches the devices' +/alarm
         message = decode(topic_name, payload, self.prefix)
-        now = self._clock()
-        self.last_message_at["mqtt"] = now
         if isinstance(message, Rejected):
+            self.last_message_at["mqtt"] = self._clock()
             self.reject(message)
             if message.device_id and message.ref and topic_name.endswith("/alarm"):
                 # An alarm we could read the ref of but not accept: say so, with the
                 # reason, rather than leave the device resending into silence.
                 self.effects.ack(AckDevice(message.device_id, message.ref, "rejected",
                                            f"{message.reason.value}: {message.detail}"[:200]))
-            return
-        await self.take(message, now)
+            return None
+        return message
 
     def fault(self, transport: str, exc: BaseException, *, topic_name: str | None = None,
               payload: bytes | None = None, message: DeviceMessage | None = None) -> None:
@@ -161,10 +171,20 @@ class Ingest:
 
         Returns the alarm's commit (for in-band transports to await), else None.
         """
+        if not self._admit(message, now, ack=ack):
+            return None
+        if isinstance(message, AlarmMessage):
+            return await self.pipeline.alarm(message, now, ack=ack)
+        self._route(message, now)
+        return None
+
+    def _admit(self, message: DeviceMessage, now: float, *, ack: bool) -> bool:
+        """Count and supervise a message; False when it goes no further (an internal
+        device's message, handled here, or an unknown device's, refused)."""
         internal = self.internal.get(message.device_id)
         if internal is not None:
             internal(message)
-            return None
+            return False
         self._count(message)
         if not self.core.directory.knows_device(message.device_id):
             self.reject(Rejected(Reason.UNKNOWN_DEVICE, "device is not provisioned",
@@ -174,17 +194,18 @@ class Ingest:
                 # technician looking at it) must learn that nobody will come.
                 self.effects.ack(AckDevice(message.device_id, message.ref, "rejected",
                                            "unknown device"))
-            return None
+            return False
         self._saw(message, now)
         self.watch.seen(message.device_id, now)
-        if isinstance(message, AlarmMessage):
-            return await self.pipeline.alarm(message, now, ack=ack)
+        return True
+
+    def _route(self, message: DeviceMessage, now: float) -> None:
+        """An admitted message that is not an alarm: telemetry to its path."""
         if isinstance(message, TelemetryMessage):
             if self.telemetry is not None:
                 self.telemetry(message, now)
             else:
                 self.metrics.rejects.labels("telemetry_not_started").inc()
-        return None
 
     async def store(self, message: DeviceMessage, transport: str) -> InBandOutcome:
         """Take one message from an in-band transport (SCAIP, serial) and wait until stored.
