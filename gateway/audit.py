@@ -31,6 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from gateway.sqlrows import insert_rows
+
 # Where the CLI looks for the log: ``trygg audit verify --data-dir DIR``.
 AUDIT_FILENAME = "audit.sqlite3"
 
@@ -293,9 +295,10 @@ class AuditLog:
                         AuditRecord(seq, time_us, kind, actor, subject, detail_json, prev, digest)
                     )
                     prev = digest
-                conn.executemany(
+                insert_rows(
+                    conn,
                     "INSERT INTO audit (seq, time_us, kind, actor, subject, detail, prev_hash,"
-                    " hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " hash)",
                     [
                         (
                             r.seq,

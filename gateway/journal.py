@@ -31,6 +31,7 @@ from typing import Any, Protocol, Self, TypeAlias
 from alarms.dedupe import Claim, is_resend
 from alarms.model import Hop
 from alarms.records import AlarmOpened, HopAdded, Record, RefAttached, from_json, to_json
+from gateway.sqlrows import insert_rows
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -338,10 +339,8 @@ class SqliteJournal:
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, rows: list[tuple[str, float, str]]) -> None:
-        if rows:
-            conn.executemany(
-                "INSERT INTO journal (alarm_id, written_at, body) VALUES (?, ?, ?)", rows
-            )
+        # In the order given: the row ids are the journal's order.
+        insert_rows(conn, "INSERT INTO journal (alarm_id, written_at, body)", rows)
 
 
 class _GroupView:
@@ -412,13 +411,9 @@ class _GroupView:
 
     def write(self, conn: sqlite3.Connection) -> None:
         """The accepted claims and closes (the rows are the caller's)."""
-        if self.claims:
-            conn.executemany(
-                "INSERT INTO claims (device_id, ref, generation, alarm_id, content, stored_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)", self.claims)
-        if self.closed:
-            conn.executemany(
-                "INSERT OR IGNORE INTO closed (alarm_id, closed_at) VALUES (?, ?)", self.closed)
+        insert_rows(conn, "INSERT INTO claims (device_id, ref, generation, alarm_id, content,"
+                    " stored_at)", self.claims)
+        insert_rows(conn, "INSERT OR IGNORE INTO closed (alarm_id, closed_at)", self.closed)
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

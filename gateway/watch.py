@@ -17,6 +17,7 @@ from pathlib import Path
 from alarms.supervision import GRACE_FRACTION, DeviceOffline, DeviceOnline, Supervisor
 from devices.types import heartbeat_s
 from gateway.ratelimit import LogLimiter
+from gateway.sqlrows import insert_rows
 from gateway.waiting import wait_set
 
 _LOGGER = logging.getLogger(__name__)
@@ -166,10 +167,9 @@ class DeviceWatch:
         conn = self._connect()
         try:
             with conn:
-                conn.executemany(
-                    "INSERT INTO last_seen VALUES (?, ?) ON CONFLICT(device_id) DO UPDATE "
-                    "SET last_seen = max(last_seen, excluded.last_seen)",
-                    batch.items(),
-                )
+                insert_rows(
+                    conn, "INSERT INTO last_seen (device_id, last_seen)", list(batch.items()),
+                    "ON CONFLICT(device_id) DO UPDATE "
+                    "SET last_seen = max(last_seen, excluded.last_seen)")
         finally:
             conn.close()

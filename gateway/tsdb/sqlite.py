@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.sqlrows import insert_rows
 from gateway.tsdb.base import BufferedSink, Sample, SeriesPoint, TsdbError, Value, magnitude
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,10 +77,7 @@ CREATE INDEX IF NOT EXISTS rollup_minute ON rollup_1m (minute_ms);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
-_INSERT = (
-    "INSERT INTO raw (device_id, metric, ts_ms, received_ms, unit, num, vec)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+_INSERT_HEAD = "INSERT INTO raw (device_id, metric, ts_ms, received_ms, unit, num, vec)"
 
 # The WHERE clause also resolves SQLite's INSERT ... SELECT ... ON CONFLICT ambiguity.
 _ROLLUP = f"""
@@ -248,7 +246,7 @@ class SqliteSink(BufferedSink):
         conn = self._connection()
         conn.execute("BEGIN")
         try:
-            conn.executemany(_INSERT, [_row(s) for s in batch])
+            insert_rows(conn, _INSERT_HEAD, [_row(s) for s in batch])
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
