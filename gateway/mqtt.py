@@ -171,11 +171,14 @@ class SafeClient(aiomqtt.Client):
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         # paho closes the socket right after it "wrote" a DISCONNECT: what is still
-        # buffered goes out first (best effort, as paho's own last write).
+        # buffered goes out first (best effort, as paho's own last write), straight to the
+        # socket, since paho has already let go of it (its _sock_send would refuse).
+        # Without this the broker sees a dropped connection and publishes the will.
         wire = self._wire
         if wire is not None and wire.sock is sock:
             with contextlib.suppress(OSError):
-                wire.flush()
+                if wire.outgoing:
+                    sock.send(wire.outgoing)
             self._wire = None
         super()._on_socket_close(client, userdata, sock)
 

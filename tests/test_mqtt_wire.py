@@ -140,3 +140,27 @@ def test_settle_freezes_the_started_heap_and_collects_the_young_less_often() -> 
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_a_clean_disconnect_still_reaches_the_broker(
+    broker: tuple[str, int], prefix: str
+) -> None:
+    """paho closes the socket right after it wrote DISCONNECT into the wire's buffer: the
+    buffer must go out first, or the broker sees a dropped connection and sends the will."""
+    host, port = broker
+    will_topic = f"{prefix}/wire/will"
+    async with aiomqtt.Client(host, port, identifier=f"watch-{uuid.uuid4().hex[:8]}") as watch:
+        await watch.subscribe(will_topic, qos=1)
+        async with SafeClient(host, port, identifier=f"wire-{uuid.uuid4().hex[:8]}",
+                              will=aiomqtt.Will(will_topic, b"dropped", qos=1)):
+            pass
+
+        async def first() -> Any:
+            async for message in watch.messages:
+                return message.payload
+            return None
+
+        # An abrupt close is reported at once on loopback; a clean one never. A bound
+        # for the negative: the will would arrive well within it.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(first(), 2.0)
