@@ -183,6 +183,15 @@ def local(at: float, fmt: str = "%H:%M:%S") -> str:
     return datetime.fromtimestamp(at, STHLM).strftime(fmt)
 
 
+def since_text(at: float) -> str:
+    """How a past moment reads in a sentence: ``23:55``, or ``5/12 23:55`` once Stockholm's
+    day has turned since (an hour ago is yesterday between 00:00 and 01:00)."""
+    moment = datetime.fromtimestamp(at, STHLM)
+    if moment.date() == datetime.now(STHLM).date():
+        return moment.strftime("%H:%M")
+    return f"{moment.day}/{moment.month} {moment.strftime('%H:%M')}"
+
+
 ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
 
@@ -243,7 +252,7 @@ async def test_cards_show_priority_type_and_live_waiting_time_with_care_apart(
     tech = page.locator("#technical-list li")
     await expect(tech).to_have_attribute("data-alarm-id", offline.id)
     await expect(tech).to_contain_text(
-        f"har inte hörts av sedan {local(since, '%H:%M')}")
+        f"har inte hörts av sedan {since_text(since)}")
     assert not ISO_UTC.search(await page.locator("#alarms").inner_text())
     await expect(page.locator(f'li[data-alarm-id="{sensor.id}"]')).to_have_count(0)
     await expect(page.locator("#test-list li")).to_have_attribute("data-kind", "test")
@@ -299,7 +308,7 @@ async def test_names_and_stockholm_times_instead_of_ids(
     await page.goto(f"/app/#/alarm/{offline.id}")
     what = page.locator("#detail-view .what-wrong")
     await expect(what).to_contain_text(
-        f"Trygghetslarmet hos {demo_name(2)} har inte hörts av sedan {local(since, '%H:%M')}")
+        f"Trygghetslarmet hos {demo_name(2)} har inte hörts av sedan {since_text(since)}")
     assert not ISO_UTC.search(await page.locator("#detail-view").inner_text())
     await shot(page, "technical")
     assert not page.errors, page.errors  # type: ignore[attr-defined]

@@ -197,6 +197,10 @@ async function loadDetail(id) {
     shown = id;
     $("e2e-result").replaceChildren();
     renderStages(null);
+    // Until this device's facts are in, the test button belongs to no device: a click now
+    // would test the device shown before (or, on a fresh page, silently do nothing).
+    $("e2e-run").dataset.deviceId = id;
+    $("e2e-run").disabled = true;
     $("detail-title").textContent = id;
     $("detail-facts").replaceChildren();
     $("detail-technical").replaceChildren();
