@@ -855,7 +855,6 @@ class AlarmCore:
             self._owners[alarm.owner] += 1
 
 
-
 def evolve(alarm: Alarm, record: Record) -> Alarm:
     """The alarm after ``record``. Pure; raises ValueError for a record that cannot follow.
 

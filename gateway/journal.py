@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -155,6 +155,19 @@ def closed_in(records: Sequence[Record]) -> list[tuple[str, float]]:
     return [
         (r.alarm_id, r.at) for r in records if isinstance(r, HopAdded) and r.hop is Hop.CLOSED
     ]
+
+
+def count_expected(counts: Counter[str], expected: Collection[str],
+                   records: Sequence[Record]) -> None:
+    """Count a batch's records into ``counts``, only for the alarms in ``expected``.
+
+    A group commit compares record counts only for alarms some batch has expectations on;
+    counting every record of a storm cost 3 % of its CPU.
+    """
+    if expected:
+        for record in records:
+            if record.alarm_id in expected:
+                counts[record.alarm_id] += 1
 
 _Item = tuple[
     Sequence[Record], Expectations | None, asyncio.Future[None], asyncio.AbstractEventLoop
@@ -366,9 +379,7 @@ class _GroupView:
                     self.latest[key] = (int(generation),
                                         Claim(str(holder), content, float(stored_at)),
                                         bool(is_open))
-        # Only the alarms some batch of the group has expectations on are counted: no other
-        # count is ever compared (counting every record of a storm cost 3 % of its CPU).
-        self.expected = expected
+        self.expected = expected  # only these alarms' records are counted (count_expected)
         self.counts: Counter[str] = Counter()
         for chunk in _chunks(sorted(expected), 400):
             marks = ",".join("?" * len(chunk))
@@ -402,10 +413,7 @@ class _GroupView:
                 generation, Claim(claim.alarm_id, claim.content, claim.stored_at), True)
             self.claims.append((claim.device_id, claim.ref, generation, claim.alarm_id,
                                 claim.content, claim.stored_at))
-        if self.expected:
-            for record in records:
-                if record.alarm_id in self.expected:
-                    self.counts[record.alarm_id] += 1
+        count_expected(self.counts, self.expected, records)
         self.closed.extend(closed_in(records))
         return None
 

@@ -80,6 +80,7 @@ from gateway.journal import (
     JournalError,
     claims_in,
     closed_in,
+    count_expected,
 )
 
 __all__ = [
@@ -636,8 +637,7 @@ class _GroupView:
     def __init__(self) -> None:
         # (device, ref) -> (generation, claim, whether its alarm is open)
         self.latest: dict[tuple[str, str], tuple[int, Claim, bool]] = {}
-        # Only the alarms some batch of the group has expectations on are counted: no other
-        # count is ever compared.
+        # Only these alarms' records are counted (count_expected).
         self.expected: frozenset[str] = frozenset()
         self.counts: Counter[str] = Counter()
         # alarm id -> when it was opened (for claims attached to it)
@@ -703,10 +703,7 @@ class _GroupView:
                 generation, Claim(claim.alarm_id, claim.content, claim.stored_at), True)
             self.claims.append((claim.device_id, claim.ref, generation, claim.alarm_id, kind,
                                 opened_at, gateway_id, claim.content, claim.stored_at))
-        if self.expected:
-            for record in records:
-                if record.alarm_id in self.expected:
-                    self.counts[record.alarm_id] += 1
+        count_expected(self.counts, self.expected, records)
         self.closed.extend(closed_in(records))
         return None
 
