@@ -169,6 +169,7 @@ def count_expected(counts: Counter[str], expected: Collection[str],
             if record.alarm_id in expected:
                 counts[record.alarm_id] += 1
 
+
 _Item = tuple[
     Sequence[Record], Expectations | None, asyncio.Future[None], asyncio.AbstractEventLoop
 ]
