@@ -247,6 +247,8 @@ async def test_test_panel_shows_the_device_on_screen_and_a_failure_says_why(
         await page.goto("/console/#/device/con-alarm-1")
         await expect(page.locator("#detail-title")).to_contain_text("con-alarm-1")
         await expect(run).to_be_disabled()
+        await expect(page.get_by_role("link", name="Koppla, byt, avveckla")).to_have_attribute(
+            "href", "#/provision/con-alarm-1")
         held.set()  # from now on the route lets every request through
         await expect(run).to_be_enabled()
 

@@ -197,10 +197,12 @@ async function loadDetail(id) {
     shown = id;
     $("e2e-result").replaceChildren();
     renderStages(null);
-    // Until this device's facts are in, the test button belongs to no device: a click now
-    // would test the device shown before (or, on a fresh page, silently do nothing).
+    // Until this device's facts are in, the test button is disabled: a click now tested the
+    // device shown before (or, on a fresh page, silently did nothing). Its provisioning link
+    // is this device's from the start.
     $("e2e-run").dataset.deviceId = id;
     $("e2e-run").disabled = true;
+    $("detail-provision").href = `#/provision/${encodeURIComponent(id)}`;
     $("detail-title").textContent = id;
     $("detail-facts").replaceChildren();
     $("detail-technical").replaceChildren();
