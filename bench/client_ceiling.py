@@ -83,17 +83,9 @@ async def gmqtt_sink(port: int, prefix: str, expected: int, client_id: str) -> N
 # -- raw asyncio protocol ------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: bytes) -> bytes:
-    return struct.pack("!H", len(text)) + text
+# The packet helpers of ingest_bench's raw publisher.
+_varint = ingest_bench._varint
+_string = ingest_bench._string
 
 
 class RawSubscriber(asyncio.Protocol):
