@@ -42,8 +42,9 @@ from bench import ingest_bench
 RUN_LIMIT_S = ingest_bench.RUN_LIMIT_S
 
 
-def _report(count: int, first: float, last: float) -> None:
-    print(json.dumps({"received": count, "first": first, "last": last}), flush=True)
+def _report(count: int, first: float, last: float, cpu_at_first: float) -> None:
+    print(json.dumps({"received": count, "first": first, "last": last,
+                      "cpu_s": time.process_time() - cpu_at_first}), flush=True)
 
 
 # -- gmqtt ---------------------------------------------------------------------------------
@@ -53,14 +54,14 @@ async def gmqtt_sink(port: int, prefix: str, expected: int, client_id: str) -> N
     """Count with gmqtt's ``on_message`` callback (its automatic PUBACK after it returns)."""
     from gmqtt import Client  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
-    state = {"count": 0, "first": 0.0, "last": 0.0}
+    state = {"count": 0, "first": 0.0, "last": 0.0, "cpu": 0.0}
     done = asyncio.Event()
     subscribed = asyncio.Event()
 
     def on_message(client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> int:
         now = time.time()
         if state["count"] == 0:
-            state["first"] = now
+            state["first"], state["cpu"] = now, time.process_time()
         state["last"] = now
         state["count"] += 1
         if state["count"] >= expected:
@@ -77,7 +78,7 @@ async def gmqtt_sink(port: int, prefix: str, expected: int, client_id: str) -> N
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), RUN_LIMIT_S)
     await client.disconnect()
-    _report(int(state["count"]), state["first"], state["last"])
+    _report(int(state["count"]), state["first"], state["last"], state["cpu"])
 
 
 # -- raw asyncio protocol ------------------------------------------------------------------
@@ -96,6 +97,7 @@ class RawSubscriber(asyncio.Protocol):
         self.count = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu = 0.0
         self.expected = expected
         self.done = done
         self.subscribed = asyncio.Event()
@@ -132,7 +134,7 @@ class RawSubscriber(asyncio.Protocol):
                 _topic, _payload = bytes(buf[i + 2:topic_end]), bytes(buf[start:i + length])
                 self.last = time.time()
                 if self.count == 0:
-                    self.first = self.last
+                    self.first, self.cpu = self.last, time.process_time()
                 self.count += 1
                 if self.count >= self.expected:
                     self.done.set()
@@ -161,7 +163,7 @@ async def raw_sink(port: int, prefix: str, expected: int, client_id: str) -> Non
         await asyncio.wait_for(done.wait(), RUN_LIMIT_S)
     transport.write(b"\xe0\x00")  # DISCONNECT
     transport.close()
-    _report(protocol.count, protocol.first, protocol.last)
+    _report(protocol.count, protocol.first, protocol.last, protocol.cpu)
 
 
 # -- the runs ------------------------------------------------------------------------------
@@ -172,6 +174,7 @@ def one(kind: str, port: int, total: int, publishers: int) -> dict[str, Any]:
     if kind == "paho":
         paho = ingest_bench.ceiling_live("paho", port, total, publishers)
         return {"client": kind, "received": paho["received"], "per_s": paho["per_s"],
+                "cpu_us_per_msg": paho["cpu_us_per_msg"],
                 "publishers_per_s": paho["publishers"]["per_s"]}
     prefix = f"bench/client-{kind}-{time.monotonic_ns()}"
     proc = subprocess.Popen(
@@ -186,6 +189,7 @@ def one(kind: str, port: int, total: int, publishers: int) -> dict[str, Any]:
     seconds = got["last"] - pub["t0"]
     return {"client": kind, "received": got["received"],
             "per_s": round(got["received"] / seconds) if seconds > 0 else 0,
+            "cpu_us_per_msg": ingest_bench.cpu_per_message(got),
             "publishers_per_s": pub["per_s"]}
 
 
@@ -205,12 +209,13 @@ def bench(messages: int, publishers: int, runs: int) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     rows = [f"QoS {result['qos']}, {result['messages']:,} messages per run",
-            "| run | client | received | msg/s | vs paho | publishers' msg/s |",
-            "| --- | --- | --- | --- | --- | --- |"]
+            "| run | client | received | msg/s | vs paho | CPU µs/msg | publishers' msg/s |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for number, run in enumerate(result["runs"], start=1):
         paho = next(r["per_s"] for r in run if r["client"] == "paho") or 1
         rows += [f"| {number} | {r['client']} | {r['received']:,} | {r['per_s']:,} | "
-                 f"{r['per_s'] / paho:.2f}x | {r['publishers_per_s']:,} |" for r in run]
+                 f"{r['per_s'] / paho:.2f}x | {r['cpu_us_per_msg']} | {r['publishers_per_s']:,} |"
+                 for r in run]
     return "\n".join(rows)
 
 

@@ -369,16 +369,20 @@ def sink_main(kind: str, port: int, prefix: str, expected: int, client_id: str,
         asyncio.run(_aiomqtt_sink(port, prefix, expected, client_id, prime))
 
 
-def _report(count: int, first: float, last: float, connected: float) -> None:
+def _report(count: int, first: float, last: float, connected: float,
+            cpu_at_first: float | None = None) -> None:
+    """The sink's counts; with ``cpu_at_first`` (``process_time`` at the first message) the
+    CPU seconds it spent from the first message to the end: what the client costs."""
+    cpu = None if cpu_at_first is None else round(time.process_time() - cpu_at_first, 4)
     print(json.dumps({"received": count, "first": first, "last": last,
-                      "connected": connected}), flush=True)
+                      "connected": connected, "cpu_s": cpu}), flush=True)
 
 
 async def _aiomqtt_sink(port: int, prefix: str, expected: int, client_id: str,
                         prime: bool) -> None:
     import aiomqtt
 
-    count, first, last = 0, 0.0, 0.0
+    count, first, last, cpu = 0, 0.0, 0.0, 0.0
     async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_session=False,
                               socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
                               ) as client:
@@ -392,24 +396,24 @@ async def _aiomqtt_sink(port: int, prefix: str, expected: int, client_id: str,
                 async for _ in client.messages:
                     last = time.time()
                     if count == 0:
-                        first = last
+                        first, cpu = last, time.process_time()
                     count += 1
                     if count >= expected:
                         break
-    _report(count, first, last, connected)
+    _report(count, first, last, connected, cpu)
 
 
 def _paho_sink(port: int, prefix: str, expected: int, client_id: str, prime: bool) -> None:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    state = {"count": 0, "first": 0.0, "last": 0.0}
+    state = {"count": 0, "first": 0.0, "last": 0.0, "cpu": 0.0}
     subscribed = threading.Event()
 
     def on_message(client: Any, userdata: Any, message: Any) -> None:
         now = time.time()
         if state["count"] == 0:
-            state["first"] = now
+            state["first"], state["cpu"] = now, time.process_time()
         state["last"] = now
         state["count"] += 1
 
@@ -435,7 +439,7 @@ def _paho_sink(port: int, prefix: str, expected: int, client_id: str, prime: boo
             client.loop(0.1)
     client.disconnect()
     if not prime:
-        _report(int(state["count"]), state["first"], state["last"], connected)
+        _report(int(state["count"]), state["first"], state["last"], connected, state["cpu"])
 
 
 def _spawn_sink(kind: str, port: int, prefix: str, expected: int, client_id: str,
@@ -464,7 +468,14 @@ def ceiling_live(kind: str, port: int, total: int, publishers: int) -> dict[str,
     seconds = got["last"] - pub["t0"]
     return {"consumer": f"bare {kind} subscriber", "received": got["received"],
             "seconds": round(seconds, 3), "per_s": round(got["received"] / seconds),
-            "publishers": pub}
+            "cpu_us_per_msg": cpu_per_message(got), "publishers": pub}
+
+
+def cpu_per_message(got: dict[str, Any]) -> float | None:
+    """A sink's CPU µs per message, first message to last (None if it did not say)."""
+    if got.get("cpu_s") is None or got["received"] < 2:
+        return None
+    return round(float(got["cpu_s"]) * 1e6 / int(got["received"]), 2)
 
 
 def ceiling_backlog(kind: str, port: int, total: int, publishers: int) -> dict[str, Any]:
